@@ -1,0 +1,112 @@
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_clip
+from vsr_core.archs import VSRPPPv2
+from vsr_core.data.degradation import to_tensor, to_uint8
+from vsr_core.inference import Upscaler, window_indices
+
+
+def test_reflection_padding_indices():
+    assert window_indices(0, 10) == [2, 1, 0, 1, 2]
+    assert window_indices(1, 10) == [1, 0, 1, 2, 3]
+    assert window_indices(5, 10) == [3, 4, 5, 6, 7]
+    assert window_indices(9, 10) == [7, 8, 9, 8, 7]
+    assert window_indices(8, 10) == [6, 7, 8, 9, 8]
+    assert window_indices(0, 1) == [0, 0, 0, 0, 0]
+    assert window_indices(0, 2) == [0, 1, 0, 1, 0]
+    assert window_indices(1, 3) == [1, 0, 1, 2, 1]
+
+
+def reference_upscale(model, clip: np.ndarray) -> np.ndarray:
+    """Non-streaming reference: the whole clip in memory, every window in one batch."""
+    frames = to_tensor(clip)
+    windows = torch.stack([frames[window_indices(i, len(clip))] for i in range(len(clip))])
+    with torch.no_grad():
+        return to_uint8(model(windows))
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return VSRPPPv2.from_preset("tiny").eval()
+
+
+@pytest.mark.parametrize("num_frames", [1, 2, 3, 6, 11])
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_streaming_matches_reference(tiny_model, num_frames, batch_size):
+    clip = make_clip(num_frames, 10, 13)
+    expected = reference_upscale(tiny_model, clip)
+    got = np.stack(list(Upscaler(tiny_model, device="cpu", batch_size=batch_size).stream(iter(clip))))
+    assert got.shape == (num_frames, 30, 39, 3)
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1  # rounding of float noise
+
+
+def test_stream_holds_only_the_frames_a_batch_needs(tiny_model):
+    clip = make_clip(40, 8, 8)
+    pulled = []
+
+    def source():
+        for i, frame in enumerate(clip):
+            pulled.append(i)
+            yield frame
+
+    batch_size = 3
+    outputs = Upscaler(tiny_model, device="cpu", batch_size=batch_size).stream(source())
+    next(outputs)
+    assert len(pulled) <= batch_size + 2  # windows 0..2 need frames 0..4
+    for i, _ in enumerate(outputs, start=1):
+        # producing output i never needs to have read further than i + batch + 2 frames
+        assert len(pulled) <= i + batch_size + 3
+
+
+def test_stream_rejects_a_frame_of_another_size(tiny_model):
+    frames = [np.zeros((8, 8, 3), np.uint8)] * 3 + [np.zeros((8, 9, 3), np.uint8)]
+    with pytest.raises(ValueError, match="frame 3"):
+        list(Upscaler(tiny_model, device="cpu", batch_size=1).stream(frames))
+
+
+def test_output_is_clamped_uint8_range(tiny_model):
+    with torch.no_grad():
+        tiny_model.upsample[0].bias.fill_(5.0)  # push the raw output far above 1
+    try:
+        out = Upscaler(tiny_model, device="cpu").upscale_windows(torch.rand(2, 5, 3, 7, 9))
+        assert out.shape == (2, 3, 21, 27) and out.max() <= 1.0 and out.min() >= 0.0
+    finally:
+        with torch.no_grad():
+            torch.manual_seed(0)
+            tiny_model.upsample[0].bias.zero_()
+
+
+def test_tiled_inference_matches_untiled_when_overlap_covers_receptive_field(tiny_model):
+    windows = torch.rand(2, 5, 3, 37, 45)
+    whole = Upscaler(tiny_model, device="cpu").upscale_windows(windows)
+    # tiny preset: receptive-field radius 5 LR px <= overlap/4 = 5
+    tiled = Upscaler(tiny_model, device="cpu", tile=28, tile_overlap=20).upscale_windows(windows)
+    assert tiled.shape == whole.shape
+    assert (tiled - whole).abs().max() < 1e-4
+
+
+def test_tiled_inference_blends_without_seams():
+    torch.manual_seed(1)
+    model = VSRPPPv2.from_preset("small").eval()  # receptive field larger than the overlap
+    windows = torch.rand(1, 5, 3, 40, 40)
+    whole = Upscaler(model, device="cpu").upscale_windows(windows)
+    tiled = Upscaler(model, device="cpu", tile=24, tile_overlap=8).upscale_windows(windows)
+    assert (tiled - whole).abs().mean() < 0.01
+
+
+def test_bicubic_baseline_uses_the_same_pipeline(clip):
+    out = np.stack(list(Upscaler.bicubic(device="cpu", batch_size=2).stream(iter(clip))))
+    assert out.shape == (len(clip), 3 * clip.shape[1], 3 * clip.shape[2], 3)
+    # bicubic of a frame, downsampled back by area averaging, is close to the frame
+    down = out[0].reshape(clip.shape[1], 3, clip.shape[2], 3, 3).mean(axis=(1, 3))
+    assert np.abs(down - clip[0]).mean() < 6
+
+
+def test_upscaler_validates_options(tiny_model):
+    with pytest.raises(ValueError, match="batch_size"):
+        Upscaler(tiny_model, batch_size=0)
+    with pytest.raises(ValueError, match="tile"):
+        Upscaler(tiny_model, tile=16, tile_overlap=16)

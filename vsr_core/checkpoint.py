@@ -1,0 +1,105 @@
+"""The checkpoint format (the seed's, unchanged) and safe, atomic checkpoint I/O.
+
+A checkpoint is a dict with exactly these keys::
+
+    step, epoch, model_state_dict, optimizer_state_dict, scaler_state_dict,
+    scheduler_state_dict, config, training_phase ('pretrain' | 'finetune')
+
+``config`` is the run's config as plain JSON types; its ``PRESET`` names the
+model size. Everything in it is loadable with ``torch.load(weights_only=True)``,
+so loading a checkpoint never executes code from the file.
+
+No RNG state is stored because none is needed: every training sample is a pure
+function of (seed, sample index), so ``step`` alone pins down the data stream.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vsr_core.archs import VSRPPPv2
+
+CHECKPOINT_KEYS = (
+    "step",
+    "epoch",
+    "model_state_dict",
+    "optimizer_state_dict",
+    "scaler_state_dict",
+    "scheduler_state_dict",
+    "config",
+    "training_phase",
+)
+TRAINING_PHASES = ("pretrain", "finetune")
+LATEST_NAME = "latest.pth"
+BEST_INFO_NAME = "best.json"
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
+    """Write atomically: a crash mid-write leaves the previous file at ``path`` intact."""
+    missing = set(CHECKPOINT_KEYS) ^ set(checkpoint)
+    if missing:
+        raise CheckpointError(f"checkpoint keys must be exactly {CHECKPOINT_KEYS}; differing: {sorted(missing)}")
+    if checkpoint["training_phase"] not in TRAINING_PHASES:
+        raise CheckpointError(f"training_phase must be one of {TRAINING_PHASES}, got {checkpoint['training_phase']!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)  # atomic on POSIX within one filesystem
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def resolve_checkpoint_path(path: str | Path) -> Path:
+    """Accept a checkpoint file, a run folder (its ``latest.pth``), or an exported ``best/`` folder."""
+    path = Path(path)
+    if path.is_dir():
+        info = path / BEST_INFO_NAME
+        if info.is_file():
+            return path / json.loads(info.read_text())["checkpoint_file"]
+        for candidate in (path / "best" / BEST_INFO_NAME,):
+            if candidate.is_file():
+                return resolve_checkpoint_path(candidate.parent)
+        if (path / LATEST_NAME).is_file():
+            return path / LATEST_NAME
+        raise CheckpointError(f"no checkpoint in folder {path}: expected {BEST_INFO_NAME} or {LATEST_NAME}")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = resolve_checkpoint_path(path)
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # pickle errors, truncated files, disallowed globals ...
+        raise CheckpointError(f"cannot load checkpoint {path}: {exc}") from exc
+    if not isinstance(checkpoint, dict) or not set(CHECKPOINT_KEYS) <= set(checkpoint):
+        keys = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise CheckpointError(f"{path} is not a VSR checkpoint: expected keys {CHECKPOINT_KEYS}, found {keys}")
+    return checkpoint
+
+
+def model_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[VSRPPPv2, dict]:
+    """Build the model the checkpoint was trained with and load its weights (eval mode)."""
+    checkpoint = load_checkpoint(path, map_location)
+    preset = checkpoint["config"].get("PRESET", "full")
+    model = VSRPPPv2.from_preset(preset)
+    model.load_state_dict(checkpoint["model_state_dict"])
+    model.eval()
+    return model, checkpoint

@@ -1,0 +1,85 @@
+"""Quality of an upscaler on real clips: downsample (the documented degradation),
+upscale through the inference path, compare with the original frames.
+
+Used by ``vsr evaluate`` and by validation during training.
+"""
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vsr_core.archs import SCALE
+from vsr_core.data.degradation import bicubic_downsample, crop_to_scale, to_tensor, to_uint8
+from vsr_core.data.video_io import iter_frames
+from vsr_core.inference import Upscaler
+from vsr_core.metrics import psnr, ssim
+
+
+@dataclass(frozen=True)
+class ClipScores:
+    clip: str
+    frames: int
+    y_psnr: float
+    y_ssim: float
+    rgb_psnr: float
+    rgb_ssim: float
+
+
+def center_crop(frame: np.ndarray, size: int | None) -> np.ndarray:
+    if not size:
+        return frame
+    h, w = frame.shape[:2]
+    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    return frame[top : top + size, left : left + size]
+
+
+def degrade_frame(hr: np.ndarray) -> np.ndarray:
+    """HR uint8 frame (size a multiple of 3) -> LR uint8 frame."""
+    return to_uint8(bicubic_downsample(to_tensor(hr)))
+
+
+def evaluate_frames(
+    upscaler: Upscaler, hr_frames: Iterator[np.ndarray], name: str = "clip", crop_border: int = SCALE
+) -> tuple[ClipScores, list[np.ndarray]]:
+    """Score a stream of HR frames. Returns the scores and the first (LR, SR, HR) triple
+    (for a validation image). Holds only the HR frames still waiting for their output."""
+    waiting: deque[np.ndarray] = deque()
+    first: list[np.ndarray] = []
+
+    def lr_stream() -> Iterator[np.ndarray]:
+        for hr in hr_frames:
+            hr = crop_to_scale(hr)
+            waiting.append(hr)
+            lr = degrade_frame(hr)
+            if not first:
+                first.append(lr)
+            yield lr
+
+    totals = np.zeros(4)
+    count = 0
+    for sr in upscaler.stream(lr_stream()):
+        hr = waiting.popleft()
+        if count == 0:
+            first.extend([sr, hr])
+        totals += [
+            psnr(sr, hr, crop_border, y_channel=True),
+            ssim(sr, hr, crop_border, y_channel=True),
+            psnr(sr, hr, crop_border),
+            ssim(sr, hr, crop_border),
+        ]
+        count += 1
+    if count == 0:
+        raise ValueError(f"{name}: no frames to evaluate")
+    mean = totals / count
+    return ClipScores(name, count, *map(float, mean)), first
+
+
+def evaluate_clip(
+    upscaler: Upscaler, path: str | Path, max_frames: int | None = None, crop: int | None = None
+) -> ClipScores:
+    frames = (center_crop(f, crop) for f in iter_frames(path, max_frames))
+    return evaluate_frames(upscaler, frames, Path(path).name)[0]
