@@ -8,6 +8,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from vsr_core.engine.cli import add_train_parser
+
 
 def _upscaler_from_args(args: argparse.Namespace):
     from vsr_core.inference import Upscaler
@@ -83,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--crop", type=int, default=None, help="evaluate a centered HR crop of this size")
     _add_inference_args(ev)
     ev.set_defaults(func=cmd_evaluate)
+
+    add_train_parser(sub)
     return parser
 
 

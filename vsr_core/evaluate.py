@@ -27,6 +27,7 @@ class ClipScores:
     y_ssim: float
     rgb_psnr: float
     rgb_ssim: float
+    l1: float  # mean absolute error in [0,1] units
 
 
 def center_crop(frame: np.ndarray, size: int | None) -> np.ndarray:
@@ -59,7 +60,7 @@ def evaluate_frames(
                 first.append(lr)
             yield lr
 
-    totals = np.zeros(4)
+    totals = np.zeros(5)
     count = 0
     for sr in upscaler.stream(lr_stream()):
         hr = waiting.popleft()
@@ -70,6 +71,7 @@ def evaluate_frames(
             ssim(sr, hr, crop_border, y_channel=True),
             psnr(sr, hr, crop_border),
             ssim(sr, hr, crop_border),
+            np.abs(sr.astype(np.float32) - hr.astype(np.float32)).mean() / 255,
         ]
         count += 1
     if count == 0:

@@ -87,6 +87,10 @@ class VSRPPPv2(nn.Module):
         self.temporal_logits = nn.Parameter(torch.zeros(3))
         self.fusion = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.LeakyReLU(0.1, inplace=True))
         self.upsample = nn.Sequential(nn.Conv2d(c, 3 * SCALE * SCALE, 3, padding=1), nn.PixelShuffle(SCALE))
+        # Start as exactly the bilinear anchor: the network then learns only a correction,
+        # and an untrained model is a sane upscaler rather than noise.
+        nn.init.zeros_(self.upsample[0].weight)
+        nn.init.zeros_(self.upsample[0].bias)
 
     @classmethod
     def from_preset(cls, preset: str) -> "VSRPPPv2":

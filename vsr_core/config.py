@@ -1,0 +1,169 @@
+"""Typed, validated training config.
+
+The JSON form uses the seed's upper-case keys (``LR_EXPONENT``, ``WEIGHT_DECAY``,
+``MAX_STEPS``, ...) exactly; in Python they are the lower-case dataclass fields.
+An unknown key or a bad value fails at start-up, naming the key and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from vsr_core.archs import PRESETS
+
+VGG_WEIGHT_CHOICES = ("imagenet", "random")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class TrainConfig:
+    # --- the seed's train_config.json keys ---
+    lr_exponent: float = -4.0  # learning rate = 10 ** LR_EXPONENT
+    weight_decay: float = 0.01
+    max_steps: int = 100_000  # optimizer steps; also the cosine schedule's T_max
+    val_step_every: int = 250
+    save_step_every: int = 5_000
+    log_tboard_every: int = 10
+    accumulation_steps: int = 3  # micro-batches per optimizer step
+    sort_by_activity: bool = True  # console: order the layer table by activity
+    # --- model and data ---
+    preset: str = "full"
+    batch_size: int = 4  # micro-batch size; effective batch = BATCH_SIZE * ACCUMULATION_STEPS
+    patch_size: int = 64  # LR patch side; the HR crop is 3x this
+    num_patches: int = 29_000  # distinct training patches (one epoch)
+    train_data: list[str] = field(default_factory=list)  # videos, frame folders, folders of videos; [] = sample clip
+    val_data: list[str] = field(default_factory=list)  # [] = sample validation clip
+    max_frames_per_clip: int = 0  # 0 = all frames
+    val_max_frames: int = 8  # frames per validation clip
+    val_crop: int = 0  # HR center crop for validation (0 = whole frames)
+    # --- loss ---
+    perceptual_weight: float = 0.1
+    vgg_weights: str = "imagenet"  # or "random" (offline smoke tests only)
+    vgg_weights_path: str | None = None
+    # --- run ---
+    output_dir: str = "runs/default"
+    milestone_every: int = 25_000  # keep a step_XXXXXXX.pth every this many steps (0 = never)
+    max_bad_steps: int = 20  # stop after this many consecutive NaN/Inf-loss steps
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    num_workers: int = 2  # DataLoader worker processes
+    num_threads: int = 0  # torch CPU threads (0 = torch's default)
+
+    # ------------------------------------------------------------------------------------
+    @property
+    def learning_rate(self) -> float:
+        return 10.0 ** self.lr_exponent
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.batch_size * self.accumulation_steps
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name.upper() for f in fields(cls)]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        unknown = [k for k in data if not isinstance(k, str) or k.upper() != k or k.lower() not in _FIELD_TYPES]
+        if unknown:
+            key = unknown[0]
+            hint = difflib.get_close_matches(str(key).upper(), cls.keys(), n=1)
+            suggestion = f" (did you mean {hint[0]}?)" if hint else ""
+            raise ConfigError(f"unknown config key {key!r}{suggestion}; allowed keys: {', '.join(cls.keys())}")
+        values = {k.lower(): _coerce(k, v, _FIELD_TYPES[k.lower()]) for k, v in data.items()}
+        config = cls(**values)
+        config.validate()
+        return config
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "TrainConfig":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a JSON object of KEY: value pairs")
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k.upper(): (list(v) if isinstance(v, list) else v) for k, v in dataclasses.asdict(self).items()}
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=4) + "\n")
+        os.replace(tmp, path)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A validated copy with some fields changed (lower-case or upper-case names)."""
+        return TrainConfig.from_dict({**self.to_dict(), **{k.upper(): v for k, v in changes.items()}})
+
+    def validate(self) -> None:
+        positive = ("max_steps", "val_step_every", "save_step_every", "log_tboard_every", "accumulation_steps",
+                    "batch_size", "patch_size", "num_patches", "val_max_frames", "max_bad_steps")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name.upper()} must be >= 1, got {getattr(self, name)}")
+        non_negative = ("weight_decay", "perceptual_weight", "max_frames_per_clip", "val_crop", "milestone_every",
+                        "num_workers", "num_threads", "seed")
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name.upper()} must be >= 0, got {getattr(self, name)}")
+        if not -12 <= self.lr_exponent <= 0:
+            raise ConfigError(f"LR_EXPONENT must be in [-12, 0] (learning rate 1e-12..1), got {self.lr_exponent}")
+        if self.preset not in PRESETS:
+            raise ConfigError(f"PRESET must be one of {sorted(PRESETS)}, got {self.preset!r}")
+        if self.vgg_weights not in VGG_WEIGHT_CHOICES:
+            raise ConfigError(f"VGG_WEIGHTS must be one of {list(VGG_WEIGHT_CHOICES)}, got {self.vgg_weights!r}")
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ConfigError(f"DEVICE must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        if self.val_crop and self.val_crop % 3:
+            raise ConfigError(f"VAL_CROP must be a multiple of 3 (or 0), got {self.val_crop}")
+
+
+_FIELD_TYPES = get_type_hints(TrainConfig)
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check one JSON value against its field type; ints are accepted where floats are."""
+    text = str(annotation)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    if "list[str]" in text:
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise ConfigError(f"{key} must be a path or a list of paths, got {value!r}")
+    if "str | None" in text:
+        if value is None or isinstance(value, str):
+            return value
+        raise ConfigError(f"{key} must be a string or null, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {annotation}")  # pragma: no cover

@@ -1,0 +1,167 @@
+"""Training and validation data: 5-frame windows cut from videos.
+
+Training samples are a pure function of (seed, sample index g): sample g belongs to
+epoch g // NUM_PATCHES, which visits the NUM_PATCHES fixed patches in an order
+shuffled per epoch; its augmentation is drawn from (seed, g). So a run resumed at
+optimizer step s simply continues at g = s * ACCUMULATION_STEPS * BATCH_SIZE and
+sees exactly the data an uninterrupted run would have seen.
+
+Decoded clips are cached as ``.npy`` files and memory-mapped, so DataLoader workers
+share one copy through the page cache and big datasets need not fit in RAM.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from vsr_core.archs import CENTER, SCALE
+from vsr_core.data.degradation import bicubic_downsample
+from vsr_core.data.samples import DEFAULT_TRAIN_CLIP, DEFAULT_VAL_CLIP, sample_clip
+from vsr_core.data.video_io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, VideoReadError, iter_frames
+from vsr_core.inference import window_indices
+
+
+def frame_cache_dir() -> Path:
+    return Path(os.environ.get("VSR_CACHE_DIR", Path.home() / ".cache" / "vsr_core")) / "frames"
+
+
+def expand_sources(paths: Sequence[str], default_sample: str) -> list[Path]:
+    """Paths as given in the config -> clip sources (video files or frame folders).
+    A folder holding videos stands for each of them; an empty list means the sample clip."""
+    if not paths:
+        return [sample_clip(default_sample)]
+    sources: list[Path] = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if not path.exists():
+            raise VideoReadError(f"data path does not exist: {path}")
+        if path.is_dir():
+            videos = sorted(p for p in path.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)
+            has_frames = any(p.suffix.lower() in IMAGE_EXTENSIONS for p in path.iterdir())
+            if videos:
+                sources.extend(videos)
+            elif has_frames:
+                sources.append(path)
+            else:
+                raise VideoReadError(f"data folder {path} holds no videos ({', '.join(VIDEO_EXTENSIONS)}) or frames")
+        else:
+            sources.append(path)
+    return sources
+
+
+def load_clip(path: Path, max_frames: int = 0) -> np.ndarray:
+    """Decode a clip once into a cached .npy and return it memory-mapped, [T,H,W,3] uint8."""
+    stat = path.stat()
+    key = hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{max_frames}".encode()).hexdigest()[:16]
+    cache = frame_cache_dir() / f"{path.stem}-{key}.npy"
+    if not cache.exists():
+        frames = np.stack(list(iter_frames(path, max_frames or None)))
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, frames)
+        os.replace(tmp, cache)
+    return np.load(cache, mmap_mode="r")
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    hflip: bool
+    vflip: bool
+    rot90: int  # number of 90-degree turns, 0..3
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator) -> "Augmentation":
+        return cls(bool(rng.random() < 0.5), bool(rng.random() < 0.5), int(rng.integers(0, 4)))
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """The same geometric transform on every frame of [...,H,W]."""
+        if self.hflip:
+            x = x.flip(-1)
+        if self.vflip:
+            x = x.flip(-2)
+        if self.rot90:
+            x = torch.rot90(x, self.rot90, dims=(-2, -1))
+        return x
+
+
+class WindowPatchDataset(Dataset):
+    """Sample g -> (LR window [5,3,p,p], GT center frame [3,3p,3p]), floats in [0,1]."""
+
+    def __init__(self, clips: Sequence[np.ndarray], patch_size: int, num_patches: int, seed: int, augment: bool = True):
+        hr = patch_size * SCALE
+        for i, clip in enumerate(clips):
+            if clip.shape[1] < hr or clip.shape[2] < hr:
+                raise ValueError(f"clip {i} ({clip.shape[2]}x{clip.shape[1]}) is smaller than the HR patch {hr}x{hr}; "
+                                 "lower PATCH_SIZE")
+        self.clips = list(clips)
+        self.patch_size = patch_size
+        self.num_patches = num_patches
+        self.seed = seed
+        self.augment = augment
+        frames = np.array([len(c) for c in self.clips], dtype=np.float64)
+        self._clip_weights = frames / frames.sum()  # every frame equally likely
+        self._order_epoch, self._order = -1, np.arange(0)
+
+    def __len__(self) -> int:
+        return self.num_patches  # one epoch; the sampler keeps counting past it
+
+    def patch_location(self, patch_id: int) -> tuple[int, int, int, int]:
+        """(clip, center frame, top, left) of a fixed patch."""
+        rng = np.random.default_rng([self.seed, 0, patch_id])
+        clip_index = int(rng.choice(len(self.clips), p=self._clip_weights))
+        clip = self.clips[clip_index]
+        hr = self.patch_size * SCALE
+        return (
+            clip_index,
+            int(rng.integers(0, len(clip))),
+            int(rng.integers(0, clip.shape[1] - hr + 1)),
+            int(rng.integers(0, clip.shape[2] - hr + 1)),
+        )
+
+    def _patch_for_sample(self, g: int) -> int:
+        epoch, position = divmod(g, self.num_patches)
+        if epoch != self._order_epoch:
+            self._order = np.random.default_rng([self.seed, 1, epoch]).permutation(self.num_patches)
+            self._order_epoch = epoch
+        return int(self._order[position])
+
+    def __getitem__(self, g: int) -> tuple[torch.Tensor, torch.Tensor]:
+        clip_index, center, top, left = self.patch_location(self._patch_for_sample(g))
+        clip = self.clips[clip_index]
+        hr = self.patch_size * SCALE
+        indices = window_indices(center, len(clip))
+        window = np.stack([clip[i, top : top + hr, left : left + hr] for i in indices])
+        hr_window = torch.from_numpy(window).permute(0, 3, 1, 2).float().div_(255)  # [5,3,3p,3p]
+        if self.augment:
+            hr_window = Augmentation.draw(np.random.default_rng([self.seed, 2, g])).apply(hr_window)
+        return bicubic_downsample(hr_window), hr_window[CENTER].contiguous()
+
+
+class ContinuingSampler(Sampler[int]):
+    """Yields sample indices start, start+1, ... without end (training runs by steps, not epochs)."""
+
+    def __init__(self, start: int = 0):
+        self.start = start
+
+    def __iter__(self) -> Iterator[int]:
+        g = self.start
+        while True:
+            yield g
+            g += 1
+
+
+def training_clips(paths: Sequence[str], max_frames: int = 0) -> list[np.ndarray]:
+    return [load_clip(p, max_frames) for p in expand_sources(paths, DEFAULT_TRAIN_CLIP)]
+
+
+def validation_sources(paths: Sequence[str]) -> list[Path]:
+    return expand_sources(paths, DEFAULT_VAL_CLIP)
+

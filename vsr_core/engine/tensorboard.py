@@ -1,0 +1,38 @@
+"""TensorBoard logging with the seed's tag names."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+from vsr_core.engine.health import layer_name
+
+
+class TensorBoardLogger:
+    def __init__(self, log_dir: str | Path):
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def log_training(self, step: int, l1: float, perceptual: float, total: float, lr: float) -> None:
+        self.writer.add_scalar("Training/Loss_L1", l1, step)
+        self.writer.add_scalar("Training/Loss_Perceptual", perceptual, step)
+        self.writer.add_scalar("Training/Loss_Total", total, step)
+        self.writer.add_scalar("Training/LearningRate", lr, step)
+
+    def log_layers(self, step: int, activity: list[float]) -> None:
+        for i, value in enumerate(activity):
+            self.writer.add_scalar(f"Layers/{layer_name(i)}", value, step)
+        self.writer.add_histogram("Layers/ActivityDistribution", np.asarray(activity), step)
+
+    def log_validation(self, step: int, psnr: float, ssim: float, l1: float, image: np.ndarray | None) -> None:
+        """``image``: HxWx3 uint8 strip (LR-bicubic | output | GT)."""
+        self.writer.add_scalar("Validation/PSNR", psnr, step)
+        self.writer.add_scalar("Validation/SSIM", ssim, step)
+        self.writer.add_scalar("Validation/L1", l1, step)
+        if image is not None:
+            self.writer.add_image("Validation/LR_bicubic|Output|GT", torch.from_numpy(image), step, dataformats="HWC")
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
