@@ -225,3 +225,20 @@ def test_bad_config_fails_at_start_naming_the_key(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "MAX_STEP" in result.stderr and "MAX_STEPS" in result.stderr
+
+
+def test_live_config_change_moves_the_cosine_schedule(clips, tmp_path):
+    trainer = Trainer(tiny_config(clips, tmp_path, max_steps=10, accumulation_steps=1, batch_size=1))
+    for _ in range(3):
+        trainer.train_step()
+    trainer.update_config(LR_EXPONENT=-2, MAX_STEPS=20, WEIGHT_DECAY=0.5)
+    expected = ETA_MIN + (1e-2 - ETA_MIN) * (1 + math.cos(math.pi * 3 / 20)) / 2
+    assert trainer.lr == pytest.approx(expected)
+    assert trainer.train_step().lr == pytest.approx(expected)
+    following = ETA_MIN + (1e-2 - ETA_MIN) * (1 + math.cos(math.pi * 4 / 20)) / 2
+    assert trainer.lr == pytest.approx(following)
+    assert trainer.optimizer.param_groups[0]["weight_decay"] == 0.5
+    with pytest.raises(ValueError, match="live keys"):
+        trainer.update_config(PRESET="full")
+    with pytest.raises(ValueError, match="LR_EXPONENT"):
+        trainer.update_config(LR_EXPONENT="fast")

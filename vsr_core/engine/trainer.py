@@ -35,6 +35,8 @@ from vsr_core.inference import Upscaler, pick_device
 from vsr_core.losses import PerceptualLoss, combined_loss
 
 ETA_MIN = 1e-7
+LIVE_KEYS = ("LR_EXPONENT", "WEIGHT_DECAY", "MAX_STEPS", "VAL_STEP_EVERY", "SAVE_STEP_EVERY", "LOG_TBOARD_EVERY",
+             "ACCUMULATION_STEPS", "SORT_BY_ACTIVITY")
 HISTORY_LENGTH = 500
 
 
@@ -169,6 +171,31 @@ class Trainer:
             self.scaler.load_state_dict(checkpoint["scaler_state_dict"])
         self.step = int(checkpoint["step"])
         self.training_phase = checkpoint["training_phase"]
+
+    def update_config(self, **changes) -> TrainConfig:
+        """Change settings of a running run (the console's setup menu); they take effect at the
+        next optimizer step. Only LIVE_KEYS may change. The LR schedule stays a cosine from the
+        (new) base LR to ETA_MIN over the (new) MAX_STEPS, evaluated at the current step.
+
+        Exact resume assumes ACCUMULATION_STEPS was constant; after a live change a resumed run
+        continues with slightly different (but still valid) training samples.
+        """
+        unknown = {k.upper() for k in changes} - set(LIVE_KEYS)
+        if unknown:
+            raise ValueError(f"cannot change {sorted(unknown)} during training; live keys: {', '.join(LIVE_KEYS)}")
+        new = self.config.replace(**changes)
+        if new.max_steps < self.step:
+            raise ValueError(f"MAX_STEPS must be >= the current step {self.step}, got {new.max_steps}")
+        self.config = new
+        self.scheduler.T_max = new.max_steps
+        self.scheduler.base_lrs = [new.learning_rate for _ in self.optimizer.param_groups]
+        progress = math.pi * min(self.step, new.max_steps) / new.max_steps
+        lr = ETA_MIN + (new.learning_rate - ETA_MIN) * (1 + math.cos(progress)) / 2
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = new.learning_rate
+            group["lr"] = lr
+            group["weight_decay"] = new.weight_decay
+        return new
 
     def save(self, path: str | Path | None = None) -> Path:
         """Atomically write ``latest.pth`` (or ``path``)."""
