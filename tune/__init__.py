@@ -1,0 +1,1 @@
+"""Ray Tune experiment over the training engine (run ``python tune/search.py``)."""

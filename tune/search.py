@@ -1,0 +1,262 @@
+"""Search learning rate and weight decay with Ray Tune (Optuna TPE + ASHA).
+
+    python tune/search.py                      # default sweep on the sample clips (~10 min on 2 CPU cores)
+    python tune/search.py --address auto       # on a running cluster (ray start --head)
+    python tune/search.py --name my_sweep --resume
+
+At the end the best trial's best checkpoint is exported to <storage>/<name>/best/
+(checkpoint.pth + best.json), which the Serve app loads.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_BASE_CONFIG = REPO_ROOT / "configs" / "sweep_base.json"
+METRIC, MODE = "psnr", "max"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(DEFAULT_BASE_CONFIG), help="base train_config.json for every trial")
+    p.add_argument("--data", nargs="+", help="training videos / frame folders / folders of videos")
+    p.add_argument("--val-data", nargs="+", help="validation videos / frame folders")
+    p.add_argument("--preset", help="model preset (default: the base config's, 'small')")
+    p.add_argument("--num-samples", type=int, default=4, help="number of trials")
+    p.add_argument("--max-steps", type=int, help="optimizer steps per trial (default: the base config's)")
+    p.add_argument("--max-concurrent", type=int, default=2, help="trials running at once")
+    p.add_argument("--cpus-per-trial", type=float, default=1, help="CPUs per trial (torch threads follow)")
+    p.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs per trial, fractions allowed")
+    p.add_argument("--lr-range", type=float, nargs=2, default=(1e-5, 1e-3), metavar=("MIN", "MAX"),
+                   help="learning-rate range, searched log-uniformly (as LR_EXPONENT)")
+    p.add_argument("--wd-range", type=float, nargs=2, default=(1e-4, 1e-1), metavar=("MIN", "MAX"),
+                   help="weight-decay range, searched log-uniformly")
+    p.add_argument("--grace-steps", type=int, help="ASHA: steps before a trial may be stopped (default 2 validations)")
+    p.add_argument("--storage-path", default=str(REPO_ROOT / "runs" / "tune"),
+                   help="experiment storage: a local or shared folder, or a URI such as s3://bucket/path")
+    p.add_argument("--name", default="vsr_sweep", help="experiment name (a folder under the storage path)")
+    p.add_argument("--resume", action="store_true", help="continue the experiment --name (finished trials are kept)")
+    p.add_argument("--address", help="join a running Ray cluster, e.g. 'auto'; default: start a local Ray")
+    p.add_argument("--dashboard-port", type=int, default=8265)
+    p.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial from its checkpoint")
+    p.add_argument("--keep-checkpoints", type=int, default=3, help="best checkpoints kept per trial (by PSNR)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the searcher and of every trial's training")
+    return p.parse_args(argv)
+
+
+def base_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The base train config with the flags applied; validated here, on the driver, so a typo or a
+    missing data path fails in a second instead of in every trial."""
+    from vsr_core.config import TrainConfig
+    from vsr_core.data.datasets import expand_sources
+    from vsr_core.data.samples import DEFAULT_TRAIN_CLIP, DEFAULT_VAL_CLIP
+
+    values = TrainConfig.from_json(args.config).to_dict()
+    if args.data:
+        values["TRAIN_DATA"] = [str(Path(p).resolve()) for p in args.data]  # trials run in their own folders
+    if args.val_data:
+        values["VAL_DATA"] = [str(Path(p).resolve()) for p in args.val_data]
+    if args.preset:
+        values["PRESET"] = args.preset
+    if args.max_steps:
+        values["MAX_STEPS"] = args.max_steps
+    values["SEED"] = args.seed
+    config = TrainConfig.from_dict(values)
+    expand_sources(config.train_data, DEFAULT_TRAIN_CLIP)
+    expand_sources(config.val_data, DEFAULT_VAL_CLIP)
+    return config.to_dict()
+
+
+def start_ray(args: argparse.Namespace) -> None:
+    import ray
+
+    if ray.is_initialized():  # e.g. tests, or a notebook that started Ray itself
+        return
+    if args.address:
+        context = ray.init(address=args.address)
+    else:
+        context = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=args.dashboard_port)
+    url = context.dashboard_url
+    token = Path.home() / ".ray" / "auth_token"
+    print("=" * 78)
+    if url:
+        print(f"Ray dashboard: http://{url}  (token auth is on: log in with the token in {token})")
+    print(f"TensorBoard:   tensorboard --logdir {args.storage_path}/{args.name}")
+    print("=" * 78, flush=True)
+
+
+def trial_dirname(trial) -> str:
+    # Short folder names: the default embeds the whole (long) config.
+    return f"trial_{trial.trial_id}"
+
+
+def build_tuner(args: argparse.Namespace, base: dict[str, Any], experiment_path: str,
+                points_to_evaluate: list[dict[str, float]] | None = None):
+    """The Tuner for a new experiment, or the restored one when ``experiment_path`` holds one.
+    ``points_to_evaluate``: hyperparameters to try first (e.g. a known-good setting)."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from tune.trainable import train_vsr
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our CLIReporter table instead of Tune's default output
+    trainable = tune.with_resources(train_vsr, {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
+    if args.resume or tune.Tuner.can_restore(experiment_path):
+        print(f"resuming experiment {experiment_path} (finished trials are not re-run)")
+        return tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+
+    max_steps = base["MAX_STEPS"]
+    val_every = base["VAL_STEP_EVERY"]
+    param_space = {
+        "base_config": base,
+        "cpus_per_trial": args.cpus_per_trial,
+        "LR_EXPONENT": tune.uniform(math.log10(args.lr_range[0]), math.log10(args.lr_range[1])),
+        "WEIGHT_DECAY": tune.loguniform(*args.wd_range),
+    }
+    searcher = ConcurrencyLimiter(OptunaSearch(seed=args.seed, points_to_evaluate=points_to_evaluate),
+                                  max_concurrent=args.max_concurrent)
+    scheduler = ASHAScheduler(time_attr="step", max_t=max_steps, grace_period=min(max_steps, args.grace_steps or 2 * val_every),
+                              reduction_factor=2)
+    reporter = tune.CLIReporter(
+        parameter_columns={"LR_EXPONENT": "lr_exp", "WEIGHT_DECAY": "wd"},
+        metric_columns={"step": "step", "loss_l1": "L1", "loss_perceptual": "perc", "loss_total": "total",
+                        "psnr": "PSNR", "convergence": "status", "cold_layers": "cold"},
+        max_report_frequency=15,
+    )
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler,
+                                    num_samples=args.num_samples, trial_dirname_creator=trial_dirname,
+                                    trial_name_creator=trial_dirname),
+        run_config=tune.RunConfig(
+            name=args.name,
+            storage_path=args.storage_path,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=args.keep_checkpoints,
+                                                    checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE),
+            failure_config=tune.FailureConfig(max_failures=args.max_failures),
+            sync_config=tune.SyncConfig(sync_artifacts=True),  # per-trial TensorBoard files reach the storage
+            progress_reporter=reporter,
+            verbose=1,  # the status table only; per-trial details are in TensorBoard and the dashboard
+        ),
+    )
+
+
+def trial_status(result) -> str:
+    metrics = result.metrics or {}
+    if result.error:
+        return "error"
+    if metrics.get("diverged"):
+        return "diverged"
+    if metrics.get("step", 0) < metrics.get("config", {}).get("base_config", {}).get("MAX_STEPS", 0):
+        return "stopped early"
+    return "finished"
+
+
+def summary_rows(results) -> list[dict[str, Any]]:
+    rows = []
+    for result in results:
+        frame = result.metrics_dataframe
+        best_psnr = float(frame[METRIC].max()) if frame is not None and METRIC in frame else float("nan")
+        config = result.config or {}
+        rows.append({
+            "trial": (result.metrics or {}).get("trial_id", Path(result.path or "?").name[:20]),
+            "lr": 10 ** config.get("LR_EXPONENT", float("nan")),
+            "wd": config.get("WEIGHT_DECAY", float("nan")),
+            "psnr": best_psnr,
+            "status": trial_status(result),
+            "steps": (result.metrics or {}).get("step", 0),
+        })
+    return rows
+
+
+def print_summary(rows: list[dict[str, Any]]) -> None:
+    print(f"\n{'trial':<22} {'LR':>9} {'WD':>9} {'PSNR':>7} {'status':<14} {'steps':>6}")
+    for r in sorted(rows, key=lambda r: -r["psnr"] if r["psnr"] == r["psnr"] else math.inf):
+        print(f"{r['trial']:<22} {r['lr']:>9.2e} {r['wd']:>9.2e} {r['psnr']:>7.2f} {r['status']:<14} {r['steps']:>6}")
+
+
+def export_best(results, experiment_path: str) -> dict[str, Any] | None:
+    """Copy the best trial's best checkpoint to <experiment>/best/ with a best.json."""
+    from tune.trainable import CHECKPOINT_FILE
+
+    try:
+        best = results.get_best_result(metric=METRIC, mode=MODE, scope="all")
+    except RuntimeError:
+        return None
+    checkpoint = best.get_best_checkpoint(metric=METRIC, mode=MODE) if best.best_checkpoints else None
+    if checkpoint is None:
+        return None
+    metrics = next(m for c, m in best.best_checkpoints if c.path == checkpoint.path)
+    info = {
+        "checkpoint_file": CHECKPOINT_FILE,
+        "trial_id": metrics.get("trial_id"),
+        "trial_path": best.path,
+        "config": {k: v for k, v in best.config.items() if k != "base_config"} | {"base_config": best.config["base_config"]},
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not k.startswith("layer/")},
+        "step": metrics.get("step"),
+    }
+    fs, root = pyarrow.fs.FileSystem.from_uri(experiment_path) if "://" in experiment_path else (
+        pyarrow.fs.LocalFileSystem(), experiment_path)
+    destination = f"{root.rstrip('/')}/best"
+    with tempfile.TemporaryDirectory() as staging:
+        checkpoint.to_directory(staging)
+        Path(staging, "best.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+        fs.create_dir(destination, recursive=True)
+        pyarrow.fs.copy_files(staging, destination, destination_filesystem=fs)
+    info["exported_to"] = destination
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        base = base_config(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if "://" not in args.storage_path:
+        args.storage_path = str(Path(args.storage_path).resolve())
+    experiment_path = f"{args.storage_path.rstrip('/')}/{args.name}"
+
+    import ray
+
+    start_ray(args)
+    try:
+        return run_sweep(args, base, experiment_path)
+    finally:
+        ray.shutdown()
+
+
+def run_sweep(args: argparse.Namespace, base: dict[str, Any], experiment_path: str) -> int:
+    """Fit (or resume), print the summary, export the best checkpoint. Ray must be running."""
+    results = build_tuner(args, base, experiment_path).fit()
+    rows = summary_rows(results)
+    print_summary(rows)
+    errors = [r for r in results if r.error]
+    if errors:
+        print(f"\n{len(errors)} of {len(rows)} trials failed; first error:\n  "
+              f"{str(errors[0].error).strip().splitlines()[-1]}", file=sys.stderr)
+    info = export_best(results, experiment_path)
+    if info is None:
+        print("no trial produced a checkpoint: nothing to export", file=sys.stderr)
+        return 1
+    print(f"\nbest: trial {info['trial_id']} PSNR {info['metrics'].get(METRIC, float('nan')):.2f} dB at step "
+          f"{info['step']} -> {info['exported_to']}")
+    return 0 if len(errors) < len(rows) else 1
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO_ROOT))  # `python tune/search.py` from a checkout: make `tune.trainable` importable
+    sys.exit(main())
