@@ -21,9 +21,14 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not ray"
 
+SAMPLE = $$($(PY) -c 'from vsr_core.data.samples import sample_clip; print(sample_clip("$(1)"))')
+
+# The main job on the built-in sample clips: a Tune sweep (train on bigbuckbunny, validate on bikes),
+# then the best checkpoint against bicubic, then a clip upscaled with it.
 demo: $(STAMP)
-	$(VENV)/bin/vsr upscale "$$($(PY) -c 'from vsr_core.data.samples import sample_clip; print(sample_clip("bikes.mp4"))')" \
-		$(OUT)/bikes_x3_bicubic.mp4 --bicubic --max-frames 30
+	$(PY) tune/search.py --storage-path $(CURDIR)/$(OUT)/tune --name demo
+	$(VENV)/bin/vsr evaluate --checkpoint $(OUT)/tune/demo/best "$(call SAMPLE,bikes.mp4)" --max-frames 16
+	$(VENV)/bin/vsr upscale "$(call SAMPLE,bikes.mp4)" $(OUT)/bikes_x3.mp4 --checkpoint $(OUT)/tune/demo/best --max-frames 50
 
 clean:
 	rm -rf $(OUT) .pytest_cache

@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import os
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -76,6 +77,18 @@ def base_config(args: argparse.Namespace) -> dict[str, Any]:
     return config.to_dict()
 
 
+def free_port(preferred: int, host: str = "127.0.0.1") -> int:
+    """``preferred`` if it can be bound on ``host``, else a free port picked by the OS."""
+    for port in (preferred, 0):
+        with socket.socket() as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+            return probe.getsockname()[1]
+    raise OSError(f"no free port on {host}")
+
+
 def start_ray(args: argparse.Namespace) -> None:
     import ray
 
@@ -84,7 +97,10 @@ def start_ray(args: argparse.Namespace) -> None:
     if args.address:
         context = ray.init(address=args.address)
     else:
-        context = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=args.dashboard_port)
+        port = free_port(args.dashboard_port)
+        if port != args.dashboard_port:
+            print(f"port {args.dashboard_port} is in use (another Ray?); the dashboard takes port {port}")
+        context = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port)
     url = context.dashboard_url
     token = Path.home() / ".ray" / "auth_token"
     print("=" * 78)
@@ -252,8 +268,9 @@ def run_sweep(args: argparse.Namespace, base: dict[str, Any], experiment_path: s
     if info is None:
         print("no trial produced a checkpoint: nothing to export", file=sys.stderr)
         return 1
-    print(f"\nbest: trial {info['trial_id']} PSNR {info['metrics'].get(METRIC, float('nan')):.2f} dB at step "
-          f"{info['step']} -> {info['exported_to']}")
+    metrics = info["metrics"]
+    print(f"\nbest: trial {info['trial_id']} Y-PSNR {metrics.get(METRIC, float('nan')):.2f} dB at step {info['step']} "
+          f"(bicubic on the same frames: {metrics.get('bicubic_psnr', float('nan')):.2f} dB) -> {info['exported_to']}")
     return 0 if len(errors) < len(rows) else 1
 
 
