@@ -24,11 +24,12 @@ test-fast: $(STAMP)
 SAMPLE = $$($(PY) -c 'from vsr_core.data.samples import sample_clip; print(sample_clip("$(1)"))')
 
 # The main job on the built-in sample clips: a Tune sweep (train on bigbuckbunny, validate on bikes),
-# then the best checkpoint against bicubic, then a clip upscaled with it.
+# then the best checkpoint against bicubic, a clip upscaled with it, and the same model over HTTP.
 demo: $(STAMP)
 	$(PY) tune/search.py --storage-path $(CURDIR)/$(OUT)/tune --name demo
 	$(VENV)/bin/vsr evaluate --checkpoint $(OUT)/tune/demo/best "$(call SAMPLE,bikes.mp4)" --max-frames 16
 	$(VENV)/bin/vsr upscale "$(call SAMPLE,bikes.mp4)" $(OUT)/bikes_x3.mp4 --checkpoint $(OUT)/tune/demo/best --max-frames 50
+	$(PY) serve/demo.py --checkpoint $(OUT)/tune/demo/best --out $(OUT)/serve
 
 clean:
 	rm -rf $(OUT) .pytest_cache

@@ -29,15 +29,29 @@ _MAX_NPY_HEADER = 10_000
 
 
 class InvalidImageError(ValueError):
-    """The input is not a valid frame / window (not an image, truncated, wrong shape ...)."""
+    """The input is not a valid frame / window (not an image, truncated, wrong shape ...).
+
+    ``code`` names the problem in a machine-readable way (the Serve app returns it as ``error``).
+    """
+
+    code = "invalid_image"
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message)
+        if code is not None:
+            self.code = code
 
 
 class UnsupportedImageError(InvalidImageError):
     """A valid image, but in a format or pixel type that is not accepted."""
 
+    code = "unsupported_image"
+
 
 class ImageTooLargeError(InvalidImageError):
     """A frame has more pixels than the configured limit."""
+
+    code = "frame_too_large"
 
 
 def _check_pixels(height: int, width: int, max_pixels: int | None, source: str) -> None:
@@ -115,12 +129,14 @@ def _not_png_or_jpeg(data: bytes, source: str) -> InvalidImageError:
 def stack_window(frames: list[np.ndarray]) -> np.ndarray:
     """Five HxWx3 uint8 frames in temporal order -> one [5,H,W,3] window."""
     if len(frames) != NUM_FRAMES:
-        raise InvalidImageError(f"expected {NUM_FRAMES} frames, got {len(frames)}")
+        raise InvalidImageError(f"expected {NUM_FRAMES} frames, got {len(frames)}", code="wrong_frame_count")
     first = frames[0].shape
     for i, frame in enumerate(frames):
         if frame.shape != first:
             sizes = ", ".join(f"{f.shape[1]}x{f.shape[0]}" for f in frames)
-            raise InvalidImageError(f"all frames must have the same size; frame {i} differs (sizes WxH: {sizes})")
+            raise InvalidImageError(
+                f"all frames must have the same size; frame {i} differs (sizes WxH: {sizes})", code="frame_size_mismatch"
+            )
     return np.stack(frames)
 
 
@@ -133,7 +149,7 @@ def load_npy_window(data: bytes, max_pixels: int | None = None) -> np.ndarray:
     """
     source = "npy"
     if not data:
-        raise InvalidImageError("npy: empty body (0 bytes)")
+        raise InvalidImageError("npy: empty body (0 bytes)", code="invalid_npy")
     buffer = io.BytesIO(data)
     try:
         version = np.lib.format.read_magic(buffer)
@@ -144,20 +160,25 @@ def load_npy_window(data: bytes, max_pixels: int | None = None) -> np.ndarray:
         else:
             raise ValueError(f"unsupported .npy format version {version}")
     except Exception as exc:
-        raise InvalidImageError(f"npy: not a valid .npy file ({exc})") from exc
+        raise InvalidImageError(f"npy: not a valid .npy file ({exc})", code="invalid_npy") from exc
     if dtype.hasobject:
-        raise UnsupportedImageError("npy: object arrays (pickles) are not accepted; send uint8 pixels")
+        raise InvalidImageError("npy: object arrays (pickles) are not accepted; send uint8 pixels", code="invalid_npy")
     if dtype.kind != "u" or dtype.itemsize not in (1, 2):
-        raise UnsupportedImageError(f"npy: unsupported dtype {dtype}; expected uint8")
-    if len(shape) not in (3, 4) or shape[0] != NUM_FRAMES or (len(shape) == 4 and shape[3] not in (1, 3, 4)):
-        raise InvalidImageError(f"npy: expected an array of shape [{NUM_FRAMES},H,W,3], got {list(shape)}")
+        raise InvalidImageError(f"npy: unsupported dtype {dtype}; expected uint8", code="invalid_npy")
+    if len(shape) not in (3, 4) or (len(shape) == 4 and shape[3] not in (1, 3, 4)):
+        raise InvalidImageError(f"npy: expected an array of shape [{NUM_FRAMES},H,W,3], got {list(shape)}", code="invalid_npy")
+    if shape[0] != NUM_FRAMES:
+        raise InvalidImageError(
+            f"npy: expected {NUM_FRAMES} frames (shape [{NUM_FRAMES},H,W,3]), got {shape[0]} (shape {list(shape)})",
+            code="wrong_frame_count",
+        )
     _check_pixels(shape[1], shape[2], max_pixels, source)
     expected = buffer.tell() + int(np.prod(shape)) * dtype.itemsize
     if len(data) != expected:
         what = "truncated" if len(data) < expected else "has trailing data"
-        raise InvalidImageError(f"npy: file {what}: {len(data)} bytes, the header implies {expected}")
+        raise InvalidImageError(f"npy: file {what}: {len(data)} bytes, the header implies {expected}", code="invalid_npy")
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
     except Exception as exc:
-        raise InvalidImageError(f"npy: cannot load the array ({exc})") from exc
+        raise InvalidImageError(f"npy: cannot load the array ({exc})", code="invalid_npy") from exc
     return np.stack([to_rgb8(frame, f"npy frame {i}") for i, frame in enumerate(array)])

@@ -14,6 +14,8 @@ import imageio.v3 as iio
 import numpy as np
 from PIL import Image
 
+from vsr_core.image_io import InvalidImageError, to_rgb8
+
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".mov", ".webm")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 DEFAULT_FOLDER_FPS = 25.0
@@ -36,15 +38,11 @@ def _frame_files(folder: Path) -> list[Path]:
 
 
 def _as_rgb(frame: np.ndarray, source: str) -> np.ndarray:
-    if frame.ndim == 2:
-        frame = np.repeat(frame[:, :, None], 3, axis=2)
-    if frame.ndim != 3 or frame.shape[2] not in (3, 4):
-        raise VideoReadError(f"{source}: unsupported frame shape {frame.shape}")
-    if frame.dtype == np.uint16:
-        frame = (frame.astype(np.uint32) * 255 // 65535).astype(np.uint8)
-    elif frame.dtype != np.uint8:
-        raise VideoReadError(f"{source}: unsupported pixel type {frame.dtype}")
-    return np.ascontiguousarray(frame[:, :, :3])
+    """Any frame folder image -> HxWx3 uint8, with the same conversions as uploads (image_io)."""
+    try:
+        return to_rgb8(frame, source)
+    except InvalidImageError as exc:
+        raise VideoReadError(str(exc)) from exc
 
 
 def _check_source(path: Path) -> None:
