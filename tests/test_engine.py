@@ -242,3 +242,20 @@ def test_live_config_change_moves_the_cosine_schedule(clips, tmp_path):
         trainer.update_config(PRESET="full")
     with pytest.raises(ValueError, match="LR_EXPONENT"):
         trainer.update_config(LR_EXPONENT="fast")
+
+
+def test_live_changes_to_the_schedule_apply_to_the_running_loop(clips, tmp_path):
+    class ShortenAtStep2(TrainingHooks):
+        validated = []
+
+        def on_step(self, trainer, m):
+            if m.step == 2:
+                trainer.update_config(MAX_STEPS=4, VAL_STEP_EVERY=3)
+
+        def on_validation(self, trainer, v):
+            self.validated.append(v.step)
+
+    trainer = Trainer(tiny_config(clips, tmp_path, max_steps=10, val_step_every=100, save_step_every=100))
+    hooks = ShortenAtStep2()
+    trainer.fit(hooks)
+    assert trainer.step == 4 and hooks.validated == [3, 4]

@@ -1,14 +1,13 @@
-"""``vsr train``: one training run with a plain progress display."""
+"""``vsr train``: one training run, shown by the live console in a terminal, as log lines otherwise."""
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
 from vsr_core.config import ConfigError, TrainConfig
-from vsr_core.engine.trainer import StepMetrics, Trainer, TrainingHooks, ValidationMetrics
+from vsr_core.engine.console import LiveConsole, PlainConsole, parse_value
+from vsr_core.engine.trainer import Trainer, TrainingHooks
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -18,10 +17,7 @@ def parse_overrides(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            overrides[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key.strip()] = value
+        overrides[key.strip()] = parse_value(value)
     return overrides
 
 
@@ -30,49 +26,34 @@ def load_config(path: str | None, overrides: list[str]) -> TrainConfig:
     return TrainConfig.from_dict({**base, **parse_overrides(overrides)})
 
 
-class ProgressHooks(TrainingHooks):
-    """A progress bar with the loss breakdown; one line per validation and checkpoint."""
-
-    def __init__(self, trainer: Trainer):
-        self.bar = tqdm(total=trainer.config.max_steps, initial=trainer.step, unit="step", desc="train")
-
-    def on_step(self, trainer: Trainer, m: StepMetrics) -> None:
-        self.bar.update(1)
-        self.bar.set_postfix(l1=f"{m.loss_l1:.4f}", perc=f"{m.loss_perceptual:.4f}", total=f"{m.loss_total:.4f}",
-                             lr=f"{m.lr:.2e}", sps=f"{m.samples_per_s:.1f}", status=trainer.convergence(),
-                             refresh=False)
-
-    def on_validation(self, trainer: Trainer, v: ValidationMetrics) -> None:
-        health = trainer.health()
-        self.bar.write(f"step {v.step}: val Y-PSNR {v.psnr:.2f} dB (bicubic {v.bicubic_psnr:.2f}), "
-                       f"Y-SSIM {v.ssim:.4f}, L1 {v.l1:.5f} | {health['convergence']}, "
-                       f"cold layers {health['cold_layers']}")
-
-    def on_checkpoint(self, trainer: Trainer, path: Path) -> None:
-        self.bar.write(f"step {trainer.step}: saved {path}")
-
-    def close(self) -> None:
-        self.bar.close()
+def make_console(trainer: Trainer, config_path: Path, plain: bool) -> TrainingHooks:
+    """The live console in a terminal, plain log lines otherwise (or with --plain)."""
+    if not plain and sys.stdin.isatty() and sys.stdout.isatty():
+        return LiveConsole(trainer, config_path)
+    return PlainConsole(trainer, config_path)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.set)
     trainer = Trainer(config, resume_from=args.resume, finetune_from=args.finetune_from)
-    config.save(trainer.output_dir / "train_config.json")
+    run_config = trainer.output_dir / "train_config.json"
+    config.save(run_config)
     print(f"training {config.preset} on {trainer.device} -> {trainer.output_dir} "
           f"(lr {config.learning_rate:.1e}, wd {config.weight_decay}, batch {config.batch_size}x"
-          f"{config.accumulation_steps}, phase {trainer.training_phase}, from step {trainer.step})")
-    hooks = ProgressHooks(trainer)
+          f"{config.accumulation_steps}, phase {trainer.training_phase}, from step {trainer.step})", flush=True)
+    console = make_console(trainer, Path(args.config) if args.config else run_config, args.plain)
     try:
-        final = trainer.fit(hooks)
+        with console:
+            final = trainer.fit(console)
     except KeyboardInterrupt:
-        hooks.close()
         print(f"interrupted: saved {trainer.save()} at step {trainer.step}")
         return 130
-    hooks.close()
-    if final:
+    latest = trainer.output_dir / "latest.pth"
+    if trainer.step < trainer.config.max_steps:
+        print(f"stopped at step {trainer.step}/{trainer.config.max_steps}; checkpoint {latest}")
+    elif final:
         print(f"done: step {trainer.step}, val Y-PSNR {final.psnr:.2f} dB (bicubic {final.bicubic_psnr:.2f}), "
-              f"Y-SSIM {final.ssim:.4f}; checkpoint {trainer.output_dir / 'latest.pth'}")
+              f"Y-SSIM {final.ssim:.4f}; checkpoint {latest}")
     return 0
 
 
@@ -83,4 +64,6 @@ def add_train_parser(sub) -> None:
                        help="override a config key, e.g. --set MAX_STEPS=500 (repeatable)")
     train.add_argument("--resume", help="continue a run from its checkpoint (e.g. runs/x/latest.pth)")
     train.add_argument("--finetune-from", help="start from a checkpoint's weights with a fresh optimizer")
+    train.add_argument("--plain", action="store_true",
+                       help="plain log lines even in a terminal (no live console, no keys)")
     train.set_defaults(func=cmd_train)

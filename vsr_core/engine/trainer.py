@@ -332,13 +332,13 @@ class Trainer:
         """Train until MAX_STEPS (or a hook asks to stop); validate and checkpoint on schedule.
         Always leaves a final ``latest.pth``."""
         hooks = hooks or TrainingHooks()
-        cfg = self.config
         try:
-            while self.step < cfg.max_steps and not hooks.should_stop(self):
+            while self.step < self.config.max_steps and not hooks.should_stop(self):
                 metrics = self.train_step()
-                if self.step % cfg.log_tboard_every == 0:
+                if self.step % self.config.log_tboard_every == 0:
                     self._log(metrics)
                 hooks.on_step(self, metrics)
+                cfg = self.config  # read after the hooks: the console's menu may have changed it
                 finished = self.step >= cfg.max_steps
                 if self.step % cfg.val_step_every == 0 or finished:
                     hooks.on_validation(self, self.validate())
@@ -346,7 +346,7 @@ class Trainer:
                     hooks.on_checkpoint(self, self.save())
                 if cfg.milestone_every and self.step % cfg.milestone_every == 0:
                     self.save(self.output_dir / f"step_{self.step:07d}.pth")
-            if self.step < cfg.max_steps:  # stopped by a hook: keep the work done so far
+            if self.step < self.config.max_steps:  # stopped by a hook: keep the work done so far
                 hooks.on_checkpoint(self, self.save())
         finally:
             self.tensorboard.close()
