@@ -31,6 +31,33 @@ def random_model(preset: str = "tiny", seed: int = 0):
     return model.eval()
 
 
+def write_clips(folder, num_frames: int = 8, height: int = 36, width: int = 42) -> dict:
+    """A training and a validation clip as real mp4 files: {"train": path, "val": path}."""
+    from vsr_core.data.video_io import FrameWriter
+
+    paths = {}
+    for name, seed in (("train", 0), ("val", 1)):
+        paths[name] = folder / f"{name}.mp4"
+        with FrameWriter(paths[name], fps=25) as writer:
+            for frame in make_clip(num_frames, height, width, seed=seed):
+                writer.write(frame)
+    return paths
+
+
+def tiny_train_config(clips: dict, output_dir, **overrides):
+    """A TrainConfig for the tiny preset on ``write_clips`` clips: a step takes milliseconds."""
+    from vsr_core.config import TrainConfig
+
+    values = dict(
+        preset="tiny", batch_size=2, patch_size=8, num_patches=16, accumulation_steps=3, max_steps=4,
+        val_step_every=2, save_step_every=2, log_tboard_every=1, perceptual_weight=0.0, num_workers=0,
+        train_data=[str(clips["train"])], val_data=[str(clips["val"])], val_max_frames=3,
+        output_dir=str(output_dir), lr_exponent=-3, milestone_every=0, seed=3,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
 @pytest.fixture
 def clip() -> np.ndarray:
     return make_clip()

@@ -18,10 +18,9 @@ import time
 import pytest
 from rich.console import Console
 
-from conftest import make_clip
+from conftest import tiny_train_config, write_clips
 from vsr_core.checkpoint import load_checkpoint
 from vsr_core.config import TrainConfig
-from vsr_core.data.video_io import FrameWriter
 from vsr_core.engine.console import (
     BACKSPACE,
     ENTER,
@@ -48,26 +47,15 @@ def frame_cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
-    """A training and a validation clip as real mp4 files (written once for the module)."""
-    folder = tmp_path_factory.mktemp("clips")
-    paths = {}
-    for name, seed in (("train", 0), ("val", 1)):
-        paths[name] = folder / f"{name}.mp4"
-        with FrameWriter(paths[name], fps=25) as writer:
-            for frame in make_clip(8, 36, 42, seed=seed):
-                writer.write(frame)
-    return paths
+    return write_clips(tmp_path_factory.mktemp("clips"))
 
 
 def tiny_config(clips, tmp_path, **overrides) -> TrainConfig:
-    values = dict(
-        preset="tiny", batch_size=2, patch_size=8, num_patches=16, accumulation_steps=1, max_steps=100_000,
-        val_step_every=100_000, save_step_every=100_000, log_tboard_every=5, perceptual_weight=0.0, num_workers=0,
-        train_data=[str(clips["train"])], val_data=[str(clips["val"])], val_max_frames=3,
-        output_dir=str(tmp_path / "run"), lr_exponent=-3, milestone_every=0, seed=3, num_threads=1,
-    )
+    """Runs until stopped: the console tests drive it with keys."""
+    values = dict(accumulation_steps=1, max_steps=100_000, val_step_every=100_000, save_step_every=100_000,
+                  log_tboard_every=5, num_threads=1)
     values.update(overrides)
-    return TrainConfig(**values)
+    return tiny_train_config(clips, tmp_path / "run", **values)
 
 
 def make_console(trainer, tmp_path, *keys) -> LiveConsole:

@@ -10,12 +10,11 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import make_clip
+from conftest import make_clip, tiny_train_config, write_clips
 from vsr_core.checkpoint import CHECKPOINT_KEYS, load_checkpoint
 from vsr_core.config import TrainConfig
 from vsr_core.data.datasets import Augmentation, WindowPatchDataset
 from vsr_core.data.degradation import bicubic_downsample
-from vsr_core.data.video_io import FrameWriter
 from vsr_core.engine.trainer import ETA_MIN, Trainer, TrainingDiverged, TrainingHooks
 
 
@@ -26,25 +25,11 @@ def frame_cache(tmp_path, monkeypatch):
 
 @pytest.fixture
 def clips(tmp_path):
-    """A training and a validation clip written as real mp4 files."""
-    paths = {}
-    for name, seed in (("train", 0), ("val", 1)):
-        paths[name] = tmp_path / f"{name}.mp4"
-        with FrameWriter(paths[name], fps=25) as writer:
-            for frame in make_clip(8, 36, 42, seed=seed):
-                writer.write(frame)
-    return paths
+    return write_clips(tmp_path)
 
 
 def tiny_config(clips, tmp_path, **overrides) -> TrainConfig:
-    values = dict(
-        preset="tiny", batch_size=2, patch_size=8, num_patches=16, accumulation_steps=3, max_steps=4,
-        val_step_every=2, save_step_every=2, log_tboard_every=1, perceptual_weight=0.0, num_workers=0,
-        train_data=[str(clips["train"])], val_data=[str(clips["val"])], val_max_frames=3,
-        output_dir=str(tmp_path / "run"), lr_exponent=-3, milestone_every=0, seed=3,
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
+    return tiny_train_config(clips, overrides.pop("output_dir", tmp_path / "run"), **overrides)
 
 
 def params(model) -> torch.Tensor:
