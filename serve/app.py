@@ -11,6 +11,9 @@ Endpoints (all errors are JSON ``{"error": CODE, "detail": MESSAGE}``)::
     GET  /healthz           200 when a model is loaded
     GET  /docs              OpenAPI UI
 
+With an API key configured ($VSR_API_KEY in the replica, or user_config ``api_key_file``)
+the /v1 endpoints need ``Authorization: Bearer <key>`` (else 401); /healthz and /docs stay open.
+
 The model comes from ``user_config`` (see ``ServeSettings``); ``reconfigure`` hot-swaps it:
 the new checkpoint is loaded completely (off the event loop) and then one reference is
 replaced, so requests already running finish on the old model. Inference goes through
@@ -24,6 +27,7 @@ Importing this module starts nothing (no Ray, no model).
 # No `from __future__ import annotations`: Serve rebuilds the FastAPI routes of the class
 # and then needs real (not string) annotations such as `request: Request`.
 import asyncio
+import hmac
 import io
 import json
 import logging
@@ -39,9 +43,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPBearer
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve as ray_serve  # the top-level folder is also called `serve`
@@ -70,6 +75,7 @@ DEPLOYMENT_NAME = "VSRUpscaler"
 NPY_TYPES = ("application/octet-stream", "application/x-npy")
 VIDEO_TYPES = ("video/mp4", "application/octet-stream")
 MULTIPART = "multipart/form-data"
+API_KEY_ENV = "VSR_API_KEY"
 _CHUNK = 1 << 20
 
 
@@ -95,6 +101,9 @@ class ServeSettings(BaseModel):
     max_pixels_per_frame: int = Field(1280 * 720, ge=1, description="largest accepted LR frame, H*W (413 above)")
     max_video_frames: int = Field(300, ge=1, description="longest accepted clip for /v1/upscale/video (413 above)")
     num_threads: int | None = Field(None, ge=1, description="torch threads; default: the replica's num_cpus")
+    api_key_file: str | None = Field(
+        None, description=f"file holding the API key clients must send as a bearer token; default: ${API_KEY_ENV} "
+        "in the replica's environment; neither: no authentication")
 
     def limits(self) -> dict[str, int]:
         return {
@@ -102,6 +111,28 @@ class ServeSettings(BaseModel):
             "max_pixels_per_frame": self.max_pixels_per_frame,
             "max_video_frames": self.max_video_frames,
         }
+
+
+def load_api_key(settings: ServeSettings) -> str | None:
+    """The key clients must send: the contents of ``api_key_file`` (stripped), else
+    ``$VSR_API_KEY``, else None (no authentication)."""
+    if settings.api_key_file:
+        try:
+            key = Path(settings.api_key_file).expanduser().read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read api_key_file {settings.api_key_file}: {exc.strerror or exc}") from None
+        if not key:
+            raise ValueError(f"api_key_file {settings.api_key_file} is empty")
+        return key
+    return os.environ.get(API_KEY_ENV, "").strip() or None
+
+
+def is_authorized(authorization: str | None, api_key: str | None) -> bool:
+    """``Authorization: Bearer <api_key>``, compared in constant time; anything goes without a key."""
+    if api_key is None:
+        return True
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())
 
 
 def _settings_from(config: dict[str, Any] | None) -> ServeSettings:
@@ -168,9 +199,15 @@ api = FastAPI(
     title="VSR+++ v2 3x super-resolution",
     version="1.0",
     description="Upscale 5-frame windows (center frame) or short clips by 3x. "
-    'Errors are JSON: {"error": CODE, "detail": MESSAGE}.',
+    'Errors are JSON: {"error": CODE, "detail": MESSAGE}.\n\n'
+    "**Authentication.** When the server has an API key (`VSR_API_KEY` or `user_config.api_key_file`), "
+    "the /v1 endpoints need the header `Authorization: Bearer <key>` (in this page: *Authorize*); "
+    "without it or with a wrong key they answer 401. `/healthz`, `/docs` and `/openapi.json` stay open.",
 )
 api.add_middleware(CatchAllMiddleware)
+# Declares the bearer scheme in OpenAPI (the Authorize button in /docs); the handlers check the key.
+bearer_auth = Security(HTTPBearer(auto_error=False,
+                                  description=f"the server's API key (${API_KEY_ENV} or user_config api_key_file)"))
 
 
 @api.exception_handler(ApiError)
@@ -416,6 +453,8 @@ _ERRORS = {
         503: "no model loaded",
     }.items()
 }
+_AUTH_ERROR = {401: {"description": "missing or wrong API key (when the server has one)",
+                     "content": {"application/json": {"example": {"error": "unauthorized", "detail": "..."}}}}}
 _WINDOW_BODY = {
     "requestBody": {
         "required": True,
@@ -460,6 +499,7 @@ class VSRUpscaler:
         self._loaded: LoadedModel | None = None  # replaced atomically by reconfigure
         self._settings = ServeSettings()
         self._reload_error: str | None = None
+        self._api_key: str | None = None  # None: no authentication
         self._reconfigure_lock = asyncio.Lock()
         # One model thread: forward passes never compete for the replica's CPUs, and
         # the event loop stays free to accept, decode and batch requests.
@@ -484,6 +524,7 @@ class VSRUpscaler:
         async with self._reconfigure_lock:
             try:
                 settings = _settings_from(user_config)
+                api_key = load_api_key(settings)
                 loaded = self._loaded
                 if loaded is None or loaded.key != await asyncio.to_thread(_model_key, settings):
                     loaded = await asyncio.to_thread(load_model, settings)
@@ -498,6 +539,7 @@ class VSRUpscaler:
             self._upscale_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
             self._set_threads(settings.num_threads)
             self._settings = settings
+            self._api_key = api_key
             if loaded is not self._loaded:
                 logger.info("serving %s (step %s)", loaded.info["checkpoint"], loaded.info["step"])
             self._loaded = loaded  # the swap
@@ -506,6 +548,12 @@ class VSRUpscaler:
     def check_health(self) -> None:
         if self._loaded is None:
             raise RuntimeError("no model loaded (user_config needs a valid 'checkpoint')")
+
+    def _authorize(self, request: Request) -> None:
+        if not is_authorized(request.headers.get("authorization"), self._api_key):
+            problem = "wrong API key" if request.headers.get("authorization") else "this server needs an API key"
+            raise ApiError(401, "unauthorized", f"{problem}: send the header 'Authorization: Bearer <key>'",
+                           headers={"WWW-Authenticate": "Bearer"})
 
     def _model(self) -> LoadedModel:
         loaded = self._loaded
@@ -531,10 +579,13 @@ class VSRUpscaler:
         "/v1/upscale",
         response_class=Response,
         summary="Upscale the center frame of a 5-frame window by 3x",
-        responses={200: {"content": {"image/png": {}}, "description": "the 3x center frame"}, **_ERRORS},
+        responses={200: {"content": {"image/png": {}}, "description": "the 3x center frame"}, **_AUTH_ERROR,
+                   **_ERRORS},
         openapi_extra=_WINDOW_BODY,
+        dependencies=[bearer_auth],
     )
     async def upscale(self, request: Request) -> Response:
+        self._authorize(request)
         self._model()
         settings = self._settings
         media_type = _media_type(request)
@@ -577,10 +628,12 @@ class VSRUpscaler:
         "/v1/upscale/video",
         response_class=Response,
         summary="Upscale a short clip by 3x (same fps and frame count)",
-        responses={200: {"content": {"video/mp4": {}}, "description": "the 3x clip"}, **_ERRORS},
+        responses={200: {"content": {"video/mp4": {}}, "description": "the 3x clip"}, **_AUTH_ERROR, **_ERRORS},
         openapi_extra=_VIDEO_BODY,
+        dependencies=[bearer_auth],
     )
     async def upscale_video(self, request: Request) -> Response:
+        self._authorize(request)
         loaded = self._model()  # the whole clip runs on this model
         settings = self._settings
         media_type = _media_type(request)
@@ -614,8 +667,10 @@ class VSRUpscaler:
         headers = {**_model_headers(loaded), "X-VSR-Frames": str(count), "X-VSR-FPS": f"{fps:g}"}
         return Response(data, media_type="video/mp4", headers=headers)
 
-    @api.get("/v1/model", summary="The loaded model: checkpoint, step, preset, metrics, device, limits")
-    async def model_info(self) -> dict[str, Any]:
+    @api.get("/v1/model", summary="The loaded model: checkpoint, step, preset, metrics, device, limits",
+             responses=_AUTH_ERROR, dependencies=[bearer_auth])
+    async def model_info(self, request: Request) -> dict[str, Any]:
+        self._authorize(request)
         loaded = self._model()
         settings = self._settings
         return {
@@ -626,6 +681,7 @@ class VSRUpscaler:
                          "max_batch_pixels": settings.max_batch_pixels, "video_batch_size": settings.batch_size},
             "num_threads": torch.get_num_threads(),
             "reload_error": self._reload_error,
+            "auth": "bearer" if self._api_key else "none",
             "pid": os.getpid(),
         }
 
@@ -666,18 +722,31 @@ app = build_app()
 
 
 # --- python serve/app.py --checkpoint PATH ------------------------------------------------------
-def main(argv: list[str] | None = None) -> None:
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def build_parser():
     import argparse
 
     parser = argparse.ArgumentParser(description="Serve VSR+++ v2 over HTTP on a local Ray instance.")
     parser.add_argument("--checkpoint", required=True, help="checkpoint .pth, training run folder, or best/ folder")
-    parser.add_argument("--host", default="127.0.0.1", help="HTTP host (default 127.0.0.1; 0.0.0.0 exposes it)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="HTTP host (default 127.0.0.1; 0.0.0.0 exposes it: set an API key then)")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--api-key-file", help=f"file holding the API key clients must send as "
+                        f"'Authorization: Bearer <key>' (default: ${API_KEY_ENV}; neither: no authentication)")
     parser.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per replica (= torch threads)")
     parser.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per replica")
     parser.add_argument("--num-replicas", type=int, default=1)
     parser.add_argument("--address", default=None, help="join a running Ray cluster instead of starting one")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.host not in LOOPBACK_HOSTS and not (args.api_key_file or os.environ.get(API_KEY_ENV)):
+        print(f"warning: serving on {args.host} without an API key: anyone who can reach this port can use it. "
+              f"Set {API_KEY_ENV} or --api-key-file.", file=sys.stderr)
 
     import ray
 
@@ -690,8 +759,11 @@ def main(argv: list[str] | None = None) -> None:
     else:
         context = ray.init(dashboard_host="127.0.0.1", runtime_env=runtime_env)
     ray_serve.start(http_options={"host": args.host, "port": args.port})
-    application = build_app({"checkpoint": str(checkpoint), "num_cpus": args.num_cpus, "num_gpus": args.num_gpus,
-                             "num_replicas": args.num_replicas})
+    app_args = {"checkpoint": str(checkpoint), "num_cpus": args.num_cpus, "num_gpus": args.num_gpus,
+                "num_replicas": args.num_replicas}
+    if args.api_key_file:
+        app_args["api_key_file"] = str(Path(args.api_key_file).expanduser().resolve())
+    application = build_app(app_args)
     ray_serve.run(application, name="vsr", route_prefix="/")
     base = f"http://{args.host}:{args.port}"
     print(f"serving {checkpoint}")

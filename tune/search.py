@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.fs
+from ray.tune import Callback, Stopper
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BASE_CONFIG = REPO_ROOT / "configs" / "sweep_base.json"
@@ -49,7 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--address", help="join a running Ray cluster, e.g. 'auto'; default: start a local Ray")
     p.add_argument("--dashboard-port", type=int, default=8265)
     p.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial from its checkpoint")
-    p.add_argument("--keep-checkpoints", type=int, default=3, help="best checkpoints kept per trial (by PSNR)")
+    p.add_argument("--keep-checkpoints", type=int, default=3,
+                   help="best checkpoints kept per trial (by PSNR); 0 keeps all, which makes resuming after a killed "
+                   "driver safe (see README)")
     p.add_argument("--seed", type=int, default=0, help="seed of the searcher and of every trial's training")
     return p.parse_args(argv)
 
@@ -115,6 +118,54 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
+def _last_error_line(trial) -> str:
+    """The exception line (``Type: message``) of a trial's latest failure, trial id masked."""
+    try:
+        lines = [line.strip() for line in Path(trial.error_file).read_text().splitlines() if line.strip()]
+        return lines[-1].replace(trial.trial_id, "<trial>")
+    except (OSError, TypeError, IndexError):
+        return "unknown error (no error file)"
+
+
+class FailFast(Callback, Stopper):
+    """Ends the sweep when ``after`` trial attempts have failed with the same error before any
+    trial reported a result: a broken environment or unusable data fails every trial alike,
+    and retrying (``--max-failures``) or starting more trials would only repeat it.
+
+    Prints one line per failed attempt instead of Tune's traceback (the traceback is in the
+    trial's error file). A sweep in which some trial reports is left to Tune's retries."""
+
+    def __init__(self, after: int = 2):
+        self.after = after
+        self.failures: list[str] = []  # the error line of each failed attempt
+        self.results = 0
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.results += 1
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._failed(trial, "retrying")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._failed(trial, "gave up")
+
+    def _failed(self, trial, outcome: str) -> None:
+        line = _last_error_line(trial)
+        self.failures.append(line)
+        print(f"trial {trial.trial_id} failed ({outcome}): {line}", file=sys.stderr, flush=True)
+
+    @property
+    def tripped(self) -> bool:
+        return self.results == 0 and len(self.failures) >= self.after and len(set(self.failures)) == 1
+
+    # the Stopper side: Tune asks after every event whether to end the whole experiment
+    def __call__(self, trial_id, result) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.tripped
+
+
 def build_tuner(args: argparse.Namespace, base: dict[str, Any], experiment_path: str,
                 points_to_evaluate: list[dict[str, float]] | None = None):
     """The Tuner for a new experiment, or the restored one when ``experiment_path`` holds one.
@@ -127,6 +178,7 @@ def build_tuner(args: argparse.Namespace, base: dict[str, Any], experiment_path:
     from tune.trainable import train_vsr
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our CLIReporter table instead of Tune's default output
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # FailFast prints one line per failure instead
     trainable = tune.with_resources(train_vsr, {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
     if args.resume or tune.Tuner.can_restore(experiment_path):
         print(f"resuming experiment {experiment_path} (finished trials are not re-run)")
@@ -144,6 +196,7 @@ def build_tuner(args: argparse.Namespace, base: dict[str, Any], experiment_path:
                                   max_concurrent=args.max_concurrent)
     scheduler = ASHAScheduler(time_attr="step", max_t=max_steps, grace_period=min(max_steps, args.grace_steps or 2 * val_every),
                               reduction_factor=2)
+    fail_fast = FailFast()
     reporter = tune.CLIReporter(
         parameter_columns={"LR_EXPONENT": "lr_exp", "WEIGHT_DECAY": "wd"},
         metric_columns={"step": "step", "loss_l1": "L1", "loss_perceptual": "perc", "loss_total": "total",
@@ -159,9 +212,10 @@ def build_tuner(args: argparse.Namespace, base: dict[str, Any], experiment_path:
         run_config=tune.RunConfig(
             name=args.name,
             storage_path=args.storage_path,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=args.keep_checkpoints,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=args.keep_checkpoints or None,
                                                     checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE),
             failure_config=tune.FailureConfig(max_failures=args.max_failures),
+            stop=fail_fast, callbacks=[fail_fast],
             sync_config=tune.SyncConfig(sync_artifacts=True),  # per-trial TensorBoard files reach the storage
             progress_reporter=reporter,
             verbose=1,  # the status table only; per-trial details are in TensorBoard and the dashboard
@@ -169,10 +223,27 @@ def build_tuner(args: argparse.Namespace, base: dict[str, Any], experiment_path:
     )
 
 
+def trial_failure(result) -> tuple[str, str] | None:
+    """(exception line with the trial folder masked, error file) of the trial's last failure,
+    or None if it never failed. Tune keeps ``error.txt`` even when a retry then succeeded."""
+    if result.path is None:
+        return None
+    error_file = f"{result.path.rstrip('/')}/error.txt"
+    try:
+        with result.filesystem.open_input_stream(error_file) as f:
+            lines = [line.strip() for line in f.read().decode("utf-8", errors="replace").splitlines() if line.strip()]
+    except OSError:  # no error file: the trial never failed
+        return (str(result.error).strip().splitlines()[-1], "") if result.error else None
+    line = lines[-1] if lines else "unknown error"
+    return line.replace(Path(result.path).name, "<trial>"), error_file
+
+
 def trial_status(result) -> str:
     metrics = result.metrics or {}
     if result.error:
         return "error"
+    if "step" not in metrics:
+        return "failed" if trial_failure(result) else "not started"
     if metrics.get("diverged"):
         return "diverged"
     if metrics.get("step", 0) < metrics.get("config", {}).get("base_config", {}).get("MAX_STEPS", 0):
@@ -260,6 +331,16 @@ def run_sweep(args: argparse.Namespace, base: dict[str, Any], experiment_path: s
     results = build_tuner(args, base, experiment_path).fit()
     rows = summary_rows(results)
     print_summary(rows)
+    failures = [f for f in map(trial_failure, results) if f]
+    if failures and not any("step" in (r.metrics or {}) for r in results):
+        # Every trial failed before its first report (FailFast ended the sweep): one clear summary.
+        messages = sorted({line for line, _ in failures})
+        print(f"\nerror: every trial failed before reporting a result ({len(rows)} started); the sweep stopped. "
+              f"{'Error' if len(messages) == 1 else 'Errors'}:", file=sys.stderr)
+        for message in messages:
+            print(f"  {message}", file=sys.stderr)
+        print(f"full traceback: {failures[0][1] or 'see the Tune output above'}", file=sys.stderr)
+        return 1
     errors = [r for r in results if r.error]
     if errors:
         print(f"\n{len(errors)} of {len(rows)} trials failed; first error:\n  "

@@ -11,12 +11,22 @@ so loading a checkpoint never executes code from the file.
 
 No RNG state is stored because none is needed: every training sample is a pure
 function of (seed, sample index), so ``step`` alone pins down the data stream.
+
+A failing write (disk full, I/O error) is retried ``SAVE_ATTEMPTS`` times with a doubling
+delay; then ``CheckpointError`` names the path and the errno. The previous file stays intact
+and no temp file is left behind. Temp files of a killed writer (``.NAME.*.tmp``) are removed
+by ``remove_stale_temp_files``, which the Trainer calls at start-up.
 """
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
+import pickle
+import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,18 +49,17 @@ LATEST_NAME = "latest.pth"
 BEST_INFO_NAME = "best.json"
 
 
+SAVE_ATTEMPTS = 3  # tries of a failing checkpoint write before CheckpointError
+SAVE_RETRY_DELAY_S = 1.0  # before the 2nd try; doubled before each further one
+
+logger = logging.getLogger(__name__)
+
+
 class CheckpointError(RuntimeError):
     pass
 
 
-def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
-    """Write atomically: a crash mid-write leaves the previous file at ``path`` intact."""
-    missing = set(CHECKPOINT_KEYS) ^ set(checkpoint)
-    if missing:
-        raise CheckpointError(f"checkpoint keys must be exactly {CHECKPOINT_KEYS}; differing: {sorted(missing)}")
-    if checkpoint["training_phase"] not in TRAINING_PHASES:
-        raise CheckpointError(f"training_phase must be one of {TRAINING_PHASES}, got {checkpoint['training_phase']!r}")
-    path = Path(path)
+def _write_atomically(checkpoint: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -62,7 +71,44 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-    return path
+
+
+def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
+    """Write atomically: a crash mid-write leaves the previous file at ``path`` intact.
+    An OSError is retried (SAVE_ATTEMPTS, doubling delay), then raised as CheckpointError."""
+    missing = set(CHECKPOINT_KEYS) ^ set(checkpoint)
+    if missing:
+        raise CheckpointError(f"checkpoint keys must be exactly {CHECKPOINT_KEYS}; differing: {sorted(missing)}")
+    if checkpoint["training_phase"] not in TRAINING_PHASES:
+        raise CheckpointError(f"training_phase must be one of {TRAINING_PHASES}, got {checkpoint['training_phase']!r}")
+    path = Path(path)
+    attempt = 1
+    while True:
+        try:
+            _write_atomically(checkpoint, path)
+            return path
+        except OSError as exc:
+            code = errno.errorcode.get(exc.errno, "?") if exc.errno else "no errno"
+            problem = f"{exc.strerror or exc} (errno {exc.errno}, {code})"
+            if attempt >= SAVE_ATTEMPTS:
+                raise CheckpointError(
+                    f"cannot write checkpoint {path}: {problem}; tried {attempt} times. "
+                    f"The previous {path.name} (if any) is unchanged."
+                ) from exc
+            delay = SAVE_RETRY_DELAY_S * 2 ** (attempt - 1)
+            logger.warning("writing checkpoint %s failed: %s; retrying in %.1fs (attempt %d of %d)",
+                           path, problem, delay, attempt + 1, SAVE_ATTEMPTS)
+            time.sleep(delay)
+            attempt += 1
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete the temp files of checkpoint writes that never finished (a killed process):
+    ``.NAME.pth.*.tmp`` in ``folder``. Call it only when no other process writes there."""
+    stale = [p for p in Path(folder).glob(".*.pth.*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def resolve_checkpoint_path(path: str | Path) -> Path:
@@ -87,8 +133,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = resolve_checkpoint_path(path)
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # pickle errors, truncated files, disallowed globals ...
-        raise CheckpointError(f"cannot load checkpoint {path}: {exc}") from exc
+    except pickle.UnpicklingError as exc:  # a global outside the weights-only allow-list: possibly code
+        found = re.search(r"(?:unsupported|Unsupported) (?:GLOBAL|global)[: ]+([^\s]+)", str(exc))
+        what = f" ({found.group(1)})" if found else ""
+        raise CheckpointError(
+            f"refusing to load checkpoint {path}: it holds Python objects other than tensors and plain "
+            f"data{what}, and unpickling them could run code. Only weights-only checkpoints are accepted."
+        ) from None
+    except Exception as exc:  # truncated or corrupt files ...
+        raise CheckpointError(f"cannot load checkpoint {path} (truncated, corrupt or not a checkpoint): {exc}") from exc
     if not isinstance(checkpoint, dict) or not set(CHECKPOINT_KEYS) <= set(checkpoint):
         keys = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise CheckpointError(f"{path} is not a VSR checkpoint: expected keys {CHECKPOINT_KEYS}, found {keys}")

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from vsr_core.archs import VSRPPPv2
-from vsr_core.checkpoint import LATEST_NAME, load_checkpoint, save_checkpoint
+from vsr_core.checkpoint import LATEST_NAME, load_checkpoint, remove_stale_temp_files, save_checkpoint
 from vsr_core.config import TrainConfig
 from vsr_core.data.datasets import ContinuingSampler, WindowPatchDataset, load_clip, training_clips, validation_sources
 from vsr_core.data.degradation import bicubic_upsample, to_tensor, to_uint8
@@ -106,6 +106,7 @@ class Trainer:
         self.use_amp = self.device.type == "cuda"
         self.output_dir = Path(config.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(self.output_dir)  # left by a process killed mid-write
 
         self.model = VSRPPPv2.from_preset(config.preset).to(self.device)
         self.perceptual = None
@@ -330,7 +331,8 @@ class Trainer:
     # --- the loop -------------------------------------------------------------------------------
     def fit(self, hooks: TrainingHooks | None = None) -> ValidationMetrics | None:
         """Train until MAX_STEPS (or a hook asks to stop); validate and checkpoint on schedule.
-        Always leaves a final ``latest.pth``."""
+        Always leaves a final ``latest.pth``. A checkpoint that cannot be written even after
+        retries stops the run with ``CheckpointError`` (see ``save_checkpoint``)."""
         hooks = hooks or TrainingHooks()
         try:
             while self.step < self.config.max_steps and not hooks.should_stop(self):
