@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="learning-rate range, searched log-uniformly (as LR_EXPONENT)")
     p.add_argument("--wd-range", type=float, nargs=2, default=(1e-4, 1e-1), metavar=("MIN", "MAX"),
                    help="weight-decay range, searched log-uniformly")
+    p.add_argument("--skip-base-trial", action="store_true",
+                   help="do not start with the base config's own LR_EXPONENT / WEIGHT_DECAY as the first trial")
     p.add_argument("--grace-steps", type=int, help="ASHA: steps before a trial may be stopped (default 2 validations)")
     p.add_argument("--storage-path", default=str(REPO_ROOT / "runs" / "tune"),
                    help="experiment storage: a local or shared folder, or a URI such as s3://bucket/path")
@@ -166,6 +168,15 @@ class FailFast(Callback, Stopper):
         return self.tripped
 
 
+def base_point(base: dict[str, Any], args: argparse.Namespace) -> list[dict[str, float]] | None:
+    """The base config's own LR and WD as the first trial (when inside the searched ranges), so a
+    sweep never ends worse than the config it started from."""
+    lr, wd = 10 ** base["LR_EXPONENT"], base["WEIGHT_DECAY"]
+    if args.lr_range[0] <= lr <= args.lr_range[1] and args.wd_range[0] <= wd <= args.wd_range[1]:
+        return [{"LR_EXPONENT": base["LR_EXPONENT"], "WEIGHT_DECAY": wd}]
+    return None
+
+
 def build_tuner(args: argparse.Namespace, base: dict[str, Any], experiment_path: str,
                 points_to_evaluate: list[dict[str, float]] | None = None):
     """The Tuner for a new experiment, or the restored one when ``experiment_path`` holds one.
@@ -192,6 +203,8 @@ def build_tuner(args: argparse.Namespace, base: dict[str, Any], experiment_path:
         "LR_EXPONENT": tune.uniform(math.log10(args.lr_range[0]), math.log10(args.lr_range[1])),
         "WEIGHT_DECAY": tune.loguniform(*args.wd_range),
     }
+    if points_to_evaluate is None and not args.skip_base_trial:
+        points_to_evaluate = base_point(base, args)
     searcher = ConcurrencyLimiter(OptunaSearch(seed=args.seed, points_to_evaluate=points_to_evaluate),
                                   max_concurrent=args.max_concurrent)
     scheduler = ASHAScheduler(time_attr="step", max_t=max_steps, grace_period=min(max_steps, args.grace_steps or 2 * val_every),
