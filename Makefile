@@ -31,5 +31,10 @@ demo: $(STAMP)
 	$(VENV)/bin/vsr upscale "$(call SAMPLE,bikes.mp4)" $(OUT)/bikes_x3.mp4 --checkpoint $(OUT)/tune/demo/best --max-frames 50
 	$(PY) serve/demo.py --checkpoint $(OUT)/tune/demo/best --out $(OUT)/serve
 
+# Benchmarks (not tests): quick by default; BENCH_ARGS=--full for longer runs.
+# Results: benchmarks/results/<name>.json; see benchmarks/README.md.
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(OUT) .pytest_cache

@@ -115,3 +115,106 @@ def test_streaming_windows_use_the_neighbouring_frames(tiny_model):
     altered[0] = 255 - altered[0]
     up = Upscaler(tiny_model, device="cpu")
     assert not np.array_equal(up.upscale_window_uint8(clip), up.upscale_window_uint8(altered))
+
+
+# --- feature reuse and the threaded stream ----------------------------------------------------
+def plain_nchw_reference(model, clip: np.ndarray) -> np.ndarray:
+    """The seed's computation: every window through the whole model, NCHW activations."""
+    saved = model.memory_format
+    model.memory_format = torch.contiguous_format
+    try:
+        return reference_upscale(model, clip)
+    finally:
+        model.memory_format = saved
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    return random_model("small", seed=2)
+
+
+@pytest.mark.parametrize("num_frames", [1, 2, 4, 9])
+@pytest.mark.parametrize("batch_size", [1, 3])
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_feature_reuse_stream_matches_the_plain_model(small_model, num_frames, batch_size, prefetch):
+    clip = make_clip(num_frames, 11, 14, seed=3)
+    upscaler = Upscaler(small_model, device="cpu", batch_size=batch_size)
+    assert upscaler.reuses_features(11, 14)
+    got = np.stack(list(upscaler.stream(iter(clip), prefetch=prefetch)))
+    expected = plain_nchw_reference(small_model, clip)
+    assert got.shape == expected.shape
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_stream_extracts_each_frames_features_once(tiny_model, monkeypatch):
+    clip = make_clip(11, 8, 9)
+    extracted = []
+    original = tiny_model.extract_features
+
+    def counting(frames):
+        extracted.append(frames.shape[1])
+        return original(frames)
+
+    monkeypatch.setattr(tiny_model, "extract_features", counting)
+    out = list(Upscaler(tiny_model, device="cpu", batch_size=3).stream(iter(clip)))
+    assert len(out) == 11
+    assert sum(extracted) == 11  # not 5 x 11: each frame's features serve its 5 windows
+
+
+def test_tiled_stream_runs_whole_windows(tiny_model, monkeypatch):
+    clip = make_clip(6, 30, 34)
+    upscaler = Upscaler(tiny_model, device="cpu", batch_size=2, tile=24, tile_overlap=20)
+    assert not upscaler.reuses_features(30, 34)
+    monkeypatch.setattr(upscaler, "_upscale_reusing_features", None)  # must not be used
+    got = np.stack(list(upscaler.stream(iter(clip))))
+    frames = to_tensor(clip)
+    windows = torch.stack([frames[window_indices(i, len(clip))] for i in range(len(clip))])
+    expected = to_uint8(upscaler.upscale_windows(windows))
+    assert np.array_equal(got, expected)
+
+
+def test_bicubic_baseline_streams_without_feature_reuse(clip):
+    upscaler = Upscaler.bicubic(device="cpu", batch_size=2)
+    assert not upscaler.reuses_features(*clip.shape[1:3])
+    plain = np.stack(list(upscaler.stream(iter(clip))))
+    threaded = np.stack(list(upscaler.stream(iter(clip), prefetch=3)))
+    assert np.array_equal(plain, threaded)
+
+
+def test_prefetching_stream_raises_the_errors_of_its_threads(tiny_model):
+    frames = [np.zeros((8, 8, 3), np.uint8)] * 3 + [np.zeros((8, 9, 3), np.uint8)]
+    with pytest.raises(ValueError, match="frame 3"):
+        list(Upscaler(tiny_model, device="cpu", batch_size=1).stream(frames, prefetch=2))
+
+    def broken_decoder():
+        yield np.zeros((8, 8, 3), np.uint8)
+        raise OSError("corrupt packet")
+
+    with pytest.raises(OSError, match="corrupt packet"):
+        list(Upscaler(tiny_model, device="cpu", batch_size=1).stream(broken_decoder(), prefetch=2))
+
+
+def test_closing_a_prefetching_stream_stops_its_threads(tiny_model):
+    import threading
+
+    def endless():
+        frame = make_clip(1, 8, 8)[0]
+        while True:
+            yield frame
+
+    outputs = Upscaler(tiny_model, device="cpu", batch_size=2).stream(endless(), prefetch=4)
+    for _ in range(5):
+        next(outputs)
+    outputs.close()
+    assert not [t for t in threading.enumerate() if t.name in ("vsr-decode", "vsr-model")]
+
+
+def test_allocator_tuning_is_idempotent_and_can_be_switched_off(monkeypatch):
+    import vsr_core.inference as inference
+
+    monkeypatch.setattr(inference, "_allocator_tuned", False)
+    monkeypatch.setenv("VSR_MALLOC_TUNING", "0")
+    assert inference.tune_cpu_allocator() is False
+    monkeypatch.delenv("VSR_MALLOC_TUNING")
+    first = inference.tune_cpu_allocator()
+    assert inference.tune_cpu_allocator() is first  # True on glibc, False elsewhere; never raises

@@ -5,10 +5,22 @@ validation and the Serve app.
 (optionally tile by tile); ``Upscaler.stream`` turns a stream of LR frames into a
 stream of 3x frames with one sliding window per output frame, holding only the
 frames the current batch of windows needs.
+
+Every frame is read by 5 windows. For a model with per-frame feature extraction
+(``extract_features`` + ``reconstruct_frames``, i.e. VSRPPPv2) ``stream`` extracts
+each frame's features once and reuses them in those 5 windows; ``upscale_windows``
+(independent windows, e.g. Serve requests) and tiled frames run the whole model.
+``stream(frames, prefetch=N)`` additionally decodes ahead in a background thread and
+runs the model in another, so decoding, the model and the caller's encoding overlap.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
+import queue
+import sys
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -32,6 +44,35 @@ def window_indices(center: int, num_frames: int) -> list[int]:
         j = (center + offset) % period
         indices.append(period - j if j >= num_frames else j)
     return indices
+
+
+# glibc mallopt parameters
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+ALLOCATOR_CACHE_BYTES = 256 * 1024**2
+_allocator_tuned = False
+
+
+def tune_cpu_allocator(cache_bytes: int = ALLOCATOR_CACHE_BYTES) -> bool:
+    """Let glibc's malloc keep freed blocks of up to ``cache_bytes`` for reuse (process-wide).
+
+    By default glibc returns freed activations (and the top of its heap) to the OS, so the
+    next one of that size is page-faulted and zero-filled again: ~1 GB of page faults per
+    12 frames of the ``small`` preset at 180x320, which made streaming 1.2x slower (see
+    benchmarks/README.md). Called by ``Upscaler`` on CPU; idempotent; a no-op off glibc or
+    with the environment variable VSR_MALLOC_TUNING=0. Returns whether the allocator is tuned.
+    """
+    global _allocator_tuned
+    if _allocator_tuned:
+        return True
+    if not sys.platform.startswith("linux") or os.environ.get("VSR_MALLOC_TUNING", "1") == "0":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        _allocator_tuned = bool(libc.mallopt(_M_MMAP_THRESHOLD, cache_bytes)) and bool(
+            libc.mallopt(_M_TRIM_THRESHOLD, cache_bytes))
+    except (OSError, AttributeError):  # not glibc
+        return False
+    return _allocator_tuned
 
 
 class BicubicBaseline(nn.Module):
@@ -86,6 +127,8 @@ class Upscaler:
             raise ValueError(f"tile ({tile}) must be larger than tile_overlap ({tile_overlap}), or 0 for no tiling")
         self.device = pick_device(device) if isinstance(device, str) else device
         self.model = model.to(self.device).eval()
+        if self.device.type == "cpu":
+            tune_cpu_allocator()
         self.batch_size = batch_size
         self.tile = tile
         self.tile_overlap = tile_overlap
@@ -136,17 +179,45 @@ class Upscaler:
         return to_uint8(self.upscale_windows(to_tensor(frames)[None]))[0]
 
     # --- streams -----------------------------------------------------------------
-    def stream(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    def reuses_features(self, height: int, width: int) -> bool:
+        """Whether ``stream`` extracts each frame's features once for frames of this size
+        (needs a model with ``extract_features``/``reconstruct_frames``, and no tiling)."""
+        model_ok = callable(getattr(self.model, "extract_features", None)) and callable(
+            getattr(self.model, "reconstruct_frames", None))
+        return model_ok and (not self.tile or (height <= self.tile and width <= self.tile))
+
+    def stream(self, frames: Iterable[np.ndarray], prefetch: int = 0) -> Iterator[np.ndarray]:
         """Upscale a stream of HxWx3 uint8 frames into 3Hx3Wx3 uint8 frames, in order.
 
         Holds at most ``batch_size + 4`` decoded frames: the ones the next batch of
-        windows reads. The clip length is only known at the end of the stream; it is
-        needed only to reflect the last windows, which are built after that.
+        windows reads (plus their features, when they are reused). The clip length is
+        only known at the end of the stream; it is needed only to reflect the last
+        windows, which are built after that.
+
+        ``prefetch`` > 0: iterate ``frames`` (decode) in a background thread up to that
+        many frames ahead, and run the model in a second thread up to one batch of
+        outputs ahead of the caller, so that decoding, the model and whatever the caller
+        does with the outputs (encoding) overlap. Memory stays bounded (prefetch +
+        2 x batch_size + 4 frames). Closing the generator stops both threads. It pays off
+        when the model leaves CPU cores free (CUDA, many cores); where the model already
+        keeps every core busy it measured slower than the plain stream (benchmarks/).
         """
-        buffer: dict[int, torch.Tensor] = {}
+        if prefetch <= 0:
+            yield from self._stream(frames)
+            return
+        decoded = _background(frames, prefetch, "vsr-decode")
+        try:
+            yield from _background(self._stream(decoded), self.batch_size, "vsr-model")
+        finally:
+            decoded.close()  # the model thread has ended (joined): stop the decode thread too
+
+    def _stream(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        buffer: dict[int, torch.Tensor] = {}  # LR frames [3,H,W]
+        features: dict[int, torch.Tensor] = {}  # per-frame features [1,C,H,W], when reused
         source = iter(frames)
         num_read, next_out, total = 0, 0, None
         first_shape = None
+        reuse = False
         while True:
             while total is None and num_read < next_out + self.batch_size + CENTER:
                 frame = next(source, None)
@@ -155,6 +226,7 @@ class Upscaler:
                     break
                 if first_shape is None:
                     first_shape = frame.shape
+                    reuse = self.reuses_features(frame.shape[0], frame.shape[1])
                 elif frame.shape != first_shape:
                     raise ValueError(f"frame {num_read} has shape {frame.shape}, frame 0 had {first_shape}")
                 buffer[num_read] = to_tensor(frame)
@@ -164,8 +236,84 @@ class Upscaler:
             if not centers:
                 return
             n = total if total is not None else 2 ** 62  # no reflection at an end not yet seen
-            windows = torch.stack([torch.stack([buffer[j] for j in window_indices(c, n)]) for c in centers])
-            yield from to_uint8(self.upscale_windows(windows))
+            if reuse:
+                yield from _to_uint8_(self._upscale_reusing_features(centers, n, buffer, features))
+            else:
+                windows = torch.stack([torch.stack([buffer[j] for j in window_indices(c, n)]) for c in centers])
+                yield from _to_uint8_(self.upscale_windows(windows))
             next_out = centers[-1] + 1
             for j in [j for j in buffer if j < next_out - CENTER]:
                 del buffer[j]
+                features.pop(j, None)
+
+    @torch.inference_mode()
+    def _upscale_reusing_features(self, centers: range, num_frames: int, frames: dict[int, torch.Tensor],
+                                  features: dict[int, torch.Tensor]) -> torch.Tensor:
+        """The windows around ``centers``: features of frames not seen yet are extracted
+        (in one batch) and cached in ``features``; cached ones are reused."""
+        windows = [window_indices(c, num_frames) for c in centers]
+        missing = sorted({j for window in windows for j in window} - features.keys())
+        if missing:
+            batch = torch.stack([frames[j] for j in missing]).to(self.device, non_blocking=True)
+            with self._autocast():
+                extracted = self.model.extract_features(batch[None])[0]  # [T,C,H,W]
+            for k, j in enumerate(missing):
+                features[j] = extracted[k : k + 1]
+        slots = [torch.cat([features[window[k]] for window in windows]) for k in range(NUM_FRAMES)]
+        center = torch.stack([frames[c] for c in centers]).to(self.device, non_blocking=True)
+        with self._autocast():
+            out = self.model.reconstruct_frames(slots, center).float()
+        return out.clamp_(0, 1)
+
+
+def _to_uint8_(frames: torch.Tensor) -> np.ndarray:
+    """``to_uint8`` (the same arithmetic: clamp, x255, round, cast) in place in ``frames``."""
+    with torch.inference_mode():
+        return frames.clamp_(0, 1).mul_(255).round_().to(torch.uint8).movedim(-3, -1).cpu().numpy()
+
+
+_END = object()
+
+
+def _background(items: Iterable, maxsize: int, name: str) -> Iterator:
+    """Iterate ``items`` in a daemon thread, at most ``maxsize`` items ahead of the consumer.
+    Exceptions are re-raised in the consumer; closing the consumer stops the thread."""
+    channel: queue.Queue = queue.Queue(maxsize=max(1, maxsize))
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                channel.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        source = iter(items)
+        try:
+            for item in source:
+                if not put((item, None)):
+                    return
+            put((_END, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            put((_END, exc))
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:  # a generator (e.g. a nested _background): stop it here, in its thread
+                close()
+
+    thread = threading.Thread(target=produce, name=name, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = channel.get()
+            if error is not None:
+                raise error
+            if item is _END:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
