@@ -62,7 +62,8 @@ def main(argv=None) -> None:
             report.add(name + " = conv peak", value, "GFLOP/s", "matmul", value / matmul)
         else:
             report.add(name, value, "GFLOP/s", "conv peak (channels-last)", value / conv_peak)
-    report.details = {"timings": {k: t.to_dict() for k, t in timings.items()}, "flops": {k: c[1] for k, c in cases.items()}}
+    report.details = {"timings": {k: t.to_dict() for k, t in timings.items()},
+                      "flops": {k: c[1] for k, c in cases.items()}}
     print(f"wrote {report.write()}")
 
 

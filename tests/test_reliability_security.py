@@ -81,7 +81,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
 
 def test_no_source_loads_pickles_unsafely():
     unsafe = {
-        "weights_only=False": re.compile(r"weights_only\s*=\s*False"),
+        "weights_only set to False": re.compile(r"weights_only\s*=\s*" + "False"),  # split: this file is scanned too
         "pickle.load": re.compile(r"\bpickle\.loads?\("),
         "allow_pickle=True in library code": re.compile(r"allow_pickle\s*=\s*True"),
     }
