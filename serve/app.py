@@ -56,7 +56,7 @@ from starlette.formparsers import MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from vsr_core.archs import NUM_FRAMES, SCALE, count_parameters
-from vsr_core.checkpoint import BEST_INFO_NAME, load_checkpoint, resolve_checkpoint_path
+from vsr_core.checkpoint import BEST_INFO_NAME, resolve_checkpoint_path
 from vsr_core.data.degradation import to_tensor, to_uint8
 from vsr_core.data.video_io import FrameWriter, VideoReadError, iter_frames, probe_video
 from vsr_core.image_io import (
@@ -317,8 +317,8 @@ def load_model(settings: ServeSettings) -> LoadedModel:
     for _ in range(3):  # a run's latest.pth may be replaced (atomically) while we read it
         key = _model_key(settings)
         path = Path(key[0])
-        meta = load_checkpoint(path)
         upscaler = Upscaler.from_checkpoint(path, **options)
+        meta = upscaler.checkpoint_info
         if _model_key(settings) == key:
             break
     else:
@@ -344,7 +344,6 @@ def load_model(settings: ServeSettings) -> LoadedModel:
         "device": str(upscaler.device),
         "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    del meta
     return LoadedModel(upscaler, info, key)
 
 

@@ -132,11 +132,15 @@ class Upscaler:
         self.batch_size = batch_size
         self.tile = tile
         self.tile_overlap = tile_overlap
+        self.checkpoint_info: dict | None = None  # set by from_checkpoint
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **options) -> "Upscaler":
-        model, _ = model_from_checkpoint(path)
-        return cls(model, **options)
+        model, checkpoint = model_from_checkpoint(path)
+        upscaler = cls(model, **options)
+        # What the file says about itself (no weights), so callers need not load it twice.
+        upscaler.checkpoint_info = {k: checkpoint[k] for k in ("step", "epoch", "training_phase", "config")}
+        return upscaler
 
     @classmethod
     def bicubic(cls, **options) -> "Upscaler":
