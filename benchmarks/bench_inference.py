@@ -24,7 +24,8 @@ from common import Report, header, measure, parse_args
 from flops import conv_flops_per_window, count_conv_flops, cross_check_with_flop_counter
 from legacy import LegacyUpscaler
 from vsr_core.archs import VSRPPPv2
-from vsr_core.inference import Upscaler, window_indices
+from vsr_core.frames import window_indices
+from vsr_core.inference import Upscaler
 
 
 def random_model(preset: str, seed: int = 0) -> VSRPPPv2:
@@ -46,7 +47,7 @@ def synthetic_frames(count: int, height: int, width: int, seed: int = 0) -> list
 
 
 def windows_of(frames: list[np.ndarray]) -> torch.Tensor:
-    from vsr_core.data.degradation import to_tensor
+    from vsr_core.frames import to_tensor
 
     clip = to_tensor(np.stack(frames))
     return torch.stack([clip[window_indices(i, len(frames))] for i in range(len(frames))])

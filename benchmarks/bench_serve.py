@@ -26,7 +26,7 @@ import torch
 from bench_inference import synthetic_frames
 from bench_pipeline import save_model_checkpoint
 from common import ROOT, Report, header, measure
-from vsr_core.data.degradation import to_tensor, to_uint8
+from vsr_core.frames import to_tensor, to_uint8
 from vsr_core.inference import Upscaler
 
 APP_NAME = "vsr-bench"

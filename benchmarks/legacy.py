@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from vsr_core.archs import CENTER, SCALE
-from vsr_core.data.degradation import to_tensor, to_uint8
-from vsr_core.inference import window_indices
+from vsr_core.frames import to_tensor, to_uint8
+from vsr_core.frames import window_indices
 
 
 def _blocks(blocks, x: torch.Tensor) -> torch.Tensor:

@@ -57,7 +57,7 @@ from starlette.requests import ClientDisconnect
 
 from vsr_core.archs import NUM_FRAMES, SCALE, count_parameters
 from vsr_core.checkpoint import BEST_INFO_NAME, resolve_checkpoint_path
-from vsr_core.data.degradation import to_tensor, to_uint8
+from vsr_core.frames import to_tensor, to_uint8
 from vsr_core.data.video_io import FrameWriter, VideoReadError, iter_frames, probe_video
 from vsr_core.image_io import (
     ImageTooLargeError,

@@ -17,7 +17,8 @@ import numpy as np
 import requests
 from PIL import Image
 
-from vsr_core.data.degradation import bicubic_upsample, crop_to_scale, to_tensor, to_uint8
+from vsr_core.data.degradation import bicubic_upsample, crop_to_scale
+from vsr_core.frames import to_tensor, to_uint8
 from vsr_core.data.samples import sample_clip
 from vsr_core.data.video_io import FrameWriter, iter_frames, probe_video
 from vsr_core.evaluate import degrade_frame

@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from conftest import make_clip, random_model
-from vsr_core.data.degradation import to_tensor, to_uint8
-from vsr_core.inference import Upscaler, window_indices
+from vsr_core.frames import to_tensor, to_uint8
+from vsr_core.frames import window_indices
+from vsr_core.inference import Upscaler
 
 
 def test_reflection_padding_indices():

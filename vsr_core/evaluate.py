@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from vsr_core.archs import SCALE
-from vsr_core.data.degradation import bicubic_downsample, crop_to_scale, to_tensor, to_uint8
+from vsr_core.data.degradation import bicubic_downsample, crop_to_scale
+from vsr_core.frames import to_tensor, to_uint8
 from vsr_core.data.video_io import iter_frames
 from vsr_core.inference import Upscaler
 from vsr_core.metrics import psnr, ssim

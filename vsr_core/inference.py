@@ -30,20 +30,8 @@ from torch import nn
 
 from vsr_core.archs import CENTER, NUM_FRAMES, SCALE
 from vsr_core.checkpoint import model_from_checkpoint
-from vsr_core.data.degradation import bicubic_upsample, to_tensor, to_uint8
-
-
-def window_indices(center: int, num_frames: int) -> list[int]:
-    """Frame indices of the 5-frame window around ``center``, reflected at the sequence
-    borders without repeating the border frame: center 0 -> [2, 1, 0, 1, 2]."""
-    if num_frames <= 1:
-        return [0] * NUM_FRAMES
-    period = 2 * (num_frames - 1)
-    indices = []
-    for offset in range(-CENTER, CENTER + 1):
-        j = (center + offset) % period
-        indices.append(period - j if j >= num_frames else j)
-    return indices
+from vsr_core.data.degradation import bicubic_upsample
+from vsr_core.frames import pick_device, to_tensor, to_uint8, window_indices
 
 
 # glibc mallopt parameters
@@ -80,12 +68,6 @@ class BicubicBaseline(nn.Module):
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         return bicubic_upsample(frames[:, CENTER])
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _tile_starts(size: int, tile: int, overlap: int) -> list[int]:
@@ -241,10 +223,10 @@ class Upscaler:
                 return
             n = total if total is not None else 2 ** 62  # no reflection at an end not yet seen
             if reuse:
-                yield from _to_uint8_(self._upscale_reusing_features(centers, n, buffer, features))
+                yield from to_uint8(self._upscale_reusing_features(centers, n, buffer, features), in_place=True)
             else:
                 windows = torch.stack([torch.stack([buffer[j] for j in window_indices(c, n)]) for c in centers])
-                yield from _to_uint8_(self.upscale_windows(windows))
+                yield from to_uint8(self.upscale_windows(windows), in_place=True)
             next_out = centers[-1] + 1
             for j in [j for j in buffer if j < next_out - CENTER]:
                 del buffer[j]
@@ -268,12 +250,6 @@ class Upscaler:
         with self._autocast():
             out = self.model.reconstruct_frames(slots, center).float()
         return out.clamp_(0, 1)
-
-
-def _to_uint8_(frames: torch.Tensor) -> np.ndarray:
-    """``to_uint8`` (the same arithmetic: clamp, x255, round, cast) in place in ``frames``."""
-    with torch.inference_mode():
-        return frames.clamp_(0, 1).mul_(255).round_().to(torch.uint8).movedim(-3, -1).cpu().numpy()
 
 
 _END = object()

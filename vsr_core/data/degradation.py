@@ -39,14 +39,3 @@ def bicubic_downsample(hr: torch.Tensor, scale: int = SCALE) -> torch.Tensor:
 def bicubic_upsample(lr: torch.Tensor, scale: int = SCALE) -> torch.Tensor:
     """[N,3,h,w] -> [N,3,s*h,s*w] plain bicubic interpolation: the baseline the model must beat."""
     return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False)
-
-
-def to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """uint8 [...,H,W,3] -> float [...,3,H,W] in [0,1]."""
-    t = torch.from_numpy(np.ascontiguousarray(frames)).float().div_(255)
-    return t.movedim(-1, -3)
-
-
-def to_uint8(frames: torch.Tensor) -> np.ndarray:
-    """float [...,3,H,W] in [0,1] -> uint8 [...,H,W,3] (rounded, clamped)."""
-    return frames.detach().clamp(0, 1).mul(255).round_().to(torch.uint8).movedim(-3, -1).cpu().numpy()

@@ -27,11 +27,12 @@ from vsr_core.archs import VSRPPPv2
 from vsr_core.checkpoint import LATEST_NAME, load_checkpoint, remove_stale_temp_files, save_checkpoint
 from vsr_core.config import TrainConfig
 from vsr_core.data.datasets import ContinuingSampler, WindowPatchDataset, load_clip, training_clips, validation_sources
-from vsr_core.data.degradation import bicubic_upsample, to_tensor, to_uint8
+from vsr_core.data.degradation import bicubic_upsample
+from vsr_core.frames import pick_device, to_tensor, to_uint8
 from vsr_core.engine.health import convergence_status, health_summary
 from vsr_core.engine.tensorboard import TensorBoardLogger
 from vsr_core.evaluate import center_crop, evaluate_frames
-from vsr_core.inference import Upscaler, pick_device
+from vsr_core.inference import Upscaler
 from vsr_core.losses import PerceptualLoss, combined_loss
 
 ETA_MIN = 1e-7
