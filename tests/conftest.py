@@ -83,3 +83,29 @@ def ray_session():
     except Exception:
         pass
     ray.shutdown()
+
+
+def write_av_clip(path, frames: np.ndarray, fps=25, sample_rate: int = 48000, tone: float = 440.0):
+    """An mp4 with H.264 video and an AAC audio track (a sine tone) as long as the video."""
+    from fractions import Fraction
+
+    import av
+
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=Fraction(fps))
+        video.width, video.height, video.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        audio = container.add_stream("aac", rate=sample_rate)
+        audio.layout = "mono"
+        for i, frame in enumerate(frames):
+            video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            video_frame.pts = i
+            container.mux(video.encode(video_frame))
+        t = np.arange(int(len(frames) / Fraction(fps) * sample_rate)) / sample_rate
+        samples = (0.3 * np.sin(2 * np.pi * tone * t)).astype(np.float32)
+        for start in range(0, len(samples), 1024):
+            audio_frame = av.AudioFrame.from_ndarray(samples[None, start : start + 1024], format="flt", layout="mono")
+            audio_frame.sample_rate, audio_frame.pts = sample_rate, start
+            container.mux(audio.encode(audio_frame))
+        container.mux(video.encode())
+        container.mux(audio.encode())
+    return path

@@ -9,6 +9,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from vsr_core.engine.cli import add_train_parser
+from vsr_core.video.plan import DEFAULT_CHUNK_FRAMES
 
 
 def _upscaler_from_args(args: argparse.Namespace):
@@ -31,21 +32,49 @@ def _add_inference_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile-overlap", type=int, default=32, help="tile overlap in LR pixels")
 
 
-def cmd_upscale(args: argparse.Namespace) -> int:
-    from vsr_core.data.video_io import FrameWriter, iter_frames, probe_video
+def _ray_pool_from_args(args: argparse.Namespace):
+    """Connect to Ray (``--address``, else a local instance) and describe the chunk workers."""
+    import ray
 
-    info = probe_video(args.input)
+    from vsr_core.video.on_ray import RayPool
+
+    ray.init(address=args.address, log_to_driver=False, configure_logging=False)
+    return RayPool(workers=args.workers, num_cpus=args.cpus_per_worker, num_gpus=args.gpus_per_worker)
+
+
+def cmd_upscale(args: argparse.Namespace) -> int:
+    from vsr_core.video.engine import default_work_folder, upscale_file
+
     upscaler = _upscaler_from_args(args)
-    frames = iter_frames(args.input, args.max_frames)
-    total = info.num_frames if args.max_frames is None else min(args.max_frames, info.num_frames or args.max_frames)
-    start = time.perf_counter()
-    with FrameWriter(args.output, fps=info.fps) as writer, tqdm(total=total, unit="frame", desc="upscale") as bar:
-        for frame in upscaler.stream(frames):
-            writer.write(frame)
-            bar.update(1)
-    elapsed = time.perf_counter() - start
-    print(f"wrote {writer.count} frames ({3 * info.width}x{3 * info.height}, {info.fps:g} fps) to {args.output} "
-          f"in {elapsed:.1f}s ({writer.count / elapsed:.2f} frames/s)")
+    pool = _ray_pool_from_args(args) if args.ray else None
+    where = f"on {pool.size(10**9) if pool.workers is None else pool.workers} Ray workers" if pool else \
+        f"on {upscaler.device}"
+    print(f"upscaling {args.input} {where}", flush=True)
+    bar = tqdm(total=None, unit="frame", desc="upscale", dynamic_ncols=True)
+
+    def show(progress) -> None:  # frames done across all workers
+        bar.total = progress.frames_total
+        bar.update(progress.frames_done - bar.n)
+
+    try:
+        result = upscale_file(args.input, args.output, upscaler, max_frames=args.max_frames,
+                              chunk_frames=args.chunk_frames, work_folder=args.work_folder, resume=args.resume,
+                              ray_pool=pool, on_progress=show)
+    except KeyboardInterrupt:
+        bar.close()
+        folder = args.work_folder or default_work_folder(args.output)
+        print(f"interrupted: finished chunks are kept in {folder}; run the same command with --resume to continue",
+              file=sys.stderr)
+        return 130
+    finally:
+        bar.close()
+        if pool is not None:
+            import ray
+
+            ray.shutdown()
+    resumed = f", {result.resumed_frames} of them from an earlier run" if result.resumed_frames else ""
+    print(f"wrote {result.frames} frames ({result.width}x{result.height}, {result.fps:g} fps{resumed}) to "
+          f"{args.output} in {result.seconds:.1f}s ({result.frames / result.seconds:.2f} frames/s)")
     return 0
 
 
@@ -74,9 +103,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("upscale", help="upscale a video or frame folder 3x")
     up.add_argument("input", help="video file (mp4/mkv/avi/...) or folder of PNG/JPEG frames")
-    up.add_argument("output", help="output .mp4 (same fps) or a folder for PNG frames")
-    up.add_argument("--max-frames", type=int, default=None)
+    up.add_argument("output", help="output .mp4/.mkv (same timing, audio and subtitles kept) or a folder for PNG "
+                    "frames; a path or a storage URI (s3://..., gs://...)")
+    up.add_argument("--max-frames", type=int, default=None, help="only the first N frames (and their audio)")
     _add_inference_args(up)
+    video = up.add_argument_group("long videos and clusters")
+    video.add_argument("--chunk-frames", type=int, default=DEFAULT_CHUNK_FRAMES,
+                       help="frames per chunk: the unit of parallel work and of --resume (default %(default)s)")
+    video.add_argument("--work-folder", default=None,
+                       help="where finished chunks are kept until the output is complete (default OUTPUT.parts)")
+    video.add_argument("--resume", action="store_true",
+                       help="continue an interrupted run from its finished chunks (same input, model and settings)")
+    video.add_argument("--ray", action="store_true", help="run the chunks on Ray workers (a local instance, "
+                       "or the cluster given by --address)")
+    video.add_argument("--address", default=None, help="Ray cluster address, e.g. 'auto' for the one 'ray start' "
+                       "runs on this machine (with --ray; default: start a local instance)")
+    video.add_argument("--workers", type=int, default=None,
+                       help="chunk workers (with --ray; default: as many as the cluster has room for)")
+    video.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs (= torch threads) per worker")
+    video.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per worker (e.g. 1 on GPU nodes)")
     up.set_defaults(func=cmd_upscale)
 
     ev = sub.add_parser("evaluate", help="Y/RGB PSNR and SSIM of the model and of bicubic on clips")

@@ -172,13 +172,24 @@ class Upscaler:
             getattr(self.model, "reconstruct_frames", None))
         return model_ok and (not self.tile or (height <= self.tile and width <= self.tile))
 
-    def stream(self, frames: Iterable[np.ndarray], prefetch: int = 0) -> Iterator[np.ndarray]:
+    def stream(self, frames: Iterable[np.ndarray], prefetch: int = 0, *, first: int = 0,
+               total: int | None = None, start: int | None = None, stop: int | None = None) -> Iterator[np.ndarray]:
         """Upscale a stream of HxWx3 uint8 frames into 3Hx3Wx3 uint8 frames, in order.
 
         Holds at most ``batch_size + 4`` decoded frames: the ones the next batch of
         windows reads (plus their features, when they are reused). The clip length is
         only known at the end of the stream; it is needed only to reflect the last
         windows, which are built after that.
+
+        A part of a longer clip (a chunk of the video engine): ``frames`` are the clip's
+        frames from index ``first`` on, ``total`` is the clip's length and the output is the
+        frames ``start`` to ``stop`` - 1; ``frames`` must then include the 2 frames of context
+        on each side (``first = max(0, start - 2)``, up to ``min(total, stop + 2)``). The
+        windows reflect at the clip's real ends only, and batches are aligned to multiples
+        of ``batch_size`` in clip indices, with each frame's features extracted on their own,
+        so a chunk's frames are bit-identical to the same frames of a whole-clip stream (in
+        the same process settings: CPU kernels may round differently with another number of
+        threads).
 
         ``prefetch`` > 0: iterate ``frames`` (decode) in a background thread up to that
         many frames ahead, and run the model in a second thread up to one batch of
@@ -188,63 +199,80 @@ class Upscaler:
         when the model leaves CPU cores free (CUDA, many cores); where the model already
         keeps every core busy it measured slower than the plain stream (benchmarks/).
         """
-        if prefetch <= 0:
-            yield from self._stream(frames)
-            return
-        decoded = _background(frames, prefetch, "vsr-decode")
-        try:
-            yield from _background(self._stream(decoded), self.batch_size, "vsr-model")
-        finally:
-            decoded.close()  # the model thread has ended (joined): stop the decode thread too
+        start = first if start is None else start
+        if first < 0 or start < first or (first > 0 and first > start - CENTER):
+            raise ValueError(f"frames from {first} do not hold the context of frame {start} "
+                             f"(they must start at max(0, start - {CENTER}))")
+        windows = self._stream(frames if prefetch <= 0 else _background(frames, prefetch, "vsr-decode"),
+                               first, total, start, stop)
+        # With prefetch the model runs in a thread of its own; closing either generator
+        # closes the one it reads from, in that one's thread (see _background).
+        yield from windows if prefetch <= 0 else _background(windows, self.batch_size, "vsr-model")
 
-    def _stream(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        buffer: dict[int, torch.Tensor] = {}  # LR frames [3,H,W]
+    def _stream(self, frames: Iterable[np.ndarray], first: int, total: int | None, start: int,
+                stop: int | None) -> Iterator[np.ndarray]:
+        buffer: dict[int, torch.Tensor] = {}  # LR frames [3,H,W] by clip index
         features: dict[int, torch.Tensor] = {}  # per-frame features [1,C,H,W], when reused
         source = iter(frames)
-        num_read, next_out, total = 0, 0, None
+        total_given = total is not None
+        next_read, next_out = first, start
         first_shape = None
         reuse = False
-        while True:
-            while total is None and num_read < next_out + self.batch_size + CENTER:
-                frame = next(source, None)
-                if frame is None:
-                    total = num_read
-                    break
-                if first_shape is None:
-                    first_shape = frame.shape
-                    reuse = self.reuses_features(frame.shape[0], frame.shape[1])
-                elif frame.shape != first_shape:
-                    raise ValueError(f"frame {num_read} has shape {frame.shape}, frame 0 had {first_shape}")
-                buffer[num_read] = to_tensor(frame)
-                num_read += 1
-            ready = total if total is not None else num_read - CENTER
-            centers = range(next_out, min(next_out + self.batch_size, ready))
-            if not centers:
-                return
-            n = total if total is not None else 2 ** 62  # no reflection at an end not yet seen
-            if reuse:
-                yield from to_uint8(self._upscale_reusing_features(centers, n, buffer, features), in_place=True)
-            else:
-                windows = torch.stack([torch.stack([buffer[j] for j in window_indices(c, n)]) for c in centers])
-                yield from to_uint8(self.upscale_windows(windows), in_place=True)
-            next_out = centers[-1] + 1
-            for j in [j for j in buffer if j < next_out - CENTER]:
-                del buffer[j]
-                features.pop(j, None)
+        try:
+            while True:
+                end = stop if stop is not None else total  # None: until the frames run out
+                batch_end = (next_out // self.batch_size + 1) * self.batch_size  # aligned batches
+                if end is not None:
+                    batch_end = min(batch_end, end)
+                need = batch_end - 1 + CENTER  # the last frame this batch's windows read
+                if total is not None:
+                    need = min(need, total - 1)
+                while next_read <= need:
+                    frame = next(source, None)
+                    if frame is None:
+                        if total_given:
+                            raise ValueError(f"the frames ended at frame {next_read}; frame {need} was expected")
+                        total = next_read
+                        batch_end = min(batch_end, total)
+                        break
+                    if first_shape is None:
+                        first_shape = frame.shape
+                        reuse = self.reuses_features(frame.shape[0], frame.shape[1])
+                    elif frame.shape != first_shape:
+                        raise ValueError(f"frame {next_read} has shape {frame.shape}, frame {first} had {first_shape}")
+                    buffer[next_read] = to_tensor(frame)
+                    next_read += 1
+                centers = range(next_out, batch_end)
+                if not centers:
+                    return
+                n = total if total is not None else 2**62  # no reflection at an end not yet seen
+                if reuse:
+                    out = self._upscale_reusing_features(centers, n, buffer, features)
+                else:
+                    windows = torch.stack([torch.stack([buffer[j] for j in window_indices(c, n)]) for c in centers])
+                    out = self.upscale_windows(windows)
+                yield from to_uint8(out, in_place=True)
+                next_out = batch_end
+                for j in [j for j in buffer if j < next_out - CENTER]:
+                    del buffer[j]
+                    features.pop(j, None)
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
 
     @torch.inference_mode()
     def _upscale_reusing_features(self, centers: range, num_frames: int, frames: dict[int, torch.Tensor],
                                   features: dict[int, torch.Tensor]) -> torch.Tensor:
         """The windows around ``centers``: features of frames not seen yet are extracted
-        (in one batch) and cached in ``features``; cached ones are reused."""
+        and cached in ``features``; cached ones are reused. Each frame's features are
+        extracted on their own (a batch of 1): CPU convolutions may round differently in
+        batches of another size, and a frame must get the same features whichever batch
+        (or chunk of a video) first reads it."""
         windows = [window_indices(c, num_frames) for c in centers]
-        missing = sorted({j for window in windows for j in window} - features.keys())
-        if missing:
-            batch = torch.stack([frames[j] for j in missing]).to(self.device, non_blocking=True)
+        for j in sorted({j for window in windows for j in window} - features.keys()):
             with self._autocast():
-                extracted = self.model.extract_features(batch[None])[0]  # [T,C,H,W]
-            for k, j in enumerate(missing):
-                features[j] = extracted[k : k + 1]
+                features[j] = self.model.extract_features(frames[j].to(self.device, non_blocking=True)[None, None])[0]
         slots = [torch.cat([features[window[k]] for window in windows]) for k in range(NUM_FRAMES)]
         center = torch.stack([frames[c] for c in centers]).to(self.device, non_blocking=True)
         with self._autocast():

@@ -1,0 +1,172 @@
+"""The chunked video engine (vsr_core.video): exact frames, timing, audio, resume, cancel.
+
+The reference for every pixel test is the single-process ``Upscaler.stream`` over the
+decoded clip; outputs go to PNG frame folders (lossless) where pixels are compared."""
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_clip, random_model, write_av_clip
+from vsr_core.data.video_io import FrameWriter, frame_timestamps, probe_video, read_frames
+from vsr_core.inference import Upscaler
+from vsr_core.video.engine import upscale_file
+from vsr_core.video.plan import JobCancelled, PlanMismatchError, plan_chunks
+
+
+@pytest.fixture(scope="module")
+def upscaler():
+    return Upscaler(random_model("tiny"), device="cpu", batch_size=4)
+
+
+def write_clip(path, num_frames, fps=25, height=20, width=26):
+    with FrameWriter(path, fps=fps) as writer:
+        for frame in make_clip(num_frames, height, width, seed=num_frames):
+            writer.write(frame)
+    return path
+
+
+def reference(upscaler, path):
+    return np.stack(list(upscaler.stream(iter(read_frames(path)))))
+
+
+def test_chunks_cover_the_clip_with_two_frames_of_context():
+    chunks = plan_chunks(list(range(0, 110, 10)), 4)  # 11 frames, pts 0, 10, ...
+    assert [(c.start, c.stop, c.first, c.last) for c in chunks] == [(0, 4, 0, 6), (4, 8, 2, 10), (8, 11, 6, 11)]
+    assert [c.first_pts for c in chunks] == [0, 20, 60]
+
+
+@pytest.mark.parametrize("num_frames", [1, 2, 5, 11, 37])
+@pytest.mark.parametrize("chunk_frames,batch_size", [(1, 1), (4, 4), (16, 4)])
+def test_chunked_output_equals_one_stream_exactly(tmp_path, num_frames, chunk_frames, batch_size):
+    upscaler = Upscaler(random_model("tiny"), device="cpu", batch_size=batch_size)
+    source = write_clip(tmp_path / "in.mp4", num_frames)
+    result = upscale_file(source, tmp_path / "out", upscaler, chunk_frames=chunk_frames)
+    got = read_frames(tmp_path / "out")
+    assert result.frames == num_frames and got.shape[0] == num_frames
+    assert np.array_equal(got, reference(upscaler, source))
+    assert not (tmp_path / "out.parts").exists()  # the work folder is gone once the output is whole
+
+
+@pytest.mark.parametrize("fps", [25, Fraction(24000, 1001)])
+def test_video_output_keeps_frame_count_and_timestamps(tmp_path, upscaler, fps):
+    source = write_clip(tmp_path / "in.mp4", 11, fps=fps)
+    upscale_file(source, tmp_path / "out.mp4", upscaler, chunk_frames=4)
+    info_in, info_out = probe_video(source), probe_video(tmp_path / "out.mp4")
+    assert info_out.frame_rate == info_in.frame_rate == Fraction(fps)
+    assert (info_out.height, info_out.width) == (3 * info_in.height, 3 * info_in.width)
+    seconds = [[float(t * i.time_base) for t in frame_timestamps(p)]
+                for i, p in ((info_in, source), (info_out, tmp_path / "out.mp4"))]
+    assert seconds[0] == pytest.approx(seconds[1], abs=1e-6) and len(seconds[1]) == 11
+    # lossy H.264 twice (input and output), but the same pictures
+    decoded = read_frames(tmp_path / "out.mp4").astype(float)
+    assert np.abs(decoded - reference(upscaler, source)).mean() < 8
+
+
+def audio_packets(path):
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        return stream.codec_context.name, [(p.pts, bytes(p)) for p in container.demux(stream) if p.size]
+
+
+def test_audio_is_copied_packet_for_packet(tmp_path, upscaler):
+    source = write_av_clip(tmp_path / "in.mp4", make_clip(30, 20, 26))
+    upscale_file(source, tmp_path / "out.mp4", upscaler, chunk_frames=8)
+    codec_in, packets_in = audio_packets(source)
+    codec_out, packets_out = audio_packets(tmp_path / "out.mp4")
+    assert codec_out == codec_in == "aac"
+    assert packets_out == packets_in  # not re-encoded, same timing
+    with av.open(str(tmp_path / "out.mp4")) as out:
+        video, audio = out.streams.video[0], out.streams.audio[0]
+        assert video.frames == 30
+        assert abs(float(audio.duration * audio.time_base) - float(video.duration * video.time_base)) <= 1 / 25
+
+
+def test_max_frames_keeps_only_the_matching_audio(tmp_path, upscaler):
+    source = write_av_clip(tmp_path / "in.mp4", make_clip(50, 20, 26))
+    upscale_file(source, tmp_path / "out.mp4", upscaler, max_frames=20)
+    with av.open(str(tmp_path / "out.mp4")) as out:
+        assert out.streams.video[0].frames == 20
+        audio = out.streams.audio[0]
+        last = max(p.pts + p.duration for p in out.demux(audio) if p.size)
+        assert 20 / 25 - 0.05 <= float(last * audio.time_base) <= 20 / 25 + 0.05
+
+
+def stop_after(chunks: int):
+    """A should_stop that cancels once ``chunks`` chunks are done (checked between chunks)."""
+    calls = {"n": 0}
+
+    def should_stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] > chunks
+
+    return should_stop
+
+
+def test_a_cancelled_run_resumes_from_its_finished_chunks(tmp_path, upscaler):
+    source = write_clip(tmp_path / "in.mp4", 37)
+    out, parts = tmp_path / "out", tmp_path / "out.parts"
+    with pytest.raises(JobCancelled):
+        upscale_file(source, out, upscaler, chunk_frames=8, should_stop=stop_after(2))
+    assert len(list(parts.glob("chunk_*"))) == 2 and not out.exists()
+    with pytest.raises(PlanMismatchError, match="--resume"):
+        upscale_file(source, out, upscaler, chunk_frames=8)  # never silently overwritten
+    with pytest.raises(PlanMismatchError, match="chunk_frames"):
+        upscale_file(source, out, upscaler, chunk_frames=16, resume=True)
+    assert len(list(parts.glob("chunk_*"))) == 2  # a refused resume deletes nothing
+    result = upscale_file(source, out, upscaler, chunk_frames=8, resume=True)
+    assert result.resumed_frames == 16
+    assert np.array_equal(read_frames(out), reference(upscaler, source))
+
+
+def test_resume_refuses_another_model(tmp_path, upscaler):
+    source = write_clip(tmp_path / "in.mp4", 20)
+    with pytest.raises(JobCancelled):
+        upscale_file(source, tmp_path / "out", upscaler, chunk_frames=4, should_stop=stop_after(1))
+    other = Upscaler(random_model("tiny", seed=1), device="cpu", batch_size=4)
+    with pytest.raises(PlanMismatchError, match="model"):
+        upscale_file(source, tmp_path / "out", other, chunk_frames=4, resume=True)
+
+
+def test_progress_counts_every_frame_once(tmp_path, upscaler):
+    source = write_clip(tmp_path / "in.mp4", 21)
+    seen = []
+    upscale_file(source, tmp_path / "out.mp4", upscaler, chunk_frames=8, on_progress=seen.append)
+    done = [p.frames_done for p in seen]
+    assert done == sorted(done) and done[-1] == 21 and {p.frames_total for p in seen} == {21}
+
+
+def test_a_frame_folder_and_a_file_uri_work_as_input_and_output(tmp_path, upscaler):
+    frames = make_clip(6, 20, 26)
+    with FrameWriter(tmp_path / "in_frames", fps=25) as writer:
+        for frame in frames:
+            writer.write(frame)
+    upscale_file(tmp_path / "in_frames", f"file://{tmp_path}/uri/out.mp4", upscaler, chunk_frames=4)
+    assert probe_video(tmp_path / "uri" / "out.mp4").num_frames == 6
+
+
+def test_bad_input_gives_a_clear_error_and_writes_nothing(tmp_path, upscaler):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00not a video" * 50)
+    with pytest.raises(RuntimeError, match="corrupt or not a video"):
+        upscale_file(bad, tmp_path / "out.mp4", upscaler)
+    assert not (tmp_path / "out.mp4").exists()
+
+
+# --- on Ray ----------------------------------------------------------------------------------
+@pytest.mark.ray
+def test_chunks_on_ray_equal_one_stream_exactly(ray_session, tmp_path, upscaler):
+    from vsr_core.video.on_ray import RayPool
+
+    source = write_av_clip(tmp_path / "in.mp4", make_clip(37, 20, 26))
+    result = upscale_file(source, tmp_path / "out", upscaler, chunk_frames=4, ray_pool=RayPool(workers=2))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the workers (num_cpus=1): CPU kernels round by thread count
+    try:
+        expected = reference(upscaler, source)
+    finally:
+        torch.set_num_threads(threads)
+    assert result.frames == 37 and len(result.nodes) == 1
+    assert np.array_equal(read_frames(tmp_path / "out"), expected)

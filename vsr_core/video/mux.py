@@ -1,0 +1,131 @@
+"""Join encoded segments into one video without re-encoding, and copy the input's audio
+and subtitle streams into it with their timing.
+
+Each output frame is presented at its input frame's timestamp, so the audio, copied packet
+by packet with its own timestamps, stays in sync (and a 24000/1001 or variable frame rate
+stays exact). Decoding timestamps need care: an encoder delays them by its frame
+reordering depth, which is smaller in a short segment (x264 with B-frames: 2 frames, but
+0 for a 1-frame segment). The joined stream gets one depth D, the largest of any segment:
+packet k decodes at the presentation time of frame k - D, which never comes after its own
+presentation time. Packets of all streams are merged in decoding-time order, one at a
+time, so memory does not grow with the length of the video.
+"""
+from __future__ import annotations
+
+import heapq
+import logging
+import shutil
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from vsr_core.data.video_io import open_container
+
+logger = logging.getLogger(__name__)
+
+# What an .mp4 can carry besides H.264 video; other streams are skipped with a warning.
+MP4_STREAM_CODECS = {"audio": {"aac", "mp3", "ac3", "eac3", "opus", "flac", "alac"}, "subtitle": {"mov_text"}}
+COPIED_STREAM_TYPES = ("audio", "subtitle")
+
+
+def _packets(container: av.container.InputContainer, streams: list) -> Iterator[av.Packet]:
+    for packet in container.demux(streams):
+        if packet.dts is not None and packet.size:  # skip demuxer flush packets
+            yield packet
+
+
+def _segment_packets(segments: list[Path]) -> Iterator[av.Packet]:
+    for segment in segments:
+        with av.open(str(segment)) as container:
+            yield from _packets(container, [container.streams.video[0]])
+
+
+def _segment_stamps(segments: list[Path]) -> tuple[list[dict[int, int]], int]:
+    """For each segment, {packet pts: rank of that pts in the segment}, and the reordering
+    depth D: the largest number of packets any segment decodes before its first frame."""
+    ranks, depth = [], 0
+    for segment in segments:
+        with av.open(str(segment)) as container:
+            packets = [(p.pts, p.dts) for p in _packets(container, [container.streams.video[0]])]
+        ordered = sorted(pts for pts, _ in packets)
+        ranks.append({pts: rank for rank, pts in enumerate(ordered)})
+        depth = max(depth, sum(1 for _, dts in packets if dts < ordered[0]))
+    return ranks, depth
+
+
+def _restamped(segments: list[Path], timestamps: list[int], time_base: Fraction) -> Iterator[av.Packet]:
+    """The segments' video packets, stamped from the input's timestamps: the k-th frame (in
+    presentation order) gets ``timestamps[k]`` and the k-th packet decodes at frame k - D's time.
+    A container may shift a segment's timestamps (an mp4 edit list rounds its start to
+    milliseconds); the order of frames within a segment is all that is read from it."""
+    ranks, depth = _segment_stamps(segments)
+    step = timestamps[1] - timestamps[0] if len(timestamps) > 1 else 1
+    k = first_frame = 0
+    for segment, rank in zip(segments, ranks):
+        for packet in _segment_packets([segment]):
+            scale = time_base / packet.time_base
+            decode_at = timestamps[k - depth] if k >= depth else timestamps[0] - (depth - k) * step
+            packet.pts = round(timestamps[first_frame + rank[packet.pts]] * scale)
+            packet.dts = round(decode_at * scale)
+            k += 1
+            yield packet
+        first_frame += len(rank)
+
+
+def _copyable(stream, output_suffix: str) -> bool:
+    if output_suffix != ".mp4":
+        return True
+    return stream.codec_context.name in MP4_STREAM_CODECS.get(stream.type, set())
+
+
+def join_segments(segments: list[Path], timestamps: list[int], time_base: Fraction, source: str | None,
+                  output: Path, end_time: float | None = None) -> int:
+    """Write ``output`` from the video segments (in order; their frames have ``timestamps`` in
+    ``time_base``) plus the audio and subtitle streams of ``source`` (a video, or None);
+    returns the number of video frames written. With
+    ``end_time`` (seconds), copied packets from that time on are left out (a ``--max-frames``
+    run keeps only the matching audio)."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(segments[0])) as first, av.open(str(output), "w") as out:
+        video_out = out.add_stream_from_template(first.streams.video[0])
+        copies: dict[int, av.stream.Stream] = {}
+        source_container = open_container(source) if source is not None else None
+        try:
+            for stream in source_container.streams if source_container else []:
+                if stream.type not in COPIED_STREAM_TYPES:
+                    continue
+                if not _copyable(stream, output.suffix.lower()):
+                    logger.warning("not copying %s stream %d (%s): %s cannot hold it", stream.type, stream.index,
+                                   stream.codec_context.name, output.suffix)
+                    continue
+                copies[stream.index] = out.add_stream_from_template(stream)
+            extra = _packets(source_container, [source_container.streams[i] for i in copies]) if copies else iter(())
+            merged = heapq.merge(((float(p.dts * p.time_base), 0, p) for p in _restamped(segments, timestamps, time_base)),
+                                 ((float(p.dts * p.time_base), 1, p) for p in extra), key=lambda item: item[:2])
+            frames = 0
+            for _, kind, packet in merged:
+                if kind == 0:
+                    packet.stream = video_out
+                    frames += 1
+                elif end_time is not None and packet.pts is not None and packet.pts * packet.time_base >= end_time:
+                    continue
+                else:
+                    packet.stream = copies[packet.stream.index]
+                out.mux(packet)
+            return frames
+        finally:
+            if source_container is not None:
+                source_container.close()
+
+
+def join_frame_folders(segments: list[Path], output: Path) -> int:
+    """A frame-folder output: move the segments' numbered PNGs into ``output``."""
+    output.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for segment in segments:
+        for frame in sorted(segment.iterdir()):
+            shutil.move(str(frame), output / frame.name)
+            count += 1
+    return count
