@@ -16,7 +16,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import serve.__main__ as serve_main  # noqa: E402
 import serve.app as serve_app  # noqa: E402
+import serve.settings as serve_settings  # noqa: E402
 from vsr_core.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint  # noqa: E402
 
 SOURCE_DIRS = ("vsr_core", "serve", "tune", "benchmarks", "tests", "configs", "docs")
@@ -106,9 +108,9 @@ def test_servers_bind_to_loopback_by_default(tmp_path, monkeypatch, capsys):
     from ray.serve.config import HTTPOptions
 
     assert HTTPOptions().host == "127.0.0.1"  # Serve's own default, for `serve run serve.app:build_app`
-    assert serve_app.build_parser().parse_args(["--checkpoint", "x"]).host == "127.0.0.1"
+    assert serve_main.build_parser().parse_args(["--checkpoint", "x"]).host == "127.0.0.1"
 
-    # `python serve/app.py` end to end with Ray and Serve stubbed out: what would it bind?
+    # `python -m serve` end to end with Ray and Serve stubbed out: what would it bind?
     import ray
 
     calls = {}
@@ -116,21 +118,21 @@ def test_servers_bind_to_loopback_by_default(tmp_path, monkeypatch, capsys):
     checkpoint.write_bytes(b"not loaded by main itself")
     monkeypatch.setattr(ray, "init", lambda **kw: calls.setdefault("ray.init", kw) and SimpleNamespace(dashboard_url=None))
     monkeypatch.setattr(ray, "shutdown", lambda: None)
-    monkeypatch.setattr(serve_app.ray_serve, "start", lambda **kw: calls.setdefault("serve.start", kw))
-    monkeypatch.setattr(serve_app.ray_serve, "run", lambda app, **kw: calls.setdefault("serve.run", app))
-    monkeypatch.setattr(serve_app.ray_serve, "shutdown", lambda: None)
+    monkeypatch.setattr(ray.serve, "start", lambda **kw: calls.setdefault("serve.start", kw))
+    monkeypatch.setattr(ray.serve, "run", lambda app, **kw: calls.setdefault("serve.run", app))
+    monkeypatch.setattr(ray.serve, "shutdown", lambda: None)
     def interrupt(seconds):
         raise KeyboardInterrupt  # Ctrl-C while it waits
 
-    monkeypatch.setattr(serve_app, "time", SimpleNamespace(sleep=interrupt))  # not the global time.sleep
-    monkeypatch.delenv(serve_app.API_KEY_ENV, raising=False)
-    serve_app.main(["--checkpoint", str(checkpoint)])
+    monkeypatch.setattr(serve_main, "time", SimpleNamespace(sleep=interrupt))  # not the global time.sleep
+    monkeypatch.delenv(serve_settings.API_KEY_ENV, raising=False)
+    serve_main.main(["--checkpoint", str(checkpoint)])
     assert calls["ray.init"]["dashboard_host"] == "127.0.0.1"
     assert calls["serve.start"]["http_options"]["host"] == "127.0.0.1"
     assert "warning" not in capsys.readouterr().err
 
     calls.clear()  # binding elsewhere is explicit, and without an API key it warns
-    serve_app.main(["--checkpoint", str(checkpoint), "--host", "0.0.0.0"])
+    serve_main.main(["--checkpoint", str(checkpoint), "--host", "0.0.0.0"])
     assert calls["serve.start"]["http_options"]["host"] == "0.0.0.0"
     assert "without an API key" in capsys.readouterr().err
 
@@ -158,28 +160,30 @@ def test_nothing_turns_ray_token_auth_off_or_exposes_the_dashboard():
 
 
 # --- the API key ---------------------------------------------------------------------------------------------------
-def test_api_key_comes_from_file_or_environment(tmp_path, monkeypatch):
-    settings = serve_app.ServeSettings
-    monkeypatch.delenv(serve_app.API_KEY_ENV, raising=False)
-    assert serve_app.load_api_key(settings()) is None  # no key: open, for local use
-    monkeypatch.setenv(serve_app.API_KEY_ENV, " from-env \n")
-    assert serve_app.load_api_key(settings()) == "from-env"
+def test_api_keys_come_from_file_or_environment(tmp_path, monkeypatch):
+    settings, load = serve_settings.ServeSettings, serve_settings.load_api_keys
+    monkeypatch.delenv(serve_settings.API_KEY_ENV, raising=False)
+    assert load(settings()) == []  # no key: open, for local use
+    monkeypatch.setenv(serve_settings.API_KEY_ENV, " from-env \n")
+    assert load(settings()) == ["from-env"]
     key_file = tmp_path / "key"
-    key_file.write_text("from-file\n")
-    assert serve_app.load_api_key(settings(api_key_file=str(key_file))) == "from-file"  # the file wins
+    key_file.write_text("from-file\n\n  second-key \n")
+    assert load(settings(api_key_file=str(key_file))) == ["from-file", "second-key"]  # the file wins
     key_file.write_text("\n")
     with pytest.raises(ValueError, match="is empty"):
-        serve_app.load_api_key(settings(api_key_file=str(key_file)))
+        load(settings(api_key_file=str(key_file)))
     with pytest.raises(ValueError, match="cannot read api_key_file"):
-        serve_app.load_api_key(settings(api_key_file=str(tmp_path / "missing")))
+        load(settings(api_key_file=str(tmp_path / "missing")))
 
 
 def test_api_key_is_compared_in_constant_time(monkeypatch):
     compared = []
     real = hmac.compare_digest
-    monkeypatch.setattr(serve_app.hmac, "compare_digest", lambda a, b: compared.append((a, b)) or real(a, b))
-    assert serve_app.is_authorized("Bearer k3y", "k3y") and serve_app.is_authorized("bearer  k3y ", "k3y")
+    monkeypatch.setattr(serve_settings.hmac, "compare_digest", lambda a, b: compared.append((a, b)) or real(a, b))
+    owner = serve_settings.authorized_owner
+    assert owner("Bearer k3y", ["k3y"]) == owner("bearer  k3y ", ["k3y"]) == serve_settings.key_owner("k3y")
     assert compared == [(b"k3y", b"k3y"), (b"k3y", b"k3y")]
     for header in (None, "", "k3y", "Basic k3y", "Bearer k3", "Bearer k3yy", "Bearer ключ"):
-        assert not serve_app.is_authorized(header, "k3y"), header
-    assert serve_app.is_authorized(None, None)  # no key configured
+        assert owner(header, ["k3y"]) is None, header
+    assert owner(None, []) == ""  # no key configured: everyone is the one anonymous owner
+    assert owner("Bearer two", ["one", "two"]) == serve_settings.key_owner("two") != serve_settings.key_owner("one")

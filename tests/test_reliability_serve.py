@@ -37,6 +37,7 @@ from test_serve import (  # noqa: F401 - checkpoints, upscalers, window are fixt
     max_diff,
     npy_bytes,
     png_bytes,
+    replica_pid,
     upscalers,
     window,
 )
@@ -130,7 +131,7 @@ class Load:
 
 
 def test_load_8_clients_no_errors_and_bounded_memory(server, window, upscalers):
-    pid = requests.get(server.url + "/v1/model", timeout=10).json()["pid"]
+    pid = replica_pid()
     with Load(server, window):  # warm-up: allocator pools, batch sizes, thread pools
         time.sleep(2.0)
     rss_start = replica_rss_kib(pid)
@@ -149,7 +150,7 @@ def test_load_8_clients_no_errors_and_bounded_memory(server, window, upscalers):
         assert step == "100" and max_diff(np.asarray(Image.open(io.BytesIO(body)).convert("RGB")), expected) <= 1
     growth = (rss_end - rss_start) / rss_start
     assert growth < 0.10, f"replica RSS grew {growth:.1%}: {rss_start} -> {rss_end} KiB (peak {peak})"
-    assert requests.get(server.url + "/v1/model", timeout=10).json()["pid"] == pid
+    assert replica_pid() == pid
     print(f"\n[reliability] load: {CLIENTS} clients, {load.figures()}, 0 errors, 0 dropped connections, "
           f"replica RSS {rss_start / 1024:.0f} -> {rss_end / 1024:.0f} MiB ({growth:+.1%}, peak {peak / 1024:.0f} MiB)")
 
@@ -158,7 +159,7 @@ def test_hot_swap_under_load_drops_nothing(server, checkpoints, window, upscaler
     """Reconfigure to checkpoint b and back to a (SWAPS times in all) while 8 clients keep posting:
     every request succeeds, and each output matches the model named in its X-VSR-Step header."""
     expected = {"100": upscalers["a"].upscale_window_uint8(window), "200": upscalers["b"].upscale_window_uint8(window)}
-    pid = requests.get(server.url + "/v1/model", timeout=10).json()["pid"]
+    pid = replica_pid()
     with Load(server, window) as load:
         time.sleep(1.0)
         for swap in range(SWAPS):
@@ -175,7 +176,7 @@ def test_hot_swap_under_load_drops_nothing(server, checkpoints, window, upscaler
     assert {"100", "200"} <= set(steps)
     for _, _, step, body in load.records:
         assert max_diff(np.asarray(Image.open(io.BytesIO(body)).convert("RGB")), expected[step]) <= 1
-    assert requests.get(server.url + "/v1/model", timeout=10).json()["pid"] == pid  # in place
+    assert replica_pid() == pid  # in place
     print(f"\n[reliability] hot swap under load: {SWAPS} swaps, {load.figures()}, 0 failed requests "
           f"({steps.count('200')} served by the second checkpoint)")
 
@@ -350,13 +351,13 @@ FUZZ = FuzzStats()
 
 def _assert_replica_healthy(server: Server, pid: int, window: np.ndarray, upscaler) -> None:
     assert requests.get(server.url + "/healthz", timeout=10).status_code == 200
-    assert requests.get(server.url + "/v1/model", timeout=10).json()["pid"] == pid  # never restarted
+    assert replica_pid() == pid  # never restarted
     response = server.post_window(window)
     assert response.status_code == 200 and max_diff(decode_png(response), upscaler.upscale_window_uint8(window)) <= 1
 
 
 def test_fuzz_mutation_corpus_never_5xx(server, seeds, window, upscalers):
-    pid = requests.get(server.url + "/v1/model", timeout=10).json()["pid"]
+    pid = replica_pid()
     rng = random.Random(int(os.environ.get("VSR_RELIABILITY_SEED", "0")))
     before = FUZZ.count
     for i in range(MUTATIONS):
@@ -389,7 +390,7 @@ def _hypothesis_request(draw, seeds):
 
 
 def test_fuzz_property_based_never_5xx(server, seeds, window, upscalers):
-    pid = requests.get(server.url + "/v1/model", timeout=10).json()["pid"]
+    pid = replica_pid()
     before = FUZZ.count
 
     @settings(max_examples=PROPERTY_EXAMPLES, deadline=None, derandomize=True, database=None,

@@ -170,3 +170,109 @@ def test_chunks_on_ray_equal_one_stream_exactly(ray_session, tmp_path, upscaler)
         torch.set_num_threads(threads)
     assert result.frames == 37 and len(result.nodes) == 1
     assert np.array_equal(read_frames(tmp_path / "out"), expected)
+
+
+def chunk_worker_processes(running_only: bool = False):
+    import psutil
+
+    title = "ray::ChunkWorker.run" if running_only else "ray::ChunkWorker"
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if any(title in part for part in process.info["cmdline"] or []):
+            found.append(process)
+    return found
+
+
+def single_thread_reference(upscaler, source):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the workers (num_cpus=1): CPU kernels round by thread count
+    try:
+        return reference(upscaler, source)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.ray
+def test_a_killed_chunk_worker_costs_only_its_chunk(ray_session, tmp_path):
+    from vsr_core.video.on_ray import RayPool
+
+    upscaler = Upscaler(random_model("small"), device="cpu", batch_size=4)
+    source = write_clip(tmp_path / "in.mp4", 40, height=72, width=96)
+    killed = []
+
+    def kill_one_worker_mid_chunk(progress) -> None:
+        if not killed and progress.frames_done > 0:
+            for process in chunk_worker_processes(running_only=True)[:1]:
+                process.kill()
+                killed.append(process.pid)
+
+    result = upscale_file(source, tmp_path / "out", upscaler, chunk_frames=8, ray_pool=RayPool(workers=2),
+                          on_progress=kill_one_worker_mid_chunk)
+    assert killed, "no chunk was running when progress was first reported"
+    assert result.frames == 40
+    assert np.array_equal(read_frames(tmp_path / "out"), single_thread_reference(upscaler, source))
+
+
+@pytest.mark.ray
+def test_cancel_stops_the_workers(ray_session, tmp_path):
+    import time
+
+    from vsr_core.video.on_ray import RayPool
+
+    upscaler = Upscaler(random_model("small"), device="cpu", batch_size=4)
+    source = write_clip(tmp_path / "in.mp4", 64, height=72, width=96)
+    seen = []
+    with pytest.raises(JobCancelled):
+        upscale_file(source, tmp_path / "out.mp4", upscaler, chunk_frames=8, ray_pool=RayPool(workers=2),
+                     on_progress=seen.append, should_stop=lambda: bool(seen) and seen[-1].frames_done > 0)
+    assert seen[-1].frames_done < 64
+    deadline = time.monotonic() + 10
+    while chunk_worker_processes() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not chunk_worker_processes()
+    assert not (tmp_path / "out.mp4").exists()
+
+
+TWO_NODE_UPSCALE = """
+import json, sys
+sys.path.insert(0, "tests")
+import ray
+from ray.cluster_utils import Cluster
+from conftest import random_model
+from vsr_core.inference import Upscaler
+from vsr_core.video.engine import upscale_file
+from vsr_core.video.on_ray import RayPool
+
+source, output = sys.argv[1:3]
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+cluster.add_node(num_cpus=1)
+cluster.wait_for_nodes()
+ray.init(address=cluster.address, log_to_driver=False)
+upscaler = Upscaler(random_model("small"), device="cpu", batch_size=4)
+result = upscale_file(source, output, upscaler, chunk_frames=8, ray_pool=RayPool(workers=2))
+nodes = sorted(node["NodeID"] for node in ray.nodes() if node["Alive"])
+ray.shutdown()
+cluster.shutdown()
+print("RESULT", json.dumps({"frames": result.frames, "used": list(result.nodes), "cluster": nodes}))
+"""
+
+
+@pytest.mark.ray
+def test_chunks_run_on_both_nodes_of_a_two_node_cluster(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "two_nodes.py"
+    script.write_text(TWO_NODE_UPSCALE)
+    source = write_clip(tmp_path / "in.mp4", 80, height=96, width=128)
+    run = subprocess.run([sys.executable, str(script), str(source), str(tmp_path / "out.mp4")], capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "RAY_ADDRESS": ""},
+                         cwd=Path(__file__).resolve().parent.parent)
+    lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, run.stderr[-3000:]
+    outcome = json.loads(lines[-1][len("RESULT "):])
+    assert outcome["frames"] == 80 and len(outcome["cluster"]) == 2
+    assert sorted(outcome["used"]) == outcome["cluster"]

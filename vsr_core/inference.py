@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import queue
 import sys
@@ -32,6 +33,8 @@ from vsr_core.archs import CENTER, NUM_FRAMES, SCALE
 from vsr_core.checkpoint import model_from_checkpoint
 from vsr_core.data.degradation import bicubic_upsample
 from vsr_core.frames import pick_device, to_tensor, to_uint8, window_indices
+
+logger = logging.getLogger(__name__)
 
 
 # glibc mallopt parameters
@@ -278,6 +281,41 @@ class Upscaler:
         with self._autocast():
             out = self.model.reconstruct_frames(slots, center).float()
         return out.clamp_(0, 1)
+
+
+def windows_per_pass(height: int, width: int, max_batch_pixels: int, most: int) -> int:
+    return max(1, min(most, max_batch_pixels // max(1, height * width)))
+
+
+def upscale_grouped(
+    upscaler: Upscaler, windows: list[np.ndarray], max_batch_pixels: int = 2**62
+) -> list[tuple[np.ndarray | Exception, int]]:
+    """[5,H,W,3] uint8 windows of possibly different sizes -> (3x center frame, number of
+    windows in the forward pass that computed it), in order.
+
+    Windows of the same size are stacked into one ``upscale_windows`` call (split so that
+    a pass holds at most ``max_batch_pixels`` LR pixels); different sizes run separately.
+    A failure affects only its pass (returned as the exception, per window).
+    """
+    results: list[tuple[np.ndarray | Exception, int] | None] = [None] * len(windows)
+    groups: dict[tuple, list[int]] = {}
+    for i, window in enumerate(windows):
+        groups.setdefault(window.shape, []).append(i)
+    passes = []
+    for shape, indices in groups.items():
+        step = windows_per_pass(shape[1], shape[2], max_batch_pixels, len(indices))
+        passes += [indices[k : k + step] for k in range(0, len(indices), step)]
+    for indices in passes:
+        try:
+            batch = to_tensor(np.stack([windows[i] for i in indices]))
+            outputs = to_uint8(upscaler.upscale_windows(batch))
+            for j, i in enumerate(indices):
+                results[i] = (outputs[j], len(indices))
+        except Exception as exc:  # noqa: BLE001 - reported per request
+            logger.exception("upscaling %d window(s) of shape %s failed", len(indices), windows[indices[0]].shape)
+            for i in indices:
+                results[i] = (exc, len(indices))
+    return results  # type: ignore[return-value]
 
 
 _END = object()

@@ -79,9 +79,9 @@ def open_container(path) -> av.container.InputContainer:
         container = av.open(storage.open_input(path) if storage.is_uri(path) else str(path))
     except (av.FFmpegError, OSError, ValueError) as exc:
         raise VideoReadError(f"cannot read video {path}: it is corrupt or not a video ({exc})") from None
-    if not container.streams.video:
+    if not container.streams.video or container.streams.video[0].codec_context is None:
         container.close()
-        raise VideoReadError(f"{path} has no video stream")
+        raise VideoReadError(f"{path} has no video stream that can be decoded")
     return container
 
 

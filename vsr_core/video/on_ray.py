@@ -79,6 +79,9 @@ class ChunkWorker:
         self.options = options
         self.upscaler: Upscaler | None = None
 
+    def ready(self) -> bool:
+        return True
+
     @ray.method(retry_exceptions=[OSError])  # transient I/O (storage); bad input fails at once
     def run(self, model: list[ray.ObjectRef], source: str, chunk: Chunk, total: int, rate, time_base, suffix: str,
             progress) -> Any:
@@ -122,19 +125,26 @@ def run_chunks_on_ray(
         max_task_retries=pool.max_restarts)
     threads = max(1, int(pool.num_cpus))
     workers = [worker_class.remote(options, threads) for _ in range(pool.size(len(chunks)))]
+    # Chunks go only to workers that have started: a worker still waiting for a free CPU/GPU
+    # (a busy cluster) gets none queued, and joins the pool when it starts.
+    starting = {worker.ready.remote(): worker for worker in workers}
+    queued: dict[Any, int] = {}
     progress = ChunkProgress.remote()
     todo = deque(chunks)
     running: dict[ray.ObjectRef, tuple[Any, Chunk]] = {}
-    queued = {worker: 0 for worker in workers}
     try:
         while todo or running:
-            for worker in workers:
+            for worker in queued:
                 while todo and queued[worker] < CHUNKS_QUEUED_PER_WORKER:
                     chunk = todo.popleft()
                     running[worker.run.remote([model_ref], chunk=chunk, progress=progress, **run_args)] = (worker, chunk)
                     queued[worker] += 1
-            ready, _ = ray.wait(list(running), num_returns=1, timeout=POLL_SECONDS)
+            ready, _ = ray.wait([*running, *starting], num_returns=1, timeout=POLL_SECONDS)
             for ref in ready:
+                if ref in starting:
+                    ray.get(ref)  # raises if the worker could not start
+                    queued[starting.pop(ref)] = 0
+                    continue
                 worker, chunk = running.pop(ref)
                 queued[worker] -= 1
                 on_done(chunk, *ray.get(ref))

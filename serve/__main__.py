@@ -1,0 +1,87 @@
+"""``python -m serve --checkpoint PATH``: start Ray (or join a cluster), deploy the app, wait.
+
+Ctrl-C and SIGTERM (what systemd, Docker and Kubernetes send) both shut Serve and Ray down,
+so no Ray process is left behind.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from serve.settings import API_KEY_ENV
+from vsr_core.checkpoint import resolve_checkpoint_path
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m serve",
+                                     description="Serve VSR+++ v2 over HTTP on a local Ray instance or a cluster.")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint .pth, training run folder, or best/ folder")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="HTTP host (default 127.0.0.1; 0.0.0.0 exposes it: set an API key then)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--api-key-file", help=f"file holding the API keys clients must send as "
+                        f"'Authorization: Bearer <key>', one per line (default: ${API_KEY_ENV}; neither: none)")
+    parser.add_argument("--jobs-dir", help="where video jobs keep uploads and results (default ~/.cache/vsr/jobs)")
+    parser.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per replica (= torch threads)")
+    parser.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per replica")
+    parser.add_argument("--num-replicas", type=int, default=1)
+    parser.add_argument("--address", default=None, help="join a running Ray cluster instead of starting one")
+    return parser
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> None:
+    import ray
+    from ray import serve as ray_serve
+
+    from serve.app import build_app
+
+    args = build_parser().parse_args(argv)
+    if args.host not in LOOPBACK_HOSTS and not (args.api_key_file or os.environ.get(API_KEY_ENV)):
+        print(f"warning: serving on {args.host} without an API key: anyone who can reach this port can use it. "
+              f"Set {API_KEY_ENV} or --api-key-file.", file=sys.stderr)
+    checkpoint = resolve_checkpoint_path(Path(args.checkpoint).expanduser()).resolve()  # fail fast, absolute
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # stop like Ctrl-C: Ray shut down, nothing left running
+    try:
+        context = ray.init(address=args.address) if args.address else ray.init(dashboard_host="127.0.0.1")
+        ray_serve.start(http_options={"host": args.host, "port": args.port})
+        app_args = {"checkpoint": str(checkpoint), "num_cpus": args.num_cpus, "num_gpus": args.num_gpus,
+                    "num_replicas": args.num_replicas}
+        if args.api_key_file:
+            app_args["api_key_file"] = str(Path(args.api_key_file).expanduser().resolve())
+        if args.jobs_dir:
+            app_args["jobs_dir"] = str(Path(args.jobs_dir).expanduser().resolve())
+        ray_serve.run(build_app(app_args), name="vsr", route_prefix="/")
+        base = f"http://{args.host}:{args.port}"
+        print(f"serving {checkpoint}")
+        print(f"  page {base}/")
+        print(f"  POST {base}/v1/upscale        5 frames -> 3x center frame (PNG)")
+        print(f"  POST {base}/v1/jobs           a video of any length -> a job on the cluster")
+        print(f"  GET  {base}/v1/model")
+        print(f"  docs {base}/docs")
+        if getattr(context, "dashboard_url", None):
+            print(f"  Ray dashboard http://{context.dashboard_url}")
+        print("Ctrl-C to stop.", flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("shutting down ...", flush=True)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if ray.is_initialized():
+            ray_serve.shutdown()
+            if not args.address:
+                ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""The Serve app's settings (the deployment's ``user_config``) and its API keys."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+API_KEY_ENV = "VSR_API_KEY"
+DEFAULT_JOBS_DIR = "~/.cache/vsr/jobs"
+
+
+class ServeSettings(BaseModel):
+    """The deployment's ``user_config``. Changing it in a config file (``serve deploy``)
+    reconfigures running replicas in place; a changed checkpoint (or ``revision``) is
+    hot-swapped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str | None = Field(None, description="a .pth file, a training run folder, or a Tune best/ folder")
+    device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1' ...")
+    revision: str | None = Field(None, description="free-form; change it to reload a checkpoint overwritten in place")
+    batch_size: int = Field(4, ge=1, description="windows per forward pass in video jobs")
+    tile: int = Field(0, ge=0, description="tile size in LR pixels for large frames (0 = no tiling)")
+    tile_overlap: int = Field(32, ge=0)
+    max_batch_size: int = Field(8, ge=1, description="@serve.batch: max windows batched from concurrent requests")
+    batch_wait_timeout_s: float = Field(0.01, ge=0, description="@serve.batch: max wait to fill a batch")
+    max_batch_pixels: int = Field(
+        1280 * 720, ge=1, description="most LR pixels (windows x H x W) per forward pass; bigger batches are split "
+        "(bounds memory; one window always runs, however large)")
+    max_body_bytes: int = Field(64 * 1024**2, ge=1, description="largest accepted window request body (413 above)")
+    max_pixels_per_frame: int = Field(1280 * 720, ge=1, description="largest accepted LR frame, H*W (413 above)")
+    max_video_frames: int = Field(300, ge=1, description="longest clip for the synchronous /v1/upscale/video (413 "
+                                  "above); use /v1/jobs for longer videos")
+    num_threads: int | None = Field(None, ge=1, description="torch threads; default: the replica's num_cpus")
+    api_key_file: str | None = Field(
+        None, description=f"file holding the API keys clients must send as a bearer token, one per line; default: "
+        f"${API_KEY_ENV} in the replica's environment; neither: no authentication")
+    # --- video jobs ---
+    jobs_dir: str = Field(DEFAULT_JOBS_DIR, description="where jobs keep uploads, progress and results (a shared "
+                          "folder on a multi-node cluster)")
+    job_ttl_s: float = Field(24 * 3600, gt=0, description="finished jobs and their results are deleted after this")
+    jobs_max_bytes: int = Field(20 * 1024**3, ge=1, description="disk all jobs may use together (507 above)")
+    job_max_upload_bytes: int = Field(4 * 1024**3, ge=1, description="largest video upload (413 above)")
+    job_source_roots: list[str] = Field(
+        default_factory=list, description="folders or URI prefixes a job may read its video from by name "
+        "(POST /v1/jobs with {'source': ...}); empty: uploads only")
+    job_chunk_frames: int = Field(64, ge=1, description="frames per chunk of a video job")
+    job_workers: int | None = Field(None, ge=1, description="chunk workers per job; default: as many as fit")
+    job_cpus_per_worker: float = Field(1.0, gt=0, description="CPUs (= torch threads) of each chunk worker")
+    job_gpus_per_worker: float = Field(0.0, ge=0, description="GPUs of each chunk worker")
+
+    def limits(self) -> dict[str, int]:
+        return {
+            "max_body_bytes": self.max_body_bytes,
+            "max_pixels_per_frame": self.max_pixels_per_frame,
+            "max_video_frames": self.max_video_frames,
+            "job_max_upload_bytes": self.job_max_upload_bytes,
+        }
+
+
+def settings_from(config: dict[str, Any] | None) -> ServeSettings:
+    """Validate a user_config; errors name the key."""
+    try:
+        return ServeSettings.model_validate(dict(config or {}))
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'user_config'}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"invalid user_config: {problems}") from None
+
+
+def load_api_keys(settings: ServeSettings) -> list[str]:
+    """The keys clients may send: the lines of ``api_key_file``, else ``$VSR_API_KEY``, else
+    none (no authentication). Each key sees only the jobs it submitted."""
+    if settings.api_key_file:
+        try:
+            text = Path(settings.api_key_file).expanduser().read_text()
+        except OSError as exc:
+            raise ValueError(f"cannot read api_key_file {settings.api_key_file}: {exc.strerror or exc}") from None
+        keys = [line.strip() for line in text.splitlines() if line.strip()]
+        if not keys:
+            raise ValueError(f"api_key_file {settings.api_key_file} is empty")
+        return keys
+    key = os.environ.get(API_KEY_ENV, "").strip()
+    return [key] if key else []
+
+
+def key_owner(key: str) -> str:
+    """A stable, non-secret name for an API key: who owns a job."""
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def authorized_owner(authorization: str | None, api_keys: list[str]) -> str | None:
+    """The owner of the key in ``Authorization: Bearer <key>`` (compared in constant time),
+    "" when no keys are configured (everyone is the same anonymous owner), None if refused."""
+    if not api_keys:
+        return ""
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    token_bytes = token.strip().encode()
+    matches = [key for key in api_keys if hmac.compare_digest(token_bytes, key.encode())]
+    return key_owner(matches[0]) if matches else None
