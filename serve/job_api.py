@@ -93,9 +93,11 @@ class JobApi:
         limit = min(max_bytes, free_bytes)
         status, error = (413, "body_too_large") if limit == max_bytes else (507, "insufficient_storage")
         try:
-            if kind in VIDEO_TYPES:
-                name = "upload" + SUFFIX_BY_TYPE.get(kind, ".mp4")
-                target = folder / f"input{Path(name).suffix}"
+            if kind in VIDEO_TYPES:  # the raw video as the body; ?filename=NAME names it
+                name = Path(request.query_params.get("filename") or "").name or \
+                    "upload" + SUFFIX_BY_TYPE.get(kind, ".mp4")
+                suffix = Path(name).suffix.lower()
+                target = folder / f"input{suffix if suffix in VIDEO_EXTENSIONS else SUFFIX_BY_TYPE.get(kind, '.mp4')}"
                 with open(target, "wb") as f:
                     async for chunk in limited_stream(request, limit):
                         f.write(chunk)
@@ -129,6 +131,7 @@ class JobApi:
         """Receive the video, check it and start its job. ``max_frames`` / ``max_bytes``: limits
         of the synchronous endpoint (default: job_max_upload_bytes, no frame limit)."""
         settings, store = self._settings, self._store
+        await asyncio.to_thread(store.expire, settings.job_ttl_s)
         free = settings.jobs_max_bytes - await asyncio.to_thread(store.usage_bytes)
         if free <= 0:
             raise ApiError(507, "insufficient_storage", "the server's job storage is full; try again later")
@@ -168,6 +171,7 @@ class JobApi:
         return {**record.public(), "status_url": f"/v1/jobs/{record.id}", "result_url": f"/v1/jobs/{record.id}/result"}
 
     async def list(self, owner: str) -> dict[str, Any]:
+        await asyncio.to_thread(self._store.expire, self._settings.job_ttl_s)
         records = await asyncio.to_thread(self._store.records)
         return {"jobs": [r.public() for r in records if r.owner == owner]}
 
