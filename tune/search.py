@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -84,20 +83,10 @@ def base_config(args: argparse.Namespace) -> dict[str, Any]:
     return config.to_dict()
 
 
-def free_port(preferred: int, host: str = "127.0.0.1") -> int:
-    """``preferred`` if it can be bound on ``host``, else a free port picked by the OS."""
-    for port in (preferred, 0):
-        with socket.socket() as probe:
-            try:
-                probe.bind((host, port))
-            except OSError:
-                continue
-            return probe.getsockname()[1]
-    raise OSError(f"no free port on {host}")
-
-
 def start_ray(args: argparse.Namespace) -> None:
     import ray
+
+    from vsr_core.netutil import free_port
 
     if ray.is_initialized():  # e.g. tests, or a notebook that started Ray itself
         return
