@@ -3,6 +3,7 @@
     python tune/search.py                      # default sweep on the sample clips (~10 min on 2 CPU cores)
     python tune/search.py --address auto       # on a running cluster (ray start --head)
     python tune/search.py --name my_sweep --resume
+    python -m tune.search ...                  # the same (`tune` is this repo's package: pip install -e .)
 
 At the end the best trial's best checkpoint is exported to <storage>/<name>/best/
 (checkpoint.pth + best.json), which the Serve app loads.
@@ -361,6 +362,5 @@ def run_sweep(args: argparse.Namespace, base: dict[str, Any], experiment_path: s
     return 0 if len(errors) < len(rows) else 1
 
 
-if __name__ == "__main__":
-    sys.path.insert(0, str(REPO_ROOT))  # `python tune/search.py` from a checkout: make `tune.trainable` importable
+if __name__ == "__main__":  # `python tune/search.py` or `python -m tune.search`; both import the installed `tune`
     sys.exit(main())
