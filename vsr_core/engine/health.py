@@ -64,12 +64,7 @@ class Trend(StrEnum):
         return TREND_ARROWS[self]
 
 
-#: Mapping from :class:`Trend` to its console glyph (also via ``Trend.arrow``).
-TREND_ARROWS: dict[Trend, str] = {
-    Trend.RISING: "⬆",
-    Trend.FALLING: "⬇",
-    Trend.STABLE: "═",
-}
+TREND_ARROWS: dict[Trend, str] = {Trend.RISING: "⬆", Trend.FALLING: "⬇", Trend.STABLE: "═"}  # console glyphs
 
 
 class ConvergenceStatus(StrEnum):

@@ -1,13 +1,13 @@
 """The training engine ("Option B"): the one training loop.
 
-The single-run CLI, the live console and the Ray Tune trainable all drive a
-``Trainer`` and observe it through ``TrainingHooks``; none has a loop of its own.
+The single-run CLI, the live console and the Ray Tune trainable all drive a ``Trainer``
+and observe it through ``TrainingHooks``; none has a loop of its own, and they change a
+running trainer only by requests (``request_*``) that ``fit`` takes between steps.
 
-One optimizer step = ACCUMULATION_STEPS micro-batches of BATCH_SIZE windows:
-L1 + PERCEPTUAL_WEIGHT x VGG19 perceptual loss, AdamW, cosine annealing from
-10**LR_EXPONENT to 1e-7 over MAX_STEPS, fp16 autocast + GradScaler on CUDA
-(fp32 on CPU). A step whose loss is NaN/Inf is skipped (no update) and counted;
-MAX_BAD_STEPS in a row stop the run with ``TrainingDiverged``.
+One optimizer step = ACCUMULATION_STEPS micro-batches of BATCH_SIZE windows: L1 +
+PERCEPTUAL_WEIGHT x VGG19 perceptual loss, AdamW, the cosine LR schedule of ``schedule``,
+fp16 autocast + GradScaler on CUDA (fp32 on CPU). A step whose loss is NaN/Inf is skipped
+(no update) and counted; MAX_BAD_STEPS in a row stop the run with ``TrainingDiverged``.
 """
 from __future__ import annotations
 
@@ -31,12 +31,10 @@ from vsr_core.frames import pick_device
 from vsr_core.engine.health import convergence_status, health_summary
 from vsr_core.engine.hooks import StepMetrics, TrainingHooks, ValidationMetrics
 from vsr_core.engine.requests import ApplyConfig, Command, Request, RequestQueue
-from vsr_core.engine.schedule import ETA_MIN, make_scheduler, retarget
+from vsr_core.engine.schedule import ETA_MIN, make_scheduler, retarget  # noqa: F401 - ETA_MIN: part of the API
 from vsr_core.engine.tensorboard import TensorBoardLogger
 from vsr_core.engine.validation import Validator
 from vsr_core.losses import PerceptualLoss, combined_loss
-
-__all__ = ["ETA_MIN", "LIVE_KEYS", "StepMetrics", "Trainer", "TrainingDiverged", "TrainingHooks", "ValidationMetrics"]
 
 LIVE_KEYS = ("LR_EXPONENT", "WEIGHT_DECAY", "MAX_STEPS", "VAL_STEP_EVERY", "SAVE_STEP_EVERY", "LOG_TBOARD_EVERY",
              "ACCUMULATION_STEPS", "SORT_BY_ACTIVITY")
@@ -103,9 +101,7 @@ class Trainer:
         self._batches = None
         self.tensorboard = TensorBoardLogger(log_dir or self.output_dir / "tensorboard")
         self.requests = RequestQueue()  # posted by hooks and other threads, taken by fit between steps
-        self.paused = False
-        self.stop_requested = False
-        self._fitting = False
+        self.paused = self.stop_requested = self._fitting = False  # changed only by fit
 
     # --- state ------------------------------------------------------------------------
     @property
@@ -195,13 +191,13 @@ class Trainer:
     def request_validation(self) -> None:
         self.requests.post(Command.VALIDATE)
 
-    def request_pause(self) -> None:
+    def request_pause(self) -> None:  # fit then waits at the step boundary until resumed or stopped
         self.requests.post(Command.PAUSE)
 
     def request_resume(self) -> None:
         self.requests.post(Command.RESUME)
 
-    def request_stop(self) -> None:
+    def request_stop(self) -> None:  # fit leaves the loop at the step boundary and writes latest.pth
         self.requests.post(Command.STOP)
 
     # --- the schedule: asked by fit and by the console ------------------------------------
@@ -209,8 +205,7 @@ class Trainer:
         return self.step % every == 0 or self.step >= self.config.max_steps
 
     def _next(self, every: int) -> int:
-        max_steps = self.config.max_steps
-        return min((self.step // every + 1) * every, max_steps) if self.step < max_steps else max_steps
+        return min((self.step // every + 1) * every, self.config.max_steps)
 
     def validation_due(self) -> bool:
         """Whether fit validates at the current step boundary (a multiple of VAL_STEP_EVERY, or the last step)."""
@@ -220,7 +215,7 @@ class Trainer:
         return self._due(self.config.save_step_every)
 
     def next_validation_step(self) -> int:
-        """The step after which fit validates next (not counting a validation due now)."""
+        """The step after which fit validates next (not counting one due now); the last step at the latest."""
         return self._next(self.config.val_step_every)
 
     def next_checkpoint_step(self) -> int:
@@ -348,11 +343,10 @@ class Trainer:
         Requests (``request_*``) are taken at step boundaries: before the first step and right
         after each step's ``on_step``; while paused, fit waits there."""
         hooks = hooks or TrainingHooks()
-        self._fitting, self.stop_requested, saved_at = True, False, None
+        self._fitting, self.paused, self.stop_requested, saved_at = True, False, False, None
         try:
             self._step_boundary(hooks)
-            while (self.step < self.config.max_steps and not self.stop_requested
-                   and not hooks.should_stop(self)):
+            while self.step < self.config.max_steps and not self.stop_requested and not hooks.should_stop(self):
                 metrics = self.train_step()
                 if self.step % self.config.log_tboard_every == 0:
                     self._log(metrics)
