@@ -31,10 +31,9 @@ from vsr_core.engine.console import (
     PlainConsole,
     decode_keys,
     format_plain_line,
-    loss_trends,
     render_text,
 )
-from vsr_core.engine.health import Trend
+from vsr_core.engine.health import Trend, loss_trends
 from vsr_core.engine.trainer import Trainer, ValidationMetrics
 
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[()][0-9A-Za-z]|\x1b[=>78]")
@@ -96,7 +95,7 @@ def full_state(**changes) -> ConsoleState:
         losses={"L1": 0.0423, "Perceptual": 0.1234, "Total": 0.0547},
         loss_trends={"L1": Trend.FALLING, "Perceptual": Trend.STABLE, "Total": Trend.FALLING},
         status="Plateauing ⚠", activity=activity, activity_trends=[Trend.RISING] * 30,
-        validation=ValidationMetrics(1000, 28.41, 0.8412, 0.02, 27.90), val_every=250, save_every=5000,
+        validation=ValidationMetrics(1000, 28.41, 0.8412, 0.02, 27.90), next_validation=1250, next_checkpoint=5000,
         preset="full", device="cpu", output_dir="runs/demo", config_path="cfg.json",
     )
     values.update(changes)
@@ -172,16 +171,21 @@ def test_setup_menu_applies_saves_and_refuses_bad_values(clips, tmp_path):
     type_line(console, trainer, "2=0.5")  # numbered keys work too: 2 = WEIGHT_DECAY
     type_line(console, trainer, "SORT_BY_ACTIVITY=False")
     assert "✓ SORT_BY_ACTIVITY = false applied from the next step" in console.render_text()
-    assert trainer.lr == pytest.approx(1e-2, rel=1e-6) and trainer.optimizer.param_groups[0]["weight_decay"] == 0.5
     assert console.sort_by_activity is False
     for path in (tmp_path / "cfg.json", tmp_path / "run" / "train_config.json"):
-        saved = json.loads(path.read_text())
+        saved = json.loads(path.read_text())  # every change so far, though fit has not taken them yet
         assert saved["LR_EXPONENT"] == -2 and saved["WEIGHT_DECAY"] == 0.5 and saved["SORT_BY_ACTIVITY"] is False
         assert saved["MAX_STEPS"] == 100_000
+    assert trainer.config == config  # only fit changes the trainer, at a step boundary
 
     console.handle_key(trainer, ENTER)  # empty line closes
-    screen = console.render_text()
-    assert console.menu is None and "Setup" not in screen and "LR 1.00e-02" in screen
+    assert console.menu is None and "Setup" not in console.render_text()
+    trainer.request_stop()
+    trainer.fit(console)  # takes the requests before the first step (pause, 3 changes, resume), then stops
+    assert trainer.step == 1 and trainer.config == config.replace(LR_EXPONENT=-2, WEIGHT_DECAY=0.5,
+                                                                  SORT_BY_ACTIVITY=False)
+    assert trainer.lr == pytest.approx(1e-2, rel=1e-6) and trainer.optimizer.param_groups[0]["weight_decay"] == 0.5
+    assert "LR 1.00e-02" in console.render_text()
 
 
 def test_queued_menu_keys_change_a_running_fit(clips, tmp_path):
@@ -192,16 +196,33 @@ def test_queued_menu_keys_change_a_running_fit(clips, tmp_path):
     assert load_checkpoint(tmp_path / "run" / "latest.pth")["step"] == 1
 
 
+def record_steps(console, at_step=None):
+    """Wrap ``console.on_step``: the (wall, cpu) time of every step. ``at_step`` = {step: keys to
+    type, or a function to call}, before the console sees the step."""
+    times, original = {}, console.on_step
+
+    def on_step(trainer, m):
+        times[m.step] = (time.monotonic(), time.process_time())
+        action = (at_step or {}).get(m.step, "")
+        for key in action if isinstance(action, str) else action() or "":
+            console.keys.put(key)
+        original(trainer, m)
+
+    console.on_step = on_step
+    return times
+
+
 def test_pause_blocks_the_loop_without_using_cpu_until_resumed(clips, tmp_path):
-    trainer = Trainer(tiny_config(clips, tmp_path))
-    console = make_console(trainer, tmp_path, "p")
-    metrics = trainer.train_step()
-    threading.Timer(1.2, console.keys.put, args=("P",)).start()
-    wall, cpu = time.monotonic(), time.process_time()
-    console.on_step(trainer, metrics)
-    wall, cpu = time.monotonic() - wall, time.process_time() - cpu
+    trainer = Trainer(tiny_config(clips, tmp_path, max_steps=3))
+    console = make_console(trainer, tmp_path)
+    resume = threading.Timer(1.2, console.keys.put, args=("P",))
+    times = record_steps(console, {1: lambda: resume.start() or "p"})  # fit waits after step 1 ...
+    trainer.fit(console)  # ... until P, typed 1.2 s later
+    wall = times[2][0] - times[1][0]
+    cpu = times[2][1] - times[1][1]
     assert wall >= 1.1 and cpu < 0.3 * wall
-    assert not console.paused and "resumed" in console.render_text()
+    assert trainer.step == 3 and not console.paused and not trainer.paused
+    assert "resumed" in console.render_text() or "validation" in console.render_text()
 
 
 def test_validate_key_runs_a_validation_now(clips, tmp_path):
@@ -209,27 +230,29 @@ def test_validate_key_runs_a_validation_now(clips, tmp_path):
     console = make_console(trainer, tmp_path)
     console.on_step(trainer, trainer.train_step())
     assert "no validation yet" in console.render_text()
-    console.keys.put("v")
-    console.on_step(trainer, trainer.train_step())
-    assert console.validation.step == 2 and trainer.last_validation is console.validation
+    record_steps(console, {2: "v", 3: "q"})
+    trainer.fit(console)  # validates at the boundary after step 2 (no validation is scheduled)
+    assert console.validation.step == 2 and trainer.last_validation is console.validation and trainer.step == 3
     assert re.search(r"step 2: PSNR \d+\.\d\d dB SSIM 0\.\d{4}", console.render_text(width=120))
+
+
+def test_keys_only_post_requests_fit_takes_them_between_steps(clips, tmp_path):
+    trainer = Trainer(tiny_config(clips, tmp_path))
+    console = make_console(trainer, tmp_path)
+    console.on_step(trainer, trainer.train_step())
+    for key in "vq":
+        console.handle_key(trainer, key)
+    assert trainer.last_validation is None and not trainer.stop_requested  # nothing happened yet
+    trainer.fit(console)  # takes both at its first step boundary, before a step
+    assert trainer.step == 1 and trainer.last_validation.step == 1 and trainer.stop_requested
 
 
 def test_quit_key_stops_fit_with_a_checkpoint(clips, tmp_path):
     trainer = Trainer(tiny_config(clips, tmp_path))
     console = make_console(trainer, tmp_path)
-    steps = []
-    original = console.on_step
-
-    def on_step(t, m):
-        steps.append(m.step)
-        if m.step == 3:
-            console.keys.put("Q")
-        original(t, m)
-
-    console.on_step = on_step
+    times = record_steps(console, {3: "Q"})
     trainer.fit(console)
-    assert steps == [1, 2, 3] and console.stop_requested
+    assert sorted(times) == [1, 2, 3] and console.stop_requested
     assert console.last_checkpoint[0] == 3 and load_checkpoint(tmp_path / "run" / "latest.pth")["step"] == 3
 
 

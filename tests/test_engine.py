@@ -239,7 +239,7 @@ def test_live_changes_to_the_schedule_apply_to_the_running_loop(clips, tmp_path)
 
         def on_step(self, trainer, m):
             if m.step == 2:
-                trainer.update_config(MAX_STEPS=4, VAL_STEP_EVERY=3)
+                trainer.request_config(MAX_STEPS=4, VAL_STEP_EVERY=3)
 
         def on_validation(self, trainer, v):
             self.validated.append(v.step)

@@ -49,7 +49,6 @@ def test_layer_activity_30_values_in_unit_interval():
     assert all(0.0 <= a <= 1.0 for a in activity)
     # Fresh ReLU blocks: roughly half the hidden units fire; not all 0 or all 1.
     assert 0.05 < sum(activity) / 30 < 0.95
-    assert VSRPPPv2.block_names(30)[0] == "Block_00" and VSRPPPv2.block_names(30)[-1] == "Block_29"
 
 
 def test_layer_activity_matches_a_direct_count():

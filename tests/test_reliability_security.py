@@ -4,7 +4,6 @@ import hmac
 import os
 import pickle
 import re
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,14 +11,12 @@ import pytest
 import torch
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import serve.__main__ as serve_main
+import serve.app as serve_app
+import serve.settings as serve_settings
+from vsr_core.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 
-import serve.__main__ as serve_main  # noqa: E402
-import serve.app as serve_app  # noqa: E402
-import serve.settings as serve_settings  # noqa: E402
-from vsr_core.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 SOURCE_DIRS = ("vsr_core", "serve", "tune", "benchmarks", "tests", "configs", "docs")
 TEXT_SUFFIXES = {".py", ".json", ".yaml", ".yml", ".toml", ".cfg", ".ini", ".sh", ".md", ".txt", ".env"}

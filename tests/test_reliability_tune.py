@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from test_tune import REPO, data, experiment_path, sweep_args  # noqa: F401 - `data` is a fixture
+from test_tune import REPO, checkout_env, data, experiment_path, sweep_args  # noqa: F401 - `data` is a fixture
 from tune import search
 
 pytestmark = pytest.mark.ray
@@ -59,7 +59,7 @@ def test_killed_driver_resumes_running_trial_from_its_checkpoint(ray_session, da
     with open(log, "w") as out:
         driver = subprocess.Popen(_driver(data, storage, "driver_kill", gcs, *sweep), stdout=out, stderr=out,
                                   start_new_session=True,  # experiment state saved every 1 s, not 10 s: a shorter test
-                                  env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"})
+                                  env=checkout_env(TUNE_GLOBAL_CHECKPOINT_S="1"))
     root = storage / "driver_kill"
     finished = running = recorded = None
     deadline = time.time() + 240
@@ -113,7 +113,7 @@ def test_every_trial_failing_ends_the_sweep_fast_with_one_clear_error(ray_sessio
                       "--max-failures", "2")
     command[command.index("--data") + 1] = str(broken)
     started = time.monotonic()
-    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300, env=checkout_env())
     elapsed = time.monotonic() - started
     output = run.stdout + run.stderr
     assert run.returncode == 1, output[-3000:]

@@ -19,6 +19,13 @@ pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parents[1]
 
 
+def checkout_env(**extra: str) -> dict[str, str]:
+    """The environment for a `python tune/search.py` subprocess that imports this checkout's packages
+    (not another installed copy); the script itself edits no sys.path."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tune_data")
@@ -123,7 +130,7 @@ def test_interrupted_experiment_resumes_without_rerunning_finished_trials(data, 
            "--data", str(data["train"]), "--val-data", str(data["val"]), "--storage-path", str(storage),
            "--name", "resume", "--num-samples", "2", "--max-concurrent", "1", "--max-steps", "60",
            "--dashboard-port", "8299"]
-    env = {**os.environ, "RAY_ADDRESS": ""}
+    env = checkout_env(RAY_ADDRESS="")
     driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                               start_new_session=True)
     root = storage / "resume"
@@ -152,7 +159,7 @@ def test_a_bad_data_path_fails_fast_with_one_clear_error(tmp_path):
     result = subprocess.run(
         [sys.executable, str(REPO / "tune" / "search.py"), "--data", str(tmp_path / "missing"),
          "--storage-path", str(tmp_path)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, env=checkout_env(),
     )
     assert result.returncode == 2
     assert "data path does not exist" in result.stderr and "Traceback" not in result.stderr
@@ -185,7 +192,7 @@ def test_a_sweep_on_a_two_node_cluster_uses_both_nodes(data, tmp_path):
     storage = tmp_path / "storage"
     run = subprocess.run(
         [sys.executable, str(script), str(data["config"]), str(data["train"]), str(data["val"]), str(storage)],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "RAY_ADDRESS": ""}, cwd=REPO,
+        capture_output=True, text=True, timeout=300, env=checkout_env(RAY_ADDRESS=""), cwd=REPO,
     )
     lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, run.stderr[-3000:]

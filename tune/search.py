@@ -3,6 +3,7 @@
     python tune/search.py                      # default sweep on the sample clips (~10 min on 2 CPU cores)
     python tune/search.py --address auto       # on a running cluster (ray start --head)
     python tune/search.py --name my_sweep --resume
+    python -m tune.search ...                  # the same (`tune` is this repo's package: pip install -e .)
 
 At the end the best trial's best checkpoint is exported to <storage>/<name>/best/
 (checkpoint.pth + best.json), which the Serve app loads.
@@ -10,17 +11,18 @@ At the end the best trial's best checkpoint is exported to <storage>/<name>/best
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import socket
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow.fs
 from ray.tune import Callback, Stopper
+
+if TYPE_CHECKING:
+    from vsr_core.checkpoint import BestInfo
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BASE_CONFIG = REPO_ROOT / "configs" / "sweep_base.json"
@@ -82,20 +84,10 @@ def base_config(args: argparse.Namespace) -> dict[str, Any]:
     return config.to_dict()
 
 
-def free_port(preferred: int, host: str = "127.0.0.1") -> int:
-    """``preferred`` if it can be bound on ``host``, else a free port picked by the OS."""
-    for port in (preferred, 0):
-        with socket.socket() as probe:
-            try:
-                probe.bind((host, port))
-            except OSError:
-                continue
-            return probe.getsockname()[1]
-    raise OSError(f"no free port on {host}")
-
-
 def start_ray(args: argparse.Namespace) -> None:
     import ray
+
+    from vsr_core.netutil import free_port
 
     if ray.is_initialized():  # e.g. tests, or a notebook that started Ray itself
         return
@@ -287,9 +279,10 @@ def print_summary(rows: list[dict[str, Any]]) -> None:
         print(f"{r['trial']:<22} {r['lr']:>9.2e} {r['wd']:>9.2e} {r['psnr']:>7.2f} {r['status']:<14} {r['steps']:>6}")
 
 
-def export_best(results, experiment_path: str) -> dict[str, Any] | None:
-    """Copy the best trial's best checkpoint to <experiment>/best/ with a best.json."""
+def export_best(results, experiment_path: str) -> tuple[BestInfo, str] | None:
+    """Copy the best trial's best checkpoint to <experiment>/best/ with its best.json; (info, folder)."""
     from tune.trainable import CHECKPOINT_FILE
+    from vsr_core.checkpoint import BestInfo, write_best
 
     try:
         best = results.get_best_result(metric=METRIC, mode=MODE, scope="all")
@@ -299,24 +292,24 @@ def export_best(results, experiment_path: str) -> dict[str, Any] | None:
     if checkpoint is None:
         return None
     metrics = next(m for c, m in best.best_checkpoints if c.path == checkpoint.path)
-    info = {
-        "checkpoint_file": CHECKPOINT_FILE,
-        "trial_id": metrics.get("trial_id"),
-        "trial_path": best.path,
-        "config": {k: v for k, v in best.config.items() if k != "base_config"} | {"base_config": best.config["base_config"]},
-        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not k.startswith("layer/")},
-        "step": metrics.get("step"),
-    }
+    info = BestInfo(
+        checkpoint_file=CHECKPOINT_FILE,
+        metrics={k: v for k, v in metrics.items()
+                 if isinstance(v, (int, float, str)) and not isinstance(v, bool) and not k.startswith("layer/")},
+        step=metrics.get("step"),
+        trial_id=metrics.get("trial_id"),
+        trial_path=best.path,
+        config={k: v for k, v in best.config.items() if k != "base_config"} | {"base_config": best.config["base_config"]},
+    )
     fs, root = pyarrow.fs.FileSystem.from_uri(experiment_path) if "://" in experiment_path else (
         pyarrow.fs.LocalFileSystem(), experiment_path)
     destination = f"{root.rstrip('/')}/best"
     with tempfile.TemporaryDirectory() as staging:
         checkpoint.to_directory(staging)
-        Path(staging, "best.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+        write_best(staging, info)
         fs.create_dir(destination, recursive=True)
         pyarrow.fs.copy_files(staging, destination, destination_filesystem=fs)
-    info["exported_to"] = destination
-    return info
+    return info, destination
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -358,16 +351,16 @@ def run_sweep(args: argparse.Namespace, base: dict[str, Any], experiment_path: s
     if errors:
         print(f"\n{len(errors)} of {len(rows)} trials failed; first error:\n  "
               f"{str(errors[0].error).strip().splitlines()[-1]}", file=sys.stderr)
-    info = export_best(results, experiment_path)
-    if info is None:
+    exported = export_best(results, experiment_path)
+    if exported is None:
         print("no trial produced a checkpoint: nothing to export", file=sys.stderr)
         return 1
-    metrics = info["metrics"]
-    print(f"\nbest: trial {info['trial_id']} Y-PSNR {metrics.get(METRIC, float('nan')):.2f} dB at step {info['step']} "
-          f"(bicubic on the same frames: {metrics.get('bicubic_psnr', float('nan')):.2f} dB) -> {info['exported_to']}")
+    info, destination = exported
+    metrics = info.metrics
+    print(f"\nbest: trial {info.trial_id} Y-PSNR {metrics.get(METRIC, float('nan')):.2f} dB at step {info.step} "
+          f"(bicubic on the same frames: {metrics.get('bicubic_psnr', float('nan')):.2f} dB) -> {destination}")
     return 0 if len(errors) < len(rows) else 1
 
 
-if __name__ == "__main__":
-    sys.path.insert(0, str(REPO_ROOT))  # `python tune/search.py` from a checkout: make `tune.trainable` importable
+if __name__ == "__main__":  # `python tune/search.py` or `python -m tune.search`; both import the installed `tune`
     sys.exit(main())

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import ray
-import torch
 from ray import tune
 
+from vsr_core.checkpoint import save_checkpoint
 from vsr_core.config import TrainConfig
 from vsr_core.engine.health import layer_name
 from vsr_core.engine.trainer import StepMetrics, Trainer, TrainingDiverged, TrainingHooks, ValidationMetrics
@@ -66,7 +66,7 @@ class TuneReportHooks(TrainingHooks):
 
     def on_validation(self, trainer: Trainer, validation: ValidationMetrics) -> None:
         with tempfile.TemporaryDirectory() as folder:
-            torch.save(trainer.checkpoint_dict(), Path(folder) / CHECKPOINT_FILE)
+            save_checkpoint(trainer.checkpoint_dict(), Path(folder) / CHECKPOINT_FILE)  # checks the keys
             tune.report(report_metrics(trainer, self.last_step, validation),
                         checkpoint=tune.Checkpoint.from_directory(folder))
 

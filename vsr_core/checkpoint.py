@@ -9,6 +9,9 @@ A checkpoint is a dict with exactly these keys::
 model size. Everything in it is loadable with ``torch.load(weights_only=True)``,
 so loading a checkpoint never executes code from the file.
 
+An exported model (a sweep's ``best/`` folder) is a checkpoint plus ``best.json``, a
+:class:`BestInfo`: written with :func:`write_best`, read with :func:`read_best`, nowhere else.
+
 No RNG state is stored because none is needed: every training sample is a pure
 function of (seed, sample index), so ``step`` alone pins down the data stream.
 
@@ -19,6 +22,7 @@ by ``remove_stale_temp_files``, which the Trainer calls at start-up.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -27,6 +31,7 @@ import pickle
 import re
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -111,16 +116,76 @@ def remove_stale_temp_files(folder: str | Path) -> list[Path]:
     return stale
 
 
+@dataclass(frozen=True)
+class BestInfo:
+    """``best.json``: what the sweep knows about the exported checkpoint in the same folder."""
+
+    checkpoint_file: str  # the checkpoint's file name, in the folder of best.json
+    metrics: dict[str, float | int | str]  # the trial's report at that checkpoint: psnr, ssim, bicubic_psnr, ...
+    step: int | None = None
+    trial_id: str | None = None
+    trial_path: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)  # the trial's searched keys and its base_config
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "BestInfo":
+        """Checked; keys this version does not know are ignored. Raises ValueError."""
+        if not isinstance(data, dict):
+            raise ValueError("expected a JSON object")
+        name = data.get("checkpoint_file")
+        if not isinstance(name, str) or not name or Path(name).name != name:
+            raise ValueError(f"checkpoint_file must be a file name in the same folder, got {name!r}")
+        metrics = data.get("metrics", {})
+        if not isinstance(metrics, dict) or not all(isinstance(k, str) for k in metrics):
+            raise ValueError(f"metrics must be an object of name: value, got {type(metrics).__name__}")
+        step = data.get("step")
+        if step is not None and (not isinstance(step, int) or isinstance(step, bool)):
+            raise ValueError(f"step must be an integer or null, got {step!r}")
+        if not isinstance(data.get("config", {}), dict):
+            raise ValueError("config must be an object")
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known} | {"metrics": dict(metrics)})
+
+
+def write_best(folder: str | Path, info: BestInfo) -> Path:
+    """Write ``folder/best.json`` atomically."""
+    path = Path(folder) / BEST_INFO_NAME
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(info.to_dict(), indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_best(path: str | Path) -> BestInfo | None:
+    """The :class:`BestInfo` of an exported model: ``path`` is its folder, or a checkpoint file (then
+    only a ``best.json`` beside it that names this file counts). None when there is none; raises
+    CheckpointError when ``best.json`` exists but is unreadable or malformed."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    info_file = folder / BEST_INFO_NAME
+    if not info_file.is_file():
+        return None
+    try:
+        info = BestInfo.from_dict(json.loads(info_file.read_text()))
+    except (OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise CheckpointError(f"cannot read {info_file}: {exc}") from exc
+    if not path.is_dir() and info.checkpoint_file != path.name:
+        return None
+    return info
+
+
 def resolve_checkpoint_path(path: str | Path) -> Path:
-    """Accept a checkpoint file, a run folder (its ``latest.pth``), or an exported ``best/`` folder."""
+    """Accept a checkpoint file, a run folder (its ``latest.pth``), or an exported ``best/`` folder
+    (also the folder holding ``best/``)."""
     path = Path(path)
     if path.is_dir():
-        info = path / BEST_INFO_NAME
-        if info.is_file():
-            return path / json.loads(info.read_text())["checkpoint_file"]
-        for candidate in (path / "best" / BEST_INFO_NAME,):
-            if candidate.is_file():
-                return resolve_checkpoint_path(candidate.parent)
+        for folder in (path, path / "best"):
+            info = read_best(folder) if folder.is_dir() else None
+            if info is not None:
+                return folder / info.checkpoint_file
         if (path / LATEST_NAME).is_file():
             return path / LATEST_NAME
         raise CheckpointError(f"no checkpoint in folder {path}: expected {BEST_INFO_NAME} or {LATEST_NAME}")

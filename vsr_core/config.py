@@ -135,6 +135,18 @@ class TrainConfig:
 _FIELD_TYPES = get_type_hints(TrainConfig)
 
 
+def parse_value(text: str) -> Any:
+    """A typed value from text (``--set KEY=VALUE``, the console's setup menu): JSON when it parses
+    (numbers, true/false, lists), else the string. ``True``/``False`` are accepted in any case."""
+    text = text.strip()
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
     """Check one JSON value against its field type; ints are accepted where floats are."""
     text = str(annotation)

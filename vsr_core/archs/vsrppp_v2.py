@@ -162,10 +162,6 @@ class VSRPPPv2(nn.Module):
             return [float("nan")] * len(values)
         return torch.stack(values).tolist()  # one device sync for all blocks
 
-    @staticmethod
-    def block_names(count: int) -> list[str]:
-        return [f"Block_{i:02d}" for i in range(count)]
-
     @property
     def frame_stats(self) -> dict[str, float]:
         w = torch.softmax(self.temporal_logits.detach().float(), dim=0).tolist()

@@ -7,12 +7,17 @@ optimizer step s simply continues at g = s * ACCUMULATION_STEPS * BATCH_SIZE and
 sees exactly the data an uninterrupted run would have seen.
 
 Decoded clips are cached as ``.npy`` files and memory-mapped, so DataLoader workers
-share one copy through the page cache and big datasets need not fit in RAM.
+share one copy through the page cache and big datasets need not fit in RAM: a clip is
+decoded frame by frame straight into its cache file (never whole in memory), once, even
+when parallel trials start together (a file lock), and appears under its final name only
+when complete (an atomic rename).
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
+import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,18 +61,58 @@ def expand_sources(paths: Sequence[str], default_sample: str) -> list[Path]:
     return sources
 
 
+NPY_HEADER_BYTES = 128  # reserved at the start of a cache file; written once the frame count is known
+
+
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    """A version 1.0 ``.npy`` header for C-ordered uint8 data of ``shape``, exactly NPY_HEADER_BYTES long."""
+    text = f"{{'descr': '|u1', 'fortran_order': False, 'shape': {shape!r}, }}"
+    body = text.ljust(NPY_HEADER_BYTES - 11) + "\n"  # 10 bytes of magic, version and length before it
+    if len(body) != NPY_HEADER_BYTES - 10:
+        raise ValueError(f"frame shape {shape} does not fit the .npy header")
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(body)) + body.encode("latin1")
+
+
+def _decode_to_cache(path: Path, max_frames: int, cache: Path) -> None:
+    """Stream the frames into a temp file, then write the header (now that the count is known) and
+    rename: a reader sees either no cache or a complete one. Memory: one frame at a time."""
+    for stale in cache.parent.glob(f".{cache.name}.*.tmp"):  # of a killed decoder; we hold the lock
+        stale.unlink(missing_ok=True)
+    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(bytes(NPY_HEADER_BYTES))
+            count, shape = 0, None
+            for frame in iter_frames(path, max_frames or None):
+                if shape is None:
+                    shape = frame.shape
+                elif frame.shape != shape:
+                    raise VideoReadError(f"{path}: frame {count} is {frame.shape}, the first one {shape}")
+                f.write(np.ascontiguousarray(frame, dtype=np.uint8).data)
+                count += 1
+            if shape is None:
+                raise VideoReadError(f"{path} holds no frames")
+            f.seek(0)
+            f.write(_npy_header((count, *shape)))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, cache)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def load_clip(path: Path, max_frames: int = 0) -> np.ndarray:
     """Decode a clip once into a cached .npy and return it memory-mapped, [T,H,W,3] uint8."""
     stat = path.stat()
     key = hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{max_frames}".encode()).hexdigest()[:16]
     cache = frame_cache_dir() / f"{path.stem}-{key}.npy"
     if not cache.exists():
-        frames = np.stack(list(iter_frames(path, max_frames or None)))
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, frames)
-        os.replace(tmp, cache)
+        with open(cache.with_name(f".{cache.name}.lock"), "wb") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # parallel trials: one decodes, the others wait and then read it
+            if not cache.exists():
+                _decode_to_cache(path, max_frames, cache)
     return np.load(cache, mmap_mode="r")
 
 

@@ -3,10 +3,9 @@
 Everything here is a pure function over plain Python / numpy data: no torch,
 no I/O, no global state. Inputs are the numbers the trainer already logs:
 
-* **Layer activity** - for each of the N residual blocks (30 in the full model,
-  named ``Block_00`` .. ``Block_29``) a float in ``[0, 1]`` per logged step: the
-  fraction of active units. A history is a sequence of per-step rows, oldest
-  first: ``activity_history[step][layer]``.
+* **Layer activity** - per logged step, for each of the N residual blocks
+  (``Block_00`` ..), the fraction of active units in ``[0, 1]``; a history is
+  ``activity_history[step][layer]``, oldest first.
 * **Loss history** - one scalar training loss per logged step, oldest first.
 
 Rules (all thresholds are keyword arguments):
@@ -15,11 +14,10 @@ Rules (all thresholds are keyword arguments):
   scaled to the change across the fitted span; ``> threshold`` is rising,
   ``< -threshold`` falling, otherwise stable.
 * :func:`cold_layers` - a layer is *cold* when its activity is strictly below
-  ``threshold`` (so ``0.20`` is **not** cold at the default ``0.20``).
-* :func:`convergence_status` - median of the most recent half-window versus the
-  median of the half-window before it, with relative tolerances widened to a
-  robust noise band; medians keep the verdict robust to noisy minibatch losses
-  and spikes. Any non-finite loss in the window means divergence.
+  ``threshold`` (default :data:`COLD_THRESHOLD`, 0.20; so ``0.20`` itself is **not** cold).
+* :func:`loss_trends` - :func:`layer_trends` on loss columns scaled by their median.
+* :func:`convergence_status` - median of the recent half-window versus the one
+  before, beyond a robust noise band; any non-finite loss means divergence.
 """
 
 from __future__ import annotations
@@ -33,6 +31,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "COLD_THRESHOLD",
     "ConvergenceStatus",
     "LayerStat",
     "Trend",
@@ -42,9 +41,14 @@ __all__ = [
     "health_summary",
     "layer_name",
     "layer_trends",
+    "loss_trends",
     "sort_layers",
     "top_layers",
 ]
+
+COLD_THRESHOLD = 0.20  # a layer with less active units than this is "cold": the console, logs and Tune agree
+LOSS_TREND_WINDOW = 50  # steps
+LOSS_TREND_THRESHOLD = 0.05  # relative change of the fitted line across the window
 
 
 class Trend(StrEnum):
@@ -60,12 +64,7 @@ class Trend(StrEnum):
         return TREND_ARROWS[self]
 
 
-#: Mapping from :class:`Trend` to its console glyph (also via ``Trend.arrow``).
-TREND_ARROWS: dict[Trend, str] = {
-    Trend.RISING: "⬆",
-    Trend.FALLING: "⬇",
-    Trend.STABLE: "═",
-}
+TREND_ARROWS: dict[Trend, str] = {Trend.RISING: "⬆", Trend.FALLING: "⬇", Trend.STABLE: "═"}  # console glyphs
 
 
 class ConvergenceStatus(StrEnum):
@@ -183,6 +182,29 @@ def layer_trends(
     return trends
 
 
+def loss_trends(
+    history: Sequence[Sequence[float]],
+    window: int = LOSS_TREND_WINDOW,
+    threshold: float = LOSS_TREND_THRESHOLD,
+) -> list[Trend]:
+    """Trend of each loss column (e.g. L1, perceptual, total) over the last ``window`` rows.
+
+    :func:`layer_trends` on the columns divided by their median ``|value|`` in the window, so
+    ``threshold`` is a *relative* change (0.05 = the fitted line moved by 5 %). An all-zero column
+    (e.g. the perceptual loss with weight 0) is stable; non-finite values make a column stable.
+    """
+    rows = [[float(v) for v in row] for row in history][-window:]
+    if not rows:
+        return []
+    scales = []
+    for column in zip(*rows):
+        finite = sorted(abs(v) for v in column if math.isfinite(v))
+        median = finite[len(finite) // 2] if finite else 0.0
+        scales.append(median if median > 0 else 1.0)
+    scaled = [[v / s for v, s in zip(row, scales)] for row in rows]
+    return layer_trends(scaled, window=max(window, 2), threshold=threshold)
+
+
 def sort_layers(latest_activity: Sequence[float], by_activity: bool) -> list[int]:
     """Display order of layer indices.
 
@@ -221,7 +243,7 @@ def top_layers(
     return [LayerStat(i, layer_name(i), values[i], Trend(trends[i])) for i in order]
 
 
-def cold_layers(latest_activity: Sequence[float], threshold: float = 0.20) -> list[int]:
+def cold_layers(latest_activity: Sequence[float], threshold: float = COLD_THRESHOLD) -> list[int]:
     """Indices (ascending) of layers whose activity is strictly ``< threshold``.
 
     A layer exactly at the threshold is **not** cold. Non-finite activities are
@@ -231,7 +253,7 @@ def cold_layers(latest_activity: Sequence[float], threshold: float = 0.20) -> li
 
 
 def cold_layer_warning(
-    latest_activity: Sequence[float], threshold: float = 0.2
+    latest_activity: Sequence[float], threshold: float = COLD_THRESHOLD
 ) -> str | None:
     """Human-readable warning about cold layers, or ``None`` if there are none.
 
@@ -338,7 +360,7 @@ def health_summary(
     loss_history: Sequence[float],
     *,
     k: int = 5,
-    cold_threshold: float = 0.20,
+    cold_threshold: float = COLD_THRESHOLD,
     trend_window: int = 20,
     trend_threshold: float = 0.01,
     loss_window: int = 50,

@@ -1,22 +1,22 @@
 """The training engine ("Option B"): the one training loop.
 
-The single-run CLI, the live console and the Ray Tune trainable all drive a
-``Trainer`` and observe it through ``TrainingHooks``; none has a loop of its own.
+The single-run CLI, the live console and the Ray Tune trainable all drive a ``Trainer``
+and observe it through ``TrainingHooks``; none has a loop of its own, and they change a
+running trainer only by requests (``request_*``) that ``fit`` takes between steps.
 
-One optimizer step = ACCUMULATION_STEPS micro-batches of BATCH_SIZE windows:
-L1 + PERCEPTUAL_WEIGHT x VGG19 perceptual loss, AdamW, cosine annealing from
-10**LR_EXPONENT to 1e-7 over MAX_STEPS, fp16 autocast + GradScaler on CUDA
-(fp32 on CPU). A step whose loss is NaN/Inf is skipped (no update) and counted;
-MAX_BAD_STEPS in a row stop the run with ``TrainingDiverged``.
+One optimizer step = ACCUMULATION_STEPS micro-batches of BATCH_SIZE windows: L1 +
+PERCEPTUAL_WEIGHT x VGG19 perceptual loss, AdamW, the cosine LR schedule of ``schedule``,
+fp16 autocast + GradScaler on CUDA (fp32 on CPU). A step whose loss is NaN/Inf is skipped
+(no update) and counted; MAX_BAD_STEPS in a row stop the run with ``TrainingDiverged``.
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import random
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,60 +26,26 @@ from torch.utils.data import DataLoader
 from vsr_core.archs import VSRPPPv2
 from vsr_core.checkpoint import LATEST_NAME, load_checkpoint, remove_stale_temp_files, save_checkpoint
 from vsr_core.config import TrainConfig
-from vsr_core.data.datasets import ContinuingSampler, WindowPatchDataset, load_clip, training_clips, validation_sources
-from vsr_core.data.degradation import bicubic_upsample
-from vsr_core.frames import pick_device, to_tensor, to_uint8
+from vsr_core.data.datasets import ContinuingSampler, WindowPatchDataset, training_clips
+from vsr_core.frames import pick_device
 from vsr_core.engine.health import convergence_status, health_summary
+from vsr_core.engine.hooks import StepMetrics, TrainingHooks, ValidationMetrics
+from vsr_core.engine.requests import ApplyConfig, Command, Request, RequestQueue
+from vsr_core.engine.schedule import ETA_MIN, make_scheduler, retarget  # noqa: F401 - ETA_MIN: part of the API
 from vsr_core.engine.tensorboard import TensorBoardLogger
-from vsr_core.evaluate import center_crop, evaluate_frames
-from vsr_core.inference import Upscaler
+from vsr_core.engine.validation import Validator
 from vsr_core.losses import PerceptualLoss, combined_loss
 
-ETA_MIN = 1e-7
 LIVE_KEYS = ("LR_EXPONENT", "WEIGHT_DECAY", "MAX_STEPS", "VAL_STEP_EVERY", "SAVE_STEP_EVERY", "LOG_TBOARD_EVERY",
              "ACCUMULATION_STEPS", "SORT_BY_ACTIVITY")
 HISTORY_LENGTH = 500
+PAUSE_WAIT_S = 1.0  # while paused, fit hands control to hooks.wait_while_paused this long at a time
+
+logger = logging.getLogger(__name__)
 
 
 class TrainingDiverged(RuntimeError):
     pass
-
-
-@dataclass
-class StepMetrics:
-    step: int
-    epoch: int
-    loss_l1: float
-    loss_perceptual: float
-    loss_total: float
-    lr: float
-    samples_per_s: float
-    skipped: bool  # the loss was NaN/Inf: no update this step
-    skipped_steps: int  # total so far in this run
-
-
-@dataclass
-class ValidationMetrics:
-    step: int
-    psnr: float  # Y channel, crop_border 3
-    ssim: float  # Y channel
-    l1: float  # mean absolute error of the output, [0,1] units
-    bicubic_psnr: float  # the baseline on the same frames
-    per_clip: dict[str, dict[str, float]] = field(default_factory=dict)
-    image: np.ndarray | None = None  # LR-bicubic | output | GT of the first clip's first frame
-
-
-class TrainingHooks:
-    """Observers of a run. Override what you need; every method is optional."""
-
-    def on_step(self, trainer: "Trainer", metrics: StepMetrics) -> None: ...
-
-    def on_validation(self, trainer: "Trainer", metrics: ValidationMetrics) -> None: ...
-
-    def on_checkpoint(self, trainer: "Trainer", path: Path) -> None: ...
-
-    def should_stop(self, trainer: "Trainer") -> bool:
-        return False
 
 
 def seed_everything(seed: int) -> None:
@@ -116,9 +82,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
         )
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.optimizer, T_max=config.max_steps, eta_min=ETA_MIN
-        )
+        self.scheduler = make_scheduler(self.optimizer, config)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_amp)
         self.step = 0
         self.training_phase = "pretrain"
@@ -133,9 +97,11 @@ class Trainer:
         self.loss_history: deque[float] = deque(maxlen=HISTORY_LENGTH)
         self.activity_history: deque[list[float]] = deque(maxlen=HISTORY_LENGTH)
         self.last_validation: ValidationMetrics | None = None
-        self._bicubic_psnr: float | None = None
+        self._validator = Validator(self.device)
         self._batches = None
         self.tensorboard = TensorBoardLogger(log_dir or self.output_dir / "tensorboard")
+        self.requests = RequestQueue()  # posted by hooks and other threads, taken by fit between steps
+        self.paused = self.stop_requested = self._fitting = False  # changed only by fit
 
     # --- state ------------------------------------------------------------------------
     @property
@@ -173,31 +139,87 @@ class Trainer:
             self.scaler.load_state_dict(checkpoint["scaler_state_dict"])
         self.step = int(checkpoint["step"])
         self.training_phase = checkpoint["training_phase"]
+        if self.step > self.config.max_steps:
+            raise ValueError(f"cannot resume: the checkpoint is at step {self.step}, beyond MAX_STEPS "
+                             f"{self.config.max_steps}")
+        # The loaded states carry the checkpoint's LR, weight decay and T_max: follow this config instead.
+        retarget(self.optimizer, self.scheduler, self.config, self.step)
 
-    def update_config(self, **changes) -> TrainConfig:
-        """Change settings of a running run (the console's setup menu); they take effect at the
-        next optimizer step. Only LIVE_KEYS may change. The LR schedule stays a cosine from the
-        (new) base LR to ETA_MIN over the (new) MAX_STEPS, evaluated at the current step.
+    # --- changing a run -------------------------------------------------------------------
+    def check_config(self, **changes) -> TrainConfig:
+        """The config after ``changes`` (and the changes already requested), validated, without
+        applying anything. Raises ValueError (ConfigError) naming what is refused."""
+        return self._checked({**self.requests.pending_changes(), **{k.upper(): v for k, v in changes.items()}})
 
-        Exact resume assumes ACCUMULATION_STEPS was constant; after a live change a resumed run
-        continues with slightly different (but still valid) training samples.
-        """
+    def _checked(self, changes: dict) -> TrainConfig:
         unknown = {k.upper() for k in changes} - set(LIVE_KEYS)
         if unknown:
             raise ValueError(f"cannot change {sorted(unknown)} during training; live keys: {', '.join(LIVE_KEYS)}")
         new = self.config.replace(**changes)
         if new.max_steps < self.step:
             raise ValueError(f"MAX_STEPS must be >= the current step {self.step}, got {new.max_steps}")
-        self.config = new
-        self.scheduler.T_max = new.max_steps
-        self.scheduler.base_lrs = [new.learning_rate for _ in self.optimizer.param_groups]
-        progress = math.pi * min(self.step, new.max_steps) / new.max_steps
-        lr = ETA_MIN + (new.learning_rate - ETA_MIN) * (1 + math.cos(progress)) / 2
-        for group in self.optimizer.param_groups:
-            group["initial_lr"] = new.learning_rate
-            group["lr"] = lr
-            group["weight_decay"] = new.weight_decay
         return new
+
+    def update_config(self, **changes) -> TrainConfig:
+        """Change live settings now; inside ``fit`` (from a hook) use ``request_config``. The LR schedule
+        stays a cosine from the (new) base LR to ETA_MIN over the (new) MAX_STEPS, evaluated at the
+        current step.
+
+        Exact resume assumes ACCUMULATION_STEPS was constant; after a live change a resumed run
+        continues with slightly different (but still valid) training samples.
+        """
+        self._refuse_inside_fit("update_config", "request_config")
+        return self._apply_config(changes)
+
+    def _apply_config(self, changes: dict) -> TrainConfig:
+        self.config = self._checked(changes)
+        retarget(self.optimizer, self.scheduler, self.config, self.step)
+        return self.config
+
+    def _refuse_inside_fit(self, name: str, instead: str) -> None:
+        if self._fitting:
+            raise RuntimeError(f"Trainer.{name}() changes the trainer; while fit runs, call {instead}() (fit takes "
+                               "the request at the next step boundary)")
+
+    # Requests: safe from any thread and from hooks; fit takes them at the next step boundary, in order.
+    def request_config(self, **changes) -> TrainConfig:
+        """Check ``changes`` now (raises ValueError if refused) and have fit apply them; the config they give."""
+        new = self.check_config(**changes)
+        self.requests.post(ApplyConfig(dict(changes)))
+        return new
+
+    def request_validation(self) -> None:
+        self.requests.post(Command.VALIDATE)
+
+    def request_pause(self) -> None:  # fit then waits at the step boundary until resumed or stopped
+        self.requests.post(Command.PAUSE)
+
+    def request_resume(self) -> None:
+        self.requests.post(Command.RESUME)
+
+    def request_stop(self) -> None:  # fit leaves the loop at the step boundary and writes latest.pth
+        self.requests.post(Command.STOP)
+
+    # --- the schedule: asked by fit and by the console ------------------------------------
+    def _due(self, every: int) -> bool:
+        return self.step % every == 0 or self.step >= self.config.max_steps
+
+    def _next(self, every: int) -> int:
+        return min((self.step // every + 1) * every, self.config.max_steps)
+
+    def validation_due(self) -> bool:
+        """Whether fit validates at the current step boundary (a multiple of VAL_STEP_EVERY, or the last step)."""
+        return self._due(self.config.val_step_every)
+
+    def checkpoint_due(self) -> bool:
+        return self._due(self.config.save_step_every)
+
+    def next_validation_step(self) -> int:
+        """The step after which fit validates next (not counting one due now); the last step at the latest."""
+        return self._next(self.config.val_step_every)
+
+    def next_checkpoint_step(self) -> int:
+        return self._next(self.config.save_step_every)
 
     def save(self, path: str | Path | None = None) -> Path:
         """Atomically write ``latest.pth`` (or ``path``)."""
@@ -215,8 +237,7 @@ class Trainer:
                 dataset,
                 batch_size=cfg.batch_size,
                 sampler=ContinuingSampler(self.samples_seen),  # resume continues the same data stream
-                num_workers=cfg.num_workers,
-                persistent_workers=cfg.num_workers > 0,
+                num_workers=cfg.num_workers,  # one endless iterator per fit: no persistent_workers needed
                 prefetch_factor=4 if cfg.num_workers > 0 else None,
                 pin_memory=self.device.type == "cuda",
             )
@@ -282,31 +303,15 @@ class Trainer:
         )
 
     # --- validation -------------------------------------------------------------------------
-    def _validation_frames(self, source: Path):
-        clip = load_clip(source, self.config.val_max_frames)
-        return (center_crop(np.array(frame), self.config.val_crop) for frame in clip)  # copy out of the memmap
-
     def validate(self) -> ValidationMetrics:
-        """Y-PSNR/SSIM and L1 on the validation clips (VAL_MAX_FRAMES each) through the inference path."""
-        upscaler = Upscaler(self.model, device=self.device, batch_size=self.config.batch_size)
-        sources = validation_sources(self.config.val_data)
-        per_clip, image = {}, None
-        for source in sources:
-            scores, (lr, sr, hr) = evaluate_frames(upscaler, self._validation_frames(source), source.name)
-            per_clip[source.name] = {"psnr": scores.y_psnr, "ssim": scores.y_ssim, "l1": scores.l1}
-            if image is None:
-                bicubic = to_uint8(bicubic_upsample(to_tensor(lr)[None]))[0]
-                image = np.concatenate([bicubic, sr, hr], axis=1)
-        self.model.train()
-        if self._bicubic_psnr is None:
-            bicubic = Upscaler.bicubic(device=self.device, batch_size=self.config.batch_size)
-            self._bicubic_psnr = float(np.mean([
-                evaluate_frames(bicubic, self._validation_frames(s), s.name)[0].y_psnr for s in sources
-            ]))
-        mean = {k: float(np.mean([c[k] for c in per_clip.values()])) for k in ("psnr", "ssim", "l1")}
-        metrics = ValidationMetrics(self.step, mean["psnr"], mean["ssim"], mean["l1"], self._bicubic_psnr,
-                                    per_clip, image)
-        self.tensorboard.log_validation(self.step, metrics.psnr, metrics.ssim, metrics.l1, image)
+        """Y-PSNR/SSIM and L1 on the validation clips (see ``Validator``). Inside ``fit`` (from a hook)
+        use ``request_validation``."""
+        self._refuse_inside_fit("validate", "request_validation")
+        return self._validate()
+
+    def _validate(self) -> ValidationMetrics:
+        metrics = self._validator(self.model, self.config, self.step)
+        self.tensorboard.log_validation(self.step, metrics.psnr, metrics.ssim, metrics.l1, metrics.image)
         self.last_validation = metrics
         return metrics
 
@@ -331,26 +336,66 @@ class Trainer:
 
     # --- the loop -------------------------------------------------------------------------------
     def fit(self, hooks: TrainingHooks | None = None) -> ValidationMetrics | None:
-        """Train until MAX_STEPS (or a hook asks to stop); validate and checkpoint on schedule.
+        """Train until MAX_STEPS (or a hook or request asks to stop); validate and checkpoint on schedule.
         Always leaves a final ``latest.pth``. A checkpoint that cannot be written even after
-        retries stops the run with ``CheckpointError`` (see ``save_checkpoint``)."""
+        retries stops the run with ``CheckpointError`` (see ``save_checkpoint``).
+
+        Requests (``request_*``) are taken at step boundaries: before the first step and right
+        after each step's ``on_step``; while paused, fit waits there."""
         hooks = hooks or TrainingHooks()
+        self._fitting, self.paused, self.stop_requested, saved_at = True, False, False, None
         try:
-            while self.step < self.config.max_steps and not hooks.should_stop(self):
+            self._step_boundary(hooks)
+            while self.step < self.config.max_steps and not self.stop_requested and not hooks.should_stop(self):
                 metrics = self.train_step()
                 if self.step % self.config.log_tboard_every == 0:
                     self._log(metrics)
                 hooks.on_step(self, metrics)
-                cfg = self.config  # read after the hooks: the console's menu may have changed it
-                finished = self.step >= cfg.max_steps
-                if self.step % cfg.val_step_every == 0 or finished:
-                    hooks.on_validation(self, self.validate())
-                if self.step % cfg.save_step_every == 0 or finished:
+                self._step_boundary(hooks)
+                validated_now = self.last_validation is not None and self.last_validation.step == self.step
+                if self.validation_due() and not validated_now:
+                    hooks.on_validation(self, self._validate())
+                if self.checkpoint_due():
                     hooks.on_checkpoint(self, self.save())
-                if cfg.milestone_every and self.step % cfg.milestone_every == 0:
+                    saved_at = self.step
+                if self.config.milestone_every and self.step % self.config.milestone_every == 0:
                     self.save(self.output_dir / f"step_{self.step:07d}.pth")
-            if self.step < self.config.max_steps:  # stopped by a hook: keep the work done so far
+            if self.step < self.config.max_steps and saved_at != self.step:  # stopped early: keep the work done
                 hooks.on_checkpoint(self, self.save())
         finally:
+            self._fitting = False
+            self._close_batches()
             self.tensorboard.close()
         return self.last_validation
+
+    def _step_boundary(self, hooks: TrainingHooks) -> None:
+        """Take the posted requests in order; while paused, wait here for more."""
+        while True:
+            for request in self.requests.take_all():
+                self._take(request, hooks)
+            if not self.paused or self.stop_requested:
+                return
+            hooks.wait_while_paused(self, PAUSE_WAIT_S)
+
+    def _take(self, request: Request, hooks: TrainingHooks) -> None:
+        if isinstance(request, ApplyConfig):
+            try:
+                self._apply_config(request.changes)
+            except ValueError as exc:  # checked when posted; a later change may conflict
+                logger.warning("config change %s refused: %s", request.changes, exc)
+        elif request is Command.VALIDATE:
+            hooks.on_validation(self, self._validate())
+        elif request is Command.PAUSE:
+            self.paused = True
+        elif request is Command.RESUME:
+            self.paused = False
+        elif request is Command.STOP:
+            self.stop_requested = True
+
+    def _close_batches(self) -> None:
+        """End the DataLoader's worker processes now: a Tune actor is reused for the next trial, and
+        garbage collection would leave them running until some unknown later moment."""
+        batches, self._batches = self._batches, None
+        shutdown = getattr(batches, "_shutdown_workers", None)  # only multi-process iterators have workers
+        if shutdown is not None:
+            shutdown()
