@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib
 import io
 import os
-import socket
 import statistics
 import tempfile
 import time
@@ -28,14 +27,10 @@ from bench_pipeline import save_model_checkpoint
 from common import ROOT, Report, header, measure
 from vsr_core.frames import to_tensor, to_uint8
 from vsr_core.inference import Upscaler
+from vsr_core.netutil import free_port  # noqa: E402
 
 APP_NAME = "vsr-bench"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def png_bytes(frame: np.ndarray) -> bytes:

@@ -105,7 +105,7 @@ class VSRUpscaler:
                 if self._loaded is None:
                     raise
                 self._reload_error = f"{type(exc).__name__}: {exc}"
-                logger.exception("reconfigure failed; still serving %s", self._loaded.info["checkpoint"])
+                logger.exception("reconfigure failed; still serving %s", self._loaded.path)
                 return
             Image.MAX_IMAGE_PIXELS = settings.max_pixels_per_frame  # PIL's own bomb guard (ours is stricter)
             self._upscale_batch.set_max_batch_size(settings.max_batch_size)
@@ -114,7 +114,7 @@ class VSRUpscaler:
             self._settings = settings
             self._api_keys = api_keys
             if loaded is not self._loaded:
-                logger.info("serving %s (step %s)", loaded.info["checkpoint"], loaded.info["step"])
+                logger.info("serving %s (step %s)", loaded.path, loaded.info["step"])
             self._loaded = loaded  # the swap
             self._reload_error = None
             if self._maintenance is None:

@@ -9,7 +9,6 @@ side_by_side.png (bicubic | model | original) for a person to look at.
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 from pathlib import Path
 
@@ -23,14 +22,10 @@ from vsr_core.data.samples import sample_clip
 from vsr_core.data.video_io import FrameWriter, iter_frames, probe_video
 from vsr_core.evaluate import degrade_frame
 from vsr_core.metrics import psnr
+from vsr_core.netutil import free_port
 
 CLIP_FRAMES = 24
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,5 +85,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     sys.exit(main())

@@ -155,7 +155,7 @@ class JobApi:
                        "tile_overlap": settings.tile_overlap, "chunk_frames": settings.job_chunk_frames,
                        "workers": settings.job_workers, "cpus_per_worker": settings.job_cpus_per_worker,
                        "gpus_per_worker": settings.job_gpus_per_worker}
-            record = jobs.JobRecord(job_id, owner, source, name, loaded.info["checkpoint"], options,
+            record = jobs.JobRecord(job_id, owner, source, name, str(loaded.path), options,
                                     frames_total=info.num_frames, uploaded=uploaded)
             store.write(record)
         except BaseException:

@@ -2,8 +2,8 @@
 /v1/model, and reloaded only when the file, its ``revision`` or the Upscaler options change."""
 from __future__ import annotations
 
+import hashlib
 import io
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -15,7 +15,7 @@ from PIL import Image
 
 from serve.settings import ServeSettings
 from vsr_core.archs import NUM_FRAMES, SCALE, count_parameters
-from vsr_core.checkpoint import BEST_INFO_NAME, resolve_checkpoint_path
+from vsr_core.checkpoint import CheckpointError, read_best, resolve_checkpoint_path
 from vsr_core.inference import Upscaler
 
 logger = logging.getLogger("ray.serve")
@@ -26,6 +26,7 @@ class LoadedModel:
     upscaler: Upscaler
     info: dict[str, Any]  # what /v1/model reports
     key: tuple  # identifies checkpoint file version + Upscaler options; equal key = no reload needed
+    path: Path  # the checkpoint file (never shown to clients unless expose_paths)
 
 
 def model_key(settings: ServeSettings) -> tuple:
@@ -37,19 +38,23 @@ def model_key(settings: ServeSettings) -> tuple:
             settings.tile_overlap)
 
 
-def _read_best_info(path: Path) -> dict[str, Any] | None:
-    """``best.json`` next to the checkpoint, if it describes this checkpoint file."""
-    info_file = path.parent / BEST_INFO_NAME
-    if not info_file.is_file():
-        return None
+def _file_id(path: Path) -> str:
+    """A short content hash: names the loaded weights without revealing where they live."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def _best_metrics(path: Path) -> tuple[dict | None, str | None]:
+    """(validation metrics, Tune trial id) from the best.json that describes this file, if any."""
     try:
-        info = json.loads(info_file.read_text())
-    except (OSError, ValueError) as exc:
-        logger.warning("ignoring unreadable %s: %s", info_file, exc)
-        return None
-    if not isinstance(info, dict) or info.get("checkpoint_file", path.name) != path.name:
-        return None
-    return info
+        best = read_best(path)
+    except CheckpointError as exc:
+        logger.warning("ignoring %s", exc)
+        return None, None
+    return (dict(best.metrics), best.trial_id) if best else (None, None)
 
 
 def load_model(settings: ServeSettings) -> LoadedModel:
@@ -63,16 +68,11 @@ def load_model(settings: ServeSettings) -> LoadedModel:
         if model_key(settings) == key:
             break
     else:
-        raise RuntimeError(f"checkpoint {path} kept changing while it was loaded")
-    best = _read_best_info(path)
-    metrics = None
-    if best is not None:
-        metrics = best.get("metrics") if isinstance(best.get("metrics"), dict) else {
-            k: v for k, v in best.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-        }
+        raise RuntimeError(f"checkpoint {path.name} kept changing while it was loaded")
+    metrics, trial_id = _best_metrics(path)
     info = {
-        "checkpoint": str(path),
-        "requested_checkpoint": settings.checkpoint,
+        "checkpoint": path.name,
+        "checkpoint_id": _file_id(path),
         "step": int(meta["step"]),
         "epoch": int(meta["epoch"]),
         "training_phase": meta["training_phase"],
@@ -81,16 +81,17 @@ def load_model(settings: ServeSettings) -> LoadedModel:
         "num_frames": NUM_FRAMES,
         "parameters": count_parameters(upscaler.model),
         "metrics": metrics,
-        "best": best,
+        "trial_id": trial_id,
         "device": str(upscaler.device),
         "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    return LoadedModel(upscaler, info, key)
-
+    if settings.expose_paths:  # an operator's choice (e.g. a private deployment); off by default
+        info["checkpoint_path"] = str(path)
+    return LoadedModel(upscaler, info, key, path)
 
 
 def model_headers(loaded: LoadedModel) -> dict[str, str]:
-    return {"X-VSR-Checkpoint": loaded.info["checkpoint"], "X-VSR-Step": str(loaded.info["step"])}
+    return {"X-VSR-Checkpoint": loaded.info["checkpoint_id"], "X-VSR-Step": str(loaded.info["step"])}
 
 
 def encode_png(frame: np.ndarray) -> bytes:

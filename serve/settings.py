@@ -36,6 +36,8 @@ class ServeSettings(BaseModel):
     max_video_frames: int = Field(300, ge=1, description="longest clip for the synchronous /v1/upscale/video (413 "
                                   "above); use /v1/jobs for longer videos")
     num_threads: int | None = Field(None, ge=1, description="torch threads; default: the replica's num_cpus")
+    expose_paths: bool = Field(False, description="show the checkpoint's path in /v1/model (off: only its file "
+                               "name and content hash, so the API reveals nothing about the server's disk)")
     api_key_file: str | None = Field(
         None, description=f"file holding the API keys clients must send as a bearer token, one per line; default: "
         f"${API_KEY_ENV} in the replica's environment; neither: no authentication")

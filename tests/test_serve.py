@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import struct
-import sys
 import tempfile
 import threading
 import time
@@ -28,8 +26,6 @@ import yaml
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import ray  # noqa: E402
 
@@ -39,9 +35,10 @@ import serve.app as serve_app  # noqa: E402
 _RAY_UP_AFTER_IMPORT = ray.is_initialized()
 
 from conftest import make_clip, random_model  # noqa: E402
-from vsr_core.checkpoint import save_checkpoint  # noqa: E402
+from vsr_core.checkpoint import BestInfo, save_checkpoint, write_best  # noqa: E402
 from vsr_core.data.video_io import FrameWriter, probe_video, read_frames  # noqa: E402
 from vsr_core.inference import Upscaler  # noqa: E402
+from vsr_core.netutil import free_port  # noqa: E402,F401 (test_reliability_serve and test_jobs import it from here)
 
 pytestmark = pytest.mark.ray
 
@@ -110,10 +107,6 @@ def max_diff(a: np.ndarray, b: np.ndarray) -> int:
     return int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def replica_pid() -> int:
@@ -185,8 +178,8 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     save_test_checkpoint(run_a / "latest.pth", seed=1, step=100)
     best = root / "sweep" / "best"
     save_test_checkpoint(best / "trial_7.pth", seed=2, step=200)
-    (best / "best.json").write_text(json.dumps({"checkpoint_file": "trial_7.pth", "trial": "trial_7",
-                                                "metrics": {"psnr_y": 31.25, "ssim_y": 0.91}}))
+    write_best(best, BestInfo(checkpoint_file="trial_7.pth", metrics={"psnr_y": 31.25, "ssim_y": 0.91},
+                              trial_id="trial_7"))
     return {"a": run_a, "b": best}
 
 
@@ -272,8 +265,8 @@ def test_docs_and_openapi(server):
 
 def test_model_info(server, checkpoints):
     info = requests.get(server.url + "/v1/model", timeout=10).json()
-    assert info["checkpoint"] == str((checkpoints["a"] / "latest.pth").resolve())
-    assert info["requested_checkpoint"] == str(checkpoints["a"])
+    assert info["checkpoint"] == "latest.pth" and len(info["checkpoint_id"]) == 12
+    assert str(checkpoints["a"]) not in json.dumps(info)  # no server paths unless expose_paths
     assert (info["step"], info["epoch"], info["preset"], info["scale"]) == (100, 2, "tiny", 3)
     assert info["training_phase"] == "pretrain" and info["device"] == "cpu"
     assert info["metrics"] is None and info["reload_error"] is None
@@ -507,9 +500,9 @@ def test_hot_swap_under_load(server, checkpoints, window, upscalers):
         assert max_diff(output, expected[step]) <= 1
     assert max_diff(expected["100"], expected["200"]) > 1  # the swap changed the outputs
     assert replica_pid() == pid  # reconfigured in place, not a new replica
-    assert info["checkpoint"] == str((checkpoints["b"] / "trial_7.pth").resolve())
+    assert info["checkpoint"] == "trial_7.pth"
     assert info["metrics"] == {"psnr_y": 31.25, "ssim_y": 0.91}
-    assert info["best"]["trial"] == "trial_7" and info["reload_error"] is None
+    assert info["trial_id"] == "trial_7" and info["reload_error"] is None
 
     # A bad hot swap keeps serving the current model and reports the error.
     server.deploy(checkpoints["a"].parent / "does_not_exist.pth")

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from pathlib import Path
 
 from tqdm import tqdm
 

@@ -144,7 +144,6 @@ def iter_timed_frames(path, start_pts: int | None = None, count: int | None = No
     produced = 0
     with open_container(path) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"  # frame-threaded decoding
         try:
             if start_pts is not None:
                 container.seek(start_pts, stream=stream, backward=True, any_frame=False)
