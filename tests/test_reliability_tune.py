@@ -119,7 +119,7 @@ def test_every_trial_failing_ends_the_sweep_fast_with_one_clear_error(ray_sessio
     assert run.returncode == 1, output[-3000:]
     assert "Traceback" not in output
     summary = run.stderr[run.stderr.index("error: every trial failed"):]
-    assert "VideoReadError: cannot decode video" in summary and str(broken) in summary
+    assert "VideoReadError: cannot read video" in summary and str(broken) in summary
     assert summary.count("VideoReadError") == 1
     error_file = Path(summary.split("full traceback: ")[1].split()[0])
     assert error_file.is_file() and "datasets.py" in error_file.read_text()  # the whole stack is kept there
