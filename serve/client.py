@@ -1,20 +1,31 @@
 """A small client for the VSR Serve app.
 
     python serve/client.py window f0.png f1.png f2.png f3.png f4.png -o out.png
-    python serve/client.py video clip.mp4 -o out.mp4 [--url http://127.0.0.1:8000]
+    python serve/client.py job submit film.mp4 --wait -o film_x3.mp4     # any length, on the cluster
+    python serve/client.py job submit film.mp4                           # prints the job id
+    python serve/client.py job wait ID          # a progress bar until it is done
+    python serve/client.py job download ID -o film_x3.mp4
+    python serve/client.py job cancel ID  |  job list
+    python serve/client.py video clip.mp4 -o out.mp4                     # a short clip, synchronously
     python serve/client.py model
+
+--url defaults to http://127.0.0.1:8000; the API key (if the server has one) comes from
+--api-key-file or $VSR_API_KEY and is sent as 'Authorization: Bearer <key>'.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 import requests
 from tqdm import tqdm
 
 CHUNK = 1 << 16
+POLL_S = 0.5
 
 
 class _ProgressFile:
@@ -38,70 +49,139 @@ class _ProgressFile:
         self._file.close()
 
 
-def _fail(response: requests.Response) -> None:
-    try:
-        error = response.json()
-        message = f"{error.get('error')}: {error.get('detail')}"
-    except ValueError:
-        message = response.text[:500]
-    sys.exit(f"error: HTTP {response.status_code} {message}")
+class Client:
+    def __init__(self, url: str, api_key: str | None, timeout: float):
+        self.url = url.rstrip("/")
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, **kwargs) -> requests.Response:
+        headers = {**self.headers, **kwargs.pop("headers", {})}
+        try:
+            response = requests.request(method, self.url + path, headers=headers, timeout=self.timeout, **kwargs)
+        except requests.ConnectionError as exc:
+            sys.exit(f"error: cannot reach {self.url}: {exc}")
+        if not response.ok:
+            try:
+                error = response.json()
+                message = f"{error.get('error')}: {error.get('detail')}"
+            except ValueError:
+                message = response.text[:500]
+            sys.exit(f"error: HTTP {response.status_code} {message}")
+        return response
+
+    def upload(self, path: str, clip: Path) -> requests.Response:
+        with tqdm(total=clip.stat().st_size, unit="B", unit_scale=True, desc="upload") as bar:
+            body = _ProgressFile(clip, bar)
+            try:
+                return self.request("POST", path, data=body, stream=True, params={"filename": clip.name},
+                                    headers={"Content-Type": "video/mp4"})
+            finally:
+                body.close()
+
+    def download(self, response: requests.Response, output: Path) -> None:
+        total = int(response.headers.get("Content-Length", 0)) or None
+        partial = output.with_name(output.name + ".partial")
+        with open(partial, "wb") as f, tqdm(total=total, unit="B", unit_scale=True, desc="download") as bar:
+            for chunk in response.iter_content(CHUNK):
+                f.write(chunk)
+                bar.update(len(chunk))
+        partial.replace(output)  # never a half-written file under the real name
 
 
-def upscale_window(url: str, frames: list[Path], output: Path, timeout: float) -> None:
+def upscale_window(client: Client, frames: list[Path], output: Path) -> None:
     files = [("frames", (path.name, path.read_bytes())) for path in frames]
-    response = requests.post(f"{url}/v1/upscale", files=files, timeout=timeout)
-    if not response.ok:
-        _fail(response)
+    response = client.request("POST", "/v1/upscale", files=files)
     output.write_bytes(response.content)
     print(f"{output} (model step {response.headers.get('X-VSR-Step')})")
 
 
-def upscale_video(url: str, clip: Path, output: Path, timeout: float) -> None:
-    size = clip.stat().st_size
-    with tqdm(total=size, unit="B", unit_scale=True, desc="upload") as bar:
-        body = _ProgressFile(clip, bar)
-        try:
-            response = requests.post(f"{url}/v1/upscale/video", data=body, stream=True, timeout=timeout,
-                                     headers={"Content-Type": "video/mp4"})
-        finally:
-            body.close()
-    if not response.ok:
-        _fail(response)
-    total = int(response.headers.get("Content-Length", 0)) or None
-    with open(output, "wb") as f, tqdm(total=total, unit="B", unit_scale=True, desc="download") as bar:
-        for chunk in response.iter_content(CHUNK):
-            f.write(chunk)
-            bar.update(len(chunk))
+def upscale_video(client: Client, clip: Path, output: Path) -> None:
+    response = client.upload("/v1/upscale/video", clip)
+    client.download(response, output)
     frames, fps = response.headers.get("X-VSR-Frames"), response.headers.get("X-VSR-FPS")
     print(f"{output}: {frames} frames at {fps} fps (model step {response.headers.get('X-VSR-Step')})")
 
 
-def main(argv: list[str] | None = None) -> None:
+def wait_for_job(client: Client, job_id: str) -> dict:
+    """Poll the job with a progress bar (frames done across all workers) until it ends."""
+    with tqdm(total=None, unit="frame", desc=f"job {job_id[:8]}") as bar:
+        while True:
+            job = client.request("GET", f"/v1/jobs/{job_id}").json()
+            bar.total = job["frames_total"]
+            bar.set_postfix_str(f"{job['state']}, {job['fps']:.1f} fps" + (
+                f", ETA {job['eta_seconds']:.0f}s" if job.get("eta_seconds") else ""))
+            bar.update(job["frames_done"] - bar.n)
+            if job["state"] in ("done", "failed", "cancelled"):
+                return job
+            time.sleep(POLL_S)
+
+
+def job_command(client: Client, args: argparse.Namespace) -> None:
+    if args.action == "submit":
+        job = client.upload("/v1/jobs", args.target).json()
+        print(f"job {job['id']}: {job['frames_total']} frames queued")
+        if not args.wait:
+            return
+        args.target = job["id"]
+    if args.action in ("submit", "wait"):
+        job = wait_for_job(client, str(args.target))
+        if job["state"] != "done":
+            sys.exit(f"job {job['id']} {job['state']}" + (f": {job['error']}" if job.get("error") else ""))
+        print(f"job {job['id']} done: {job['frames_total']} frames on {job['nodes']} node(s)")
+        if args.output is None:
+            return
+    if args.action in ("submit", "wait", "download"):
+        if args.output is None:
+            sys.exit("error: give -o OUTPUT.mp4")
+        job_id = job["id"] if args.action != "download" else str(args.target)
+        client.download(client.request("GET", f"/v1/jobs/{job_id}/result", stream=True), args.output)
+        print(f"{args.output}")
+    elif args.action == "cancel":
+        print(json.dumps(client.request("DELETE", f"/v1/jobs/{args.target}").json()))
+    elif args.action == "list":
+        for job in client.request("GET", "/v1/jobs").json()["jobs"]:
+            print(f"{job['id']}  {job['state']:<9} {job['frames_done']:>7}/{job['frames_total']} frames  "
+                  f"{job['source_name']}")
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Client for the VSR Serve app.")
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the app's base URL")
-    parser.add_argument("--timeout", type=float, default=600, help="seconds")
+    parser.add_argument("--api-key-file", type=Path, help="file with the API key (default: $VSR_API_KEY)")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds per HTTP request")
     commands = parser.add_subparsers(dest="command", required=True)
     window = commands.add_parser("window", help="5 frames (PNG/JPEG, temporal order) -> 3x center frame (PNG)")
     window.add_argument("frames", nargs=5, type=Path)
     window.add_argument("-o", "--output", type=Path, required=True)
-    video = commands.add_parser("video", help="mp4 clip -> 3x mp4 clip")
+    job = commands.add_parser("job", help="a video of any length, upscaled on the cluster")
+    job.add_argument("action", choices=("submit", "wait", "download", "cancel", "list"))
+    job.add_argument("target", nargs="?", help="the video file (submit) or the job id")
+    job.add_argument("-o", "--output", type=Path, help="where to save the result (submit --wait, wait, download)")
+    job.add_argument("--wait", action="store_true", help="submit: then wait with a progress bar")
+    video = commands.add_parser("video", help="a short mp4 clip -> 3x mp4 clip, in one request")
     video.add_argument("clip", type=Path)
     video.add_argument("-o", "--output", type=Path, required=True)
     commands.add_parser("model", help="print the served model's info")
-    args = parser.parse_args(argv)
-    url = args.url.rstrip("/")
-    try:
-        if args.command == "window":
-            upscale_window(url, args.frames, args.output, args.timeout)
-        elif args.command == "video":
-            upscale_video(url, args.clip, args.output, args.timeout)
-        else:
-            response = requests.get(f"{url}/v1/model", timeout=args.timeout)
-            if not response.ok:
-                _fail(response)
-            print(json.dumps(response.json(), indent=2))
-    except requests.ConnectionError as exc:
-        sys.exit(f"error: cannot reach {url}: {exc}")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    key = args.api_key_file.read_text().strip() if args.api_key_file else os.environ.get("VSR_API_KEY")
+    client = Client(args.url, key, args.timeout)
+    if args.command == "window":
+        upscale_window(client, args.frames, args.output)
+    elif args.command == "job":
+        if args.action != "list" and not args.target:
+            sys.exit(f"error: job {args.action} needs " + ("a video file" if args.action == "submit" else "a job id"))
+        if args.action == "submit":
+            args.target = Path(args.target)
+        job_command(client, args)
+    elif args.command == "video":
+        upscale_video(client, args.clip, args.output)
+    else:
+        print(json.dumps(client.request("GET", "/v1/model").json(), indent=2))
 
 
 if __name__ == "__main__":

@@ -17,15 +17,14 @@ import requests
 from PIL import Image
 
 from vsr_core.data.degradation import bicubic_upsample, crop_to_scale
-from vsr_core.frames import to_tensor, to_uint8
 from vsr_core.data.samples import sample_clip
 from vsr_core.data.video_io import FrameWriter, iter_frames, probe_video
 from vsr_core.evaluate import degrade_frame
+from vsr_core.frames import to_tensor, to_uint8
 from vsr_core.metrics import psnr
 from vsr_core.netutil import free_port
 
 CLIP_FRAMES = 24
-
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve as ray_serve
 
     from serve.app import build_app
-    from serve.client import upscale_video, upscale_window
+    from serve.client import Client, upscale_video, upscale_window
 
     source = sample_clip("bikes.mp4")
     hr = [crop_to_scale(f) for f in iter_frames(source, CLIP_FRAMES)]
@@ -51,8 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(include_dashboard=False)
     try:
         ray_serve.start(http_options={"host": "127.0.0.1", "port": port})
-        ray_serve.run(build_app({"checkpoint": str(Path(args.checkpoint).resolve()), "num_cpus": 1}),
-                      name="vsr", route_prefix="/")
+        ray_serve.run(build_app({"checkpoint": str(Path(args.checkpoint).resolve()), "num_cpus": 1,
+                                 "jobs_dir": str((out / "jobs").resolve())}), name="vsr", route_prefix="/")
+        client = Client(url, None, timeout=600)
         print(f"serving {args.checkpoint} at {url} ({requests.get(f'{url}/v1/model', timeout=30).json()['preset']})")
 
         # A window: 5 LR frames as PNG files -> the 3x center frame.
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(center - 2, center + 3):
             frame_files.append(out / f"window_lr_{i:02d}.png")
             Image.fromarray(lr[i]).save(frame_files[-1])
-        upscale_window(url, frame_files, out / "window_x3.png", timeout=120)
+        upscale_window(client, frame_files, out / "window_x3.png")
         model_frame = np.asarray(Image.open(out / "window_x3.png").convert("RGB"))
         bicubic_frame = to_uint8(bicubic_upsample(to_tensor(lr[center])[None]))[0]
         Image.fromarray(np.concatenate([bicubic_frame, model_frame, hr[center]], axis=1)).save(out / "side_by_side.png")
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         with FrameWriter(out / "clip_lr.mp4", fps) as writer:
             for frame in lr:
                 writer.write(frame)
-        upscale_video(url, out / "clip_lr.mp4", out / "clip_x3.mp4", timeout=600)
+        upscale_video(client, out / "clip_lr.mp4", out / "clip_x3.mp4")
         info = probe_video(out / "clip_x3.mp4")
         print(f"clip_x3.mp4: {info.num_frames} frames, {info.width}x{info.height}, {info.fps:g} fps")
     finally:
