@@ -22,7 +22,7 @@ sys.path.insert(0, str(HERE))
 
 from common import ROOT, machine_info, print_table, result_path  # noqa: E402
 
-BENCHMARKS = ("peak", "inference", "pipeline", "training", "serve", "tune")
+BENCHMARKS = ("peak", "inference", "pipeline", "training", "serve", "video", "tune")
 
 
 def main(argv: list[str] | None = None) -> int:
