@@ -82,7 +82,10 @@ class JobApi:
         settings = self._settings
         kind = media_type(request)
         if kind == JSON:
-            body = json.loads(await read_body(request, 64 * 1024) or b"{}")
+            try:
+                body = json.loads(await read_body(request, 64 * 1024) or b"{}")
+            except ValueError:
+                raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
             source = body.get("source") if isinstance(body, dict) else None
             if not isinstance(source, str) or not source:
                 raise ApiError(400, "missing_source", 'send {"source": "<path or URI>"} or upload the video')
