@@ -109,3 +109,26 @@ def write_av_clip(path, frames: np.ndarray, fps=25, sample_rate: int = 48000, to
         container.mux(video.encode())
         container.mux(audio.encode())
     return path
+
+
+def ray_processes(title: str) -> list:
+    """The processes of this test session's Ray instance whose title contains ``title`` (e.g.
+    "ray::ChunkWorker"), found below its raylet: other Ray instances on the machine do not count."""
+    import psutil
+    import ray
+
+    node = ray._private.worker._global_node
+    if node is None or "raylet" not in node.all_processes:
+        return []
+    try:
+        children = psutil.Process(node.all_processes["raylet"][0].process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    found = []
+    for process in children:
+        try:
+            if process.status() != psutil.STATUS_ZOMBIE and any(title in part for part in process.cmdline()):
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            pass
+    return found

@@ -34,7 +34,7 @@ import serve.app as serve_app  # noqa: E402
 
 _RAY_UP_AFTER_IMPORT = ray.is_initialized()
 
-from conftest import make_clip, random_model  # noqa: E402
+from conftest import make_clip, random_model, ray_processes  # noqa: E402
 from vsr_core.checkpoint import BestInfo, save_checkpoint, write_best  # noqa: E402
 from vsr_core.data.video_io import FrameWriter, probe_video, read_frames  # noqa: E402
 from vsr_core.inference import Upscaler  # noqa: E402
@@ -110,11 +110,8 @@ def max_diff(a: np.ndarray, b: np.ndarray) -> int:
 
 
 def replica_pid() -> int:
-    """The pid of the one replica process (the API does not reveal pids)."""
-    import psutil
-
-    pids = [p.pid for p in psutil.process_iter(["cmdline"])
-            if any("ServeReplica:vsr:VSRUpscaler" in part for part in p.info["cmdline"] or [])]
+    """The pid of the one replica process of this session (the API does not reveal pids)."""
+    pids = [p.pid for p in ray_processes("ServeReplica:vsr:VSRUpscaler")]
     assert len(pids) == 1, pids
     return pids[0]
 

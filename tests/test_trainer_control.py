@@ -141,6 +141,7 @@ def test_ctrl_c_mid_step_saves_at_the_step_boundary(clips, tmp_path, capsys):
             os.kill(os.getpid(), signal.SIGINT)
 
     handle = register_optimizer_step_post_hook(interrupt_after_third_update)
+    handler_before = signal.getsignal(signal.SIGINT)  # not always Python's default (Tune installs its own)
     try:
         code = cli.main(["train", "--config", str(tmp_path / "cfg.json"), "--plain"])
     finally:
@@ -150,7 +151,7 @@ def test_ctrl_c_mid_step_saves_at_the_step_boundary(clips, tmp_path, capsys):
     adam_steps = {int(s["step"]) for s in checkpoint["optimizer_state_dict"]["state"].values()}
     assert checkpoint["step"] == 3 and adam_steps == {3} and checkpoint["scheduler_state_dict"]["last_epoch"] == 3
     assert f"interrupted: saved {tmp_path / 'run' / 'latest.pth'} at step 3" in capsys.readouterr().out
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    assert signal.getsignal(signal.SIGINT) is handler_before  # the handler is put back
 
 
 def test_fit_shuts_its_dataloader_workers_down(clips, tmp_path):

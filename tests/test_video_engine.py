@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_clip, random_model, write_av_clip
+from conftest import make_clip, random_model, ray_processes, write_av_clip
 from vsr_core.data.video_io import FrameWriter, frame_timestamps, probe_video, read_frames
 from vsr_core.inference import Upscaler
 from vsr_core.video.engine import upscale_file
@@ -173,14 +173,7 @@ def test_chunks_on_ray_equal_one_stream_exactly(ray_session, tmp_path, upscaler)
 
 
 def chunk_worker_processes(running_only: bool = False):
-    import psutil
-
-    title = "ray::ChunkWorker.run" if running_only else "ray::ChunkWorker"
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        if any(title in part for part in process.info["cmdline"] or []):
-            found.append(process)
-    return found
+    return ray_processes("ray::ChunkWorker.run" if running_only else "ray::ChunkWorker")
 
 
 def single_thread_reference(upscaler, source):
