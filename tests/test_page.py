@@ -105,6 +105,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     clip = make_clip(FRAMES, H, W, seed=5)
     paths = {"clip": write_av_clip(root / "clip.mp4", clip), "bad": root / "notes.mp4"}
     paths["bad"].write_text("this is not a video\n")
+    paths["long"] = write_av_clip(root / "long.mp4", make_clip(150, 48, 64, seed=6))  # seconds of work: cancel it
     for i in range(5):
         paths[f"frame{i}"] = root / f"frame{i}.png"
         paths[f"frame{i}"].write_bytes(png_bytes(clip[i]))
@@ -273,6 +274,22 @@ def test_api_errors_are_shown_next_to_the_upload_control(server, browser, files)
         wait(browser, lambda d: message in text(d, "upload-error"), what=repr(message))
         assert browser.find_element("id", "upload-error").is_displayed()
     assert browser.find_element("id", "model-preset").is_displayed()  # still the page, not an error page
+
+
+def test_cancel_stops_a_running_job(server, browser, files):
+    upload(browser, files["long"])
+    wait(browser, lambda d: text(d, "job-label") in ("Queued", "Upscaling"), what="a started job")
+    browser.find_element("id", "cancel").click()
+    wait(browser, lambda d: text(d, "job-label") == "Cancelled", what="the cancelled job")
+    assert not browser.find_element("id", "cancel").is_displayed() and text(browser, "upload-error") == ""
+    deadline = time.time() + 30
+    while True:  # the server stopped it: cancelled (its files deleted), never done
+        states = [j["state"] for j in requests.get(server.url + "/v1/jobs", timeout=10).json()["jobs"]
+                  if j["source_name"] == "long.mp4"]
+        if all(state == "cancelled" for state in states):
+            break
+        assert time.time() < deadline and "done" not in states, states
+        time.sleep(0.2)
 
 
 def test_with_an_api_key_the_page_asks_for_it(server, browser, files):

@@ -4,16 +4,15 @@
 'use strict';
 (() => {
   const $ = (id) => document.getElementById(id);
+  const compare = window.vsrCompare; // compare.js
   const KEY_STORE = 'vsr-api-key'; // sessionStorage: this tab only, never in a URL
   const VIDEO_TYPES = ['video/mp4', 'video/quicktime', 'video/x-matroska', 'video/webm'];
   const IMAGE_TYPES = ['image/png', 'image/jpeg'];
-  const ZOOM = 32; // zoom crop, in pixels of the 3x picture
-  const ZOOM_SCALE = 9; // each of them drawn as a 9x9 block
   const POLL_MS = 400;
 
   const state = {
     key: sessionStorage.getItem(KEY_STORE) || '', limits: null, busy: false, job: null, xhr: null,
-    urls: [], pngUrl: null, bicubic: null, model: null, zoom: null, frames: 1, frameToken: 0,
+    urls: [], pngUrl: null, frames: 1, frameToken: 0,
     stem: 'result', sourceOk: false, mode: null,
   };
 
@@ -271,7 +270,8 @@
       setProgress('Done', 1, '5 frames in, the 3x center frame out');
       state.mode = 'window';
       showResult();
-      setImages(await canvasOfImage(bicubic), await canvasOfImage(model), 'bicubic');
+      compare.show(await compare.canvasOfImage(bicubic), await compare.canvasOfImage(model), 'bicubic');
+      $('compare').dataset.frame = 'center';
       setPng(model, 'x3');
     } catch (err) {
       $('job-label').textContent = 'Failed';
@@ -286,7 +286,8 @@
     state.frameToken += 1;
     for (const url of state.urls) URL.revokeObjectURL(url);
     if (state.pngUrl) URL.revokeObjectURL(state.pngUrl);
-    Object.assign(state, { urls: [], pngUrl: null, bicubic: null, model: null, zoom: null, job: null, mode: null });
+    Object.assign(state, { urls: [], pngUrl: null, job: null, mode: null });
+    compare.clear();
     for (const id of ['video-source', 'video-result']) $(id).removeAttribute('src');
     $('result').hidden = true;
     $('download-video').hidden = true;
@@ -318,26 +319,6 @@
 
   const frameTime = (video, i) => (isFinite(video.duration) ? ((i + 0.5) * video.duration) / state.frames : 0);
 
-  function canvasOf(source, width, height) {
-    const canvas = document.createElement('canvas');
-    canvas.width = width || source.videoWidth || source.width;
-    canvas.height = height || source.videoHeight || source.height;
-    const ctx = canvas.getContext('2d');
-    ctx.imageSmoothingEnabled = true;
-    ctx.imageSmoothingQuality = 'high';
-    ctx.drawImage(source, 0, 0, canvas.width, canvas.height);
-    return canvas;
-  }
-
-  async function canvasOfImage(blob) {
-    const bitmap = await createImageBitmap(blob);
-    const canvas = canvasOf(bitmap);
-    bitmap.close();
-    return canvas;
-  }
-
-  const toPng = (canvas) => new Promise((resolve) => canvas.toBlob(resolve, 'image/png'));
-
   async function showVideoResult(file, blob, job) {
     state.mode = 'video';
     state.frames = Math.max(1, job.frames_total || 1);
@@ -367,17 +348,17 @@
     $('compare-status').textContent = `loading frame ${i + 1}…`;
     await Promise.all([seek(result, frameTime(result, i)), state.sourceOk && seek(source, frameTime(source, i))]);
     if (token !== state.frameToken) return;
-    const model = canvasOf(result);
+    const model = compare.canvasOf(result);
     let bicubic = null;
     let name = 'bicubic';
     let note = '';
     if (state.sourceOk) {
-      const lr = canvasOf(source);
+      const lr = compare.canvasOf(source);
       try {
-        const png = await (await api('/v1/bicubic', { method: 'POST', headers: { 'Content-Type': 'image/png' }, body: await toPng(lr) })).blob();
-        bicubic = await canvasOfImage(png);
+        const png = await (await api('/v1/bicubic', { method: 'POST', headers: { 'Content-Type': 'image/png' }, body: await compare.toPng(lr) })).blob();
+        bicubic = await compare.canvasOfImage(png);
       } catch (err) {
-        bicubic = canvasOf(lr, model.width, model.height);
+        bicubic = compare.canvasOf(lr, model.width, model.height);
         name = 'bicubic (browser)';
         note = `exact bicubic unavailable (${err.message}); showing the browser's smoothing`;
       }
@@ -386,8 +367,8 @@
     }
     if (token !== state.frameToken) return;
     $('compare-status').textContent = note;
-    setImages(bicubic, model, name);
-    setPng(await toPng(model), `frame${i + 1}_x3`);
+    compare.show(bicubic, model, name);
+    setPng(await compare.toPng(model), `frame${i + 1}_x3`);
     $('compare').dataset.frame = String(i);
   }
 
@@ -401,79 +382,6 @@
     $('download-png').href = state.pngUrl;
     $('download-png').download = `${state.stem}_${suffix}.png`;
   }
-
-  // --- compare and zoom -------------------------------------------------------------------
-  function setImages(bicubic, model, name) {
-    state.model = model;
-    state.bicubic = bicubic && (bicubic.width !== model.width || bicubic.height !== model.height)
-      ? canvasOf(bicubic, model.width, model.height) : bicubic;
-    const compare = $('compare');
-    compare.width = model.width;
-    compare.height = model.height;
-    if (!state.zoom) state.zoom = { x: model.width / 2, y: model.height / 2 };
-    $('left-name').textContent = name;
-    $('zoom-left-name').textContent = name;
-    render();
-    if (state.mode === 'window') compare.dataset.frame = 'center';
-  }
-
-  function render() {
-    if (!state.model) return;
-    const compare = $('compare');
-    const ctx = compare.getContext('2d');
-    const { width, height } = compare;
-    const value = Number($('split').value);
-    const split = Math.round((width * value) / 100);
-    ctx.fillStyle = '#000';
-    ctx.fillRect(0, 0, width, height);
-    if (state.bicubic) ctx.drawImage(state.bicubic, 0, 0, split, height, 0, 0, split, height);
-    if (split < width) ctx.drawImage(state.model, split, 0, width - split, height, split, 0, width - split, height);
-    $('divider').style.left = `${value}%`;
-    renderZoom();
-  }
-
-  function renderZoom() {
-    const { width, height } = state.model;
-    const size = Math.min(ZOOM, width, height);
-    const x = clamp(Math.round(state.zoom.x - size / 2), 0, width - size);
-    const y = clamp(Math.round(state.zoom.y - size / 2), 0, height - size);
-    state.zoom = { x: x + size / 2, y: y + size / 2 };
-    for (const [id, source] of [['zoom-bicubic', state.bicubic], ['zoom-model', state.model]]) {
-      const canvas = $(id);
-      canvas.width = size * ZOOM_SCALE;
-      canvas.height = size * ZOOM_SCALE;
-      const ctx = canvas.getContext('2d');
-      ctx.imageSmoothingEnabled = false; // nearest neighbour: each pixel a sharp block
-      ctx.fillStyle = '#777';
-      ctx.fillRect(0, 0, canvas.width, canvas.height);
-      if (source) ctx.drawImage(source, x, y, size, size, 0, 0, canvas.width, canvas.height);
-    }
-    Object.assign($('zoom-box').style, {
-      left: `${(100 * x) / width}%`, top: `${(100 * y) / height}%`,
-      width: `${(100 * size) / width}%`, height: `${(100 * size) / height}%`,
-    });
-  }
-
-  $('split').addEventListener('input', render);
-
-  $('compare').addEventListener('click', (event) => {
-    if (!state.model) return;
-    const rect = event.currentTarget.getBoundingClientRect();
-    state.zoom = {
-      x: ((event.clientX - rect.left) * state.model.width) / rect.width,
-      y: ((event.clientY - rect.top) * state.model.height) / rect.height,
-    };
-    renderZoom();
-  });
-
-  $('compare').addEventListener('keydown', (event) => {
-    const step = (event.shiftKey ? 4 : 1) * (ZOOM / 2);
-    const move = { ArrowLeft: [-step, 0], ArrowRight: [step, 0], ArrowUp: [0, -step], ArrowDown: [0, step] }[event.key];
-    if (!move || !state.model) return;
-    event.preventDefault();
-    state.zoom = { x: state.zoom.x + move[0], y: state.zoom.y + move[1] };
-    renderZoom();
-  });
 
   loadModel();
 })();
