@@ -179,6 +179,13 @@ def test_the_page_and_its_files_are_served_safely(server):
     for name in ("__init__.py", "..%2Fapp.py", "..%2F..%2Fpyproject.toml", "%2Fetc%2Fpasswd", "index.html%00.js"):
         response = requests.get(f"{server.url}/page/{name}", timeout=10)
         assert response.status_code == 404 and response.json()["error"] == "not_found", name
+    bicubic = server.url + "/v1/bicubic"  # the page's baseline: JSON errors like every /v1 route
+    response = requests.post(bicubic, data=b"hello", headers={"Content-Type": "text/plain"}, timeout=10)
+    assert response.status_code == 415 and "image/png" in response.json()["detail"]
+    response = requests.post(bicubic, data=b"\x89PNG\r\n\x1a\nbroken", headers={"Content-Type": "image/png"}, timeout=10)
+    assert response.status_code == 400 and response.json()["detail"]
+    spec = requests.get(server.url + "/openapi.json", timeout=10).json()
+    assert "/" not in spec["paths"] and spec["paths"]["/v1/bicubic"]["post"]["security"] == [{"HTTPBearer": []}]
 
 
 def test_the_model_card_shows_the_checkpoint_and_its_metrics(server, browser):
@@ -301,6 +308,10 @@ def test_with_an_api_key_the_page_asks_for_it(server, browser, files):
     while requests.get(server.url + "/v1/model", timeout=10).status_code != 401:
         assert time.time() < deadline, "the API key was not applied"
         time.sleep(0.2)
+
+    response = requests.post(server.url + "/v1/bicubic", data=files["frame2"].read_bytes(),
+                             headers={"Content-Type": "image/png"}, timeout=10)
+    assert response.status_code == 401
 
     open_page(browser, server)
     wait(browser, lambda d: d.find_element("id", "auth").is_displayed(), what="the API key prompt")
