@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OUT ?= demo_output
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install browser test test-fast demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,7 +15,17 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+# tests/test_page.py drives the system's Chromium (Debian packages chromium + chromium-driver):
+# installed here when missing and we are root (CI); otherwise a hint (VSR_SKIP_BROWSER=1 skips those tests).
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$(VSR_SKIP_BROWSER)" = 1 ]; then echo "VSR_SKIP_BROWSER=1: the browser tests are skipped"; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	else echo "chromium/chromedriver missing: sudo apt-get install -y chromium chromium-driver" \
+		"(or VSR_SKIP_BROWSER=1 to skip tests/test_page.py)"; fi
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)

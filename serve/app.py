@@ -12,6 +12,8 @@ Endpoints (all errors are JSON ``{"error": CODE, "detail": MESSAGE}``)::
     POST   /v1/upscale/video      a short clip, synchronously: a job that the request waits for
     GET    /v1/model              checkpoint, step, preset, metrics (best.json), device, limits
     GET    /healthz               200 when a model is loaded
+    GET    /                      the web page (serve/page): upload, progress, compare with bicubic, download
+    POST   /v1/bicubic            one PNG/JPEG frame -> its plain 3x bicubic PNG (the page's baseline)
     GET    /docs                  OpenAPI UI
 
 With API keys configured ($VSR_API_KEY, or user_config ``api_key_file``: one key per line) the
@@ -51,9 +53,13 @@ from serve.http import (
     ApiError,
     api,
     bearer_auth,
+    media_type,
+    read_body,
+    unsupported_type,
     window_from,
 )
 from serve.model import LoadedModel, encode_png, load_model, model_headers, model_key, replica_cpus
+from serve.page import IMAGE_TYPES, bicubic_png, page_response
 from serve.settings import ServeSettings, authorized_owner, load_api_keys, settings_from
 from vsr_core.inference import upscale_grouped
 
@@ -214,6 +220,28 @@ class VSRUpscaler:
             "reload_error": self._reload_error,
             "auth": "bearer" if self._api_keys else "none",
         }
+
+    # --- the web page (serve/page) ------------------------------------------------------------
+    @api.get("/", response_class=Response, include_in_schema=False)
+    async def page(self) -> Response:
+        return page_response("index.html")
+
+    @api.get("/page/{name}", response_class=Response, include_in_schema=False)
+    async def page_file(self, name: str) -> Response:
+        return page_response(name)  # an allow-list of the folder's file names: no paths
+
+    @api.post("/v1/bicubic", response_class=Response, summary="Plain 3x bicubic of one frame (the page's baseline)",
+              responses={200: {"content": {"image/png": {}}, "description": "the 3x bicubic frame"}, **AUTH_ERROR,
+                         **ERRORS}, openapi_extra={"requestBody": {"required": True, "content": {
+                             t: {"schema": {"type": "string", "format": "binary"}} for t in IMAGE_TYPES}}},
+              dependencies=[bearer_auth])
+    async def bicubic(self, request: Request) -> Response:
+        self._authorize(request)
+        if media_type(request) not in IMAGE_TYPES:
+            raise unsupported_type(request, "one PNG or JPEG frame as image/png, image/jpeg or application/octet-stream")
+        body = await read_body(request, self._settings.max_body_bytes)
+        png = await asyncio.to_thread(bicubic_png, body, self._settings.max_pixels_per_frame)
+        return Response(png, media_type="image/png")
 
     @api.get("/healthz", summary="200 when a model is loaded")
     async def healthz(self) -> dict[str, Any]:
