@@ -3,13 +3,16 @@
     python serve/demo.py --checkpoint demo_output/tune/demo/best --out demo_output/serve
 
 Starts Ray and the Serve app on 127.0.0.1, sends a 5-frame window and a short clip (both
-made by downsampling the sample clip bikes.mp4 3x), and writes the 3x outputs and
-side_by_side.png (bicubic | model | original) for a person to look at.
+made by downsampling the sample clip bikes.mp4 3x; the clip as a video job), writes the 3x
+outputs and side_by_side.png (bicubic | model | original) for a person to look at, and
+prints the web page's address. In a terminal the app stays up until Ctrl-C, so the page
+can be tried; without one (CI, a pipe) it stops at once.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +80,14 @@ def main(argv: list[str] | None = None) -> int:
         upscale_video(client, out / "clip_lr.mp4", out / "clip_x3.mp4")
         info = probe_video(out / "clip_x3.mp4")
         print(f"clip_x3.mp4: {info.num_frames} frames, {info.width}x{info.height}, {info.fps:g} fps")
+        print(f"\nthe web page: {url}/   (upload {out / 'clip_lr.mp4'} there to compare bicubic and the model)")
+        if sys.stdin.isatty() and sys.stdout.isatty():
+            print("the app stays up until Ctrl-C", flush=True)
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                print("shutting down ...")
     finally:
         ray_serve.shutdown()
         ray.shutdown()
