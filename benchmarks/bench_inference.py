@@ -15,7 +15,6 @@ import os
 import subprocess
 import sys
 
-import common  # noqa: F401 - sets sys.path
 import numpy as np
 import torch
 

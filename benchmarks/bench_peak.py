@@ -4,7 +4,6 @@ and NCHW), GFLOP/s, side by side in one run. The channels-last conv is the refer
 its own run)."""
 from __future__ import annotations
 
-import common  # noqa: F401 - sets sys.path
 import torch
 from torch import nn
 

@@ -24,7 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import common  # noqa: F401 - sets sys.path
 import torch
 
 from bench_inference import random_model, synthetic_frames

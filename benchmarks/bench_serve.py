@@ -18,7 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import common  # noqa: F401 - sets sys.path
+import common
 import numpy as np
 import torch
 
@@ -93,7 +93,7 @@ def deploy(checkpoint: Path, num_cpus: float, max_batch_size: int, port: int) ->
     import requests
     from ray import serve
 
-    serve_app = importlib.import_module("serve.app")  # this repo's serve/ (ROOT is on sys.path), not ray.serve
+    serve_app = importlib.import_module("serve.app")  # this project's serve/, not ray.serve
 
     app = serve_app.build_app({"checkpoint": str(checkpoint), "device": "cpu", "num_cpus": num_cpus,
                                "num_replicas": 1, "max_batch_size": max_batch_size, "batch_wait_timeout_s": 0.01})

@@ -14,7 +14,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import common  # noqa: F401 - sets sys.path
 import torch
 from torch.utils.data import DataLoader
 

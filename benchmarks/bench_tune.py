@@ -13,7 +13,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import common  # noqa: F401 - sets sys.path
 from common import ROOT, Report, header, parse_args
 
 

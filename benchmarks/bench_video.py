@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-import common  # noqa: F401 - sets sys.path
+import common
 import torch
 
 from bench_inference import synthetic_frames

@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,9 +21,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
-for path in (str(ROOT), str(ROOT / "benchmarks")):
-    if path not in sys.path:
-        sys.path.insert(0, path)
+# The project's packages come from the install (`pip install -e .`); sibling benchmark modules
+# (common, bench_inference, ...) from the script's own folder, which Python puts on sys.path.
 
 
 # --- machine ------------------------------------------------------------------------------

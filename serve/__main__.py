@@ -50,9 +50,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"warning: serving on {args.host} without an API key: anyone who can reach this port can use it. "
               f"Set {API_KEY_ENV} or --api-key-file.", file=sys.stderr)
     checkpoint = resolve_checkpoint_path(Path(args.checkpoint).expanduser()).resolve()  # fail fast, absolute
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # stop like Ctrl-C: Ray shut down, nothing left running
     try:
         context = ray.init(address=args.address) if args.address else ray.init(dashboard_host="127.0.0.1")
+        # After ray.init, which installs a SIGTERM handler of its own: stop like Ctrl-C does.
+        signal.signal(signal.SIGTERM, _raise_interrupt)
         ray_serve.start(http_options={"host": args.host, "port": args.port})
         app_args = {"checkpoint": str(checkpoint), "num_cpus": args.num_cpus, "num_gpus": args.num_gpus,
                     "num_replicas": args.num_replicas}

@@ -511,3 +511,12 @@ def test_hot_swap_under_load(server, checkpoints, window, upscalers):
         time.sleep(0.2)
     assert "does_not_exist" in info["reload_error"] and info["step"] == 200
     assert_good_request(server, window, upscalers["b"])
+
+
+def test_a_new_revision_reloads_a_checkpoint_overwritten_in_place(checkpoints):
+    from serve.model import model_key
+    from serve.settings import ServeSettings
+
+    same = ServeSettings(checkpoint=str(checkpoints["a"]), revision="1")
+    assert model_key(same) == model_key(ServeSettings(checkpoint=str(checkpoints["a"]), revision="1"))
+    assert model_key(same) != model_key(ServeSettings(checkpoint=str(checkpoints["a"]), revision="2"))
