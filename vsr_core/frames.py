@@ -1,9 +1,11 @@
-"""Bottom layer: frame windows, tensor <-> uint8 conversion and device choice.
+"""Bottom layer: frame windows, tensor <-> uint8 conversion, device and precision choice.
 
 Everything above (data, inference, the trainer, the video engine, Serve) uses these;
 this module imports nothing of the project but the model constants.
 """
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import torch
@@ -45,3 +47,12 @@ def pick_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def autocast(device: torch.device):
+    """The precision every forward pass runs in: fp16 autocast on CUDA (training adds a
+    GradScaler), fp32 on the CPU, where bf16 autocast measured ~10x slower than fp32 on a CPU
+    without native bf16 (see README, "A Ray cluster and GPUs")."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()

@@ -15,7 +15,6 @@ runs the model in another, so decoding, the model and the caller's encoding over
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import logging
 import os
@@ -32,7 +31,7 @@ from torch import nn
 from vsr_core.archs import CENTER, NUM_FRAMES, SCALE
 from vsr_core.checkpoint import model_from_checkpoint
 from vsr_core.data.degradation import bicubic_upsample
-from vsr_core.frames import pick_device, to_tensor, to_uint8, window_indices
+from vsr_core.frames import autocast, pick_device, to_tensor, to_uint8, window_indices
 
 logger = logging.getLogger(__name__)
 
@@ -132,14 +131,8 @@ class Upscaler:
         return cls(BicubicBaseline(), **options)
 
     # --- tensors -----------------------------------------------------------------
-    def _autocast(self):
-        # fp16 autocast on CUDA; fp32 on CPU, where bf16 autocast is ~10x slower without native bf16.
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.float16)
-        return contextlib.nullcontext()
-
     def _run_model(self, windows: torch.Tensor) -> torch.Tensor:
-        with self._autocast():
+        with autocast(self.device):
             return self.model(windows).float()
 
     @torch.inference_mode()
@@ -274,11 +267,11 @@ class Upscaler:
         (or chunk of a video) first reads it."""
         windows = [window_indices(c, num_frames) for c in centers]
         for j in sorted({j for window in windows for j in window} - features.keys()):
-            with self._autocast():
+            with autocast(self.device):
                 features[j] = self.model.extract_features(frames[j].to(self.device, non_blocking=True)[None, None])[0]
         slots = [torch.cat([features[window[k]] for window in windows]) for k in range(NUM_FRAMES)]
         center = torch.stack([frames[c] for c in centers]).to(self.device, non_blocking=True)
-        with self._autocast():
+        with autocast(self.device):
             out = self.model.reconstruct_frames(slots, center).float()
         return out.clamp_(0, 1)
 

@@ -11,7 +11,6 @@ fp16 autocast + GradScaler on CUDA (fp32 on CPU). A step whose loss is NaN/Inf i
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import random
@@ -27,7 +26,7 @@ from vsr_core.archs import VSRPPPv2
 from vsr_core.checkpoint import LATEST_NAME, load_checkpoint, remove_stale_temp_files, save_checkpoint
 from vsr_core.config import TrainConfig
 from vsr_core.data.datasets import ContinuingSampler, WindowPatchDataset, training_clips
-from vsr_core.frames import pick_device
+from vsr_core.frames import autocast, pick_device
 from vsr_core.engine.health import convergence_status, health_summary
 from vsr_core.engine.hooks import StepMetrics, TrainingHooks, ValidationMetrics
 from vsr_core.engine.requests import ApplyConfig, Command, Request, RequestQueue
@@ -246,11 +245,6 @@ class Trainer:
         return lr_windows.to(self.device, non_blocking=True), gt.to(self.device, non_blocking=True)
 
     # --- one optimizer step ---------------------------------------------------------------
-    def _autocast(self):
-        if self.use_amp:
-            return torch.autocast(self.device.type, dtype=torch.float16)
-        return contextlib.nullcontext()  # fp32 on CPU: bf16 autocast is ~10x slower without native bf16
-
     def train_step(self) -> StepMetrics:
         cfg = self.config
         self.model.train()
@@ -261,7 +255,7 @@ class Trainer:
             lr_windows, gt = self._next_batch()  # consumed even after a bad micro-batch: keeps the data stream aligned
             if not finite:
                 continue
-            with self._autocast():
+            with autocast(self.device):
                 terms = combined_loss(self.model(lr_windows).float(), gt, self.perceptual, cfg.perceptual_weight)
             if not torch.isfinite(terms.total):
                 finite = False
