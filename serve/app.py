@@ -43,7 +43,7 @@ from PIL import Image
 from ray import serve as ray_serve  # the top-level folder is also called `serve`
 
 from serve.job_api import JobApi
-from serve.http import (
+from serve.api import (
     AUTH_ERROR,
     ERRORS,
     JOB_BODY,

@@ -18,7 +18,7 @@ from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
 
 from serve import jobs
-from serve.http import (
+from serve.api import (
     JSON,
     MULTIPART,
     READ_CHUNK,

@@ -13,9 +13,10 @@ import requests
 from test_serve import save_test_checkpoint
 from vsr_core.netutil import free_port
 
-pytestmark = pytest.mark.ray
 
 
+
+@pytest.mark.ray
 def test_sigterm_stops_serve_and_ray_completely(tmp_path):
     checkpoint = save_test_checkpoint(tmp_path / "run" / "latest.pth", seed=1, step=7)
     port = free_port()
@@ -51,3 +52,14 @@ def test_sigterm_stops_serve_and_ray_completely(tmp_path):
     finally:
         if server.poll() is None:
             server.kill()
+
+
+@pytest.mark.parametrize("script", ["serve/demo.py", "serve/client.py", "serve/app.py"])
+def test_the_scripts_in_serve_run_as_scripts(script):
+    """Run as `python serve/X.py`, the script's folder comes first on sys.path: no module in
+    serve/ may shadow one of the standard library's (an `http.py` once broke `make demo`)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run([sys.executable, script, "--help"], cwd=root, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "usage" in run.stdout, run.stderr[-2000:]

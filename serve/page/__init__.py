@@ -42,7 +42,7 @@ def page_response(name: str):
     """The page file ``name`` as a response with the page's security headers; 404 otherwise."""
     from fastapi.responses import Response
 
-    from serve.http import ApiError
+    from serve.api import ApiError
 
     found = read_asset(name)
     if found is None:

@@ -1,4 +1,4 @@
-"""HTTP plumbing of the Serve app: the FastAPI object, JSON errors, the catch-all middleware,
+"""The HTTP side of the Serve app: the FastAPI object, JSON errors, the catch-all middleware,
 request bodies read with a size limit, and the OpenAPI descriptions of the raw bodies.
 
 Every error is JSON ``{"error": CODE, "detail": MESSAGE}``. An unexpected exception is
