@@ -50,7 +50,8 @@ class ServeSettings(BaseModel):
     job_source_roots: list[str] = Field(
         default_factory=list, description="folders or URI prefixes a job may read its video from by name "
         "(POST /v1/jobs with {'source': ...}); empty: uploads only")
-    job_chunk_frames: int = Field(64, ge=1, description="frames per chunk of a video job")
+    job_chunk_frames: int | None = Field(None, ge=1, description="frames per chunk of a video job; default: "
+                                         "64, fewer for a short video on several workers")
     job_workers: int | None = Field(None, ge=1, description="chunk workers per job; default: as many as fit")
     job_cpus_per_worker: float = Field(1.0, gt=0, description="CPUs (= torch threads) of each chunk worker")
     job_gpus_per_worker: float = Field(0.0, ge=0, description="GPUs of each chunk worker")

@@ -121,6 +121,20 @@ def test_a_cancelled_run_resumes_from_its_finished_chunks(tmp_path, upscaler):
     assert np.array_equal(read_frames(out), reference(upscaler, source))
 
 
+def test_default_chunks_balance_workers_and_a_resume_keeps_its_chunks(tmp_path, upscaler):
+    from vsr_core.video.plan import auto_chunk_frames
+
+    assert auto_chunk_frames(100_000, 8) == 64  # long videos: the default size
+    assert auto_chunk_frames(300, 2) == 38  # a short clip: ~4 chunks per worker
+    assert auto_chunk_frames(20, 4) == 16  # never tiny chunks
+    source = write_clip(tmp_path / "in.mp4", 37)
+    with pytest.raises(JobCancelled):
+        upscale_file(source, tmp_path / "out", upscaler, chunk_frames=8, should_stop=stop_after(2))
+    result = upscale_file(source, tmp_path / "out", upscaler, resume=True)  # no chunk size given: the plan's
+    assert result.resumed_frames == 16
+    assert np.array_equal(read_frames(tmp_path / "out"), reference(upscaler, source))
+
+
 def test_resume_refuses_another_model(tmp_path, upscaler):
     source = write_clip(tmp_path / "in.mp4", 20)
     with pytest.raises(JobCancelled):

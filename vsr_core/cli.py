@@ -106,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--max-frames", type=int, default=None, help="only the first N frames (and their audio)")
     _add_inference_args(up)
     video = up.add_argument_group("long videos and clusters")
-    video.add_argument("--chunk-frames", type=int, default=DEFAULT_CHUNK_FRAMES,
-                       help="frames per chunk: the unit of parallel work and of --resume (default %(default)s)")
+    video.add_argument("--chunk-frames", type=int, default=None,
+                       help=f"frames per chunk: the unit of parallel work and of --resume (default: "
+                       f"{DEFAULT_CHUNK_FRAMES}, fewer for a short clip on several workers)")
     video.add_argument("--work-folder", default=None,
                        help="where finished chunks are kept until the output is complete (default OUTPUT.parts)")
     video.add_argument("--resume", action="store_true",

@@ -26,12 +26,12 @@ from vsr_core.inference import Upscaler
 from vsr_core.video.chunk import run_chunk, unpack_segment
 from vsr_core.video.mux import join_frame_folders, join_segments
 from vsr_core.video.plan import (
-    DEFAULT_CHUNK_FRAMES,
     JobCancelled,
     WorkFolder,
     model_fingerprint,
     plan_chunks,
     plan_record,
+    auto_chunk_frames,
     round_chunk_frames,
 )
 
@@ -75,7 +75,7 @@ def upscale_file(
     upscaler: Upscaler,
     *,
     max_frames: int | None = None,
-    chunk_frames: int = DEFAULT_CHUNK_FRAMES,
+    chunk_frames: int | None = None,
     work_folder: str | os.PathLike | None = None,
     resume: bool = False,
     ray_pool: "RayPool | None" = None,
@@ -83,7 +83,8 @@ def upscale_file(
     should_stop: Callable[[], bool] = lambda: False,
 ) -> UpscaleResult:
     """Upscale ``source`` (video or frame folder; path or URI) into ``output`` (.mp4/.mkv/...
-    or a folder for PNG frames; path or URI). With ``ray_pool`` the chunks run on Ray workers
+    or a folder for PNG frames; path or URI), in chunks of ``chunk_frames`` (default
+    ``auto_chunk_frames``). With ``ray_pool`` the chunks run on Ray workers
     (``ray.init`` must have been called), else one after another in this process; either way
     the frames are identical. ``should_stop()`` returning True cancels (``JobCancelled``) and
     the work folder is kept for ``resume``, as it is when anything fails."""
@@ -96,12 +97,15 @@ def upscale_file(
     end_time = None  # a clipped run (max_frames) copies the audio of its frames only
     if total < len(all_timestamps):
         end_time = float(all_timestamps[total] * info.time_base)
-    chunk_frames = round_chunk_frames(chunk_frames, upscaler.batch_size)
-    chunks = plan_chunks(timestamps, chunk_frames)
     is_video = Path(output).suffix.lower() in VIDEO_EXTENSIONS
     temporary = work_folder is None and default_work_folder(output) is None
     folder = Path(tempfile.mkdtemp(prefix="vsr-work-")) if temporary else Path(work_folder or default_work_folder(output))
     work = WorkFolder(folder, Path(output).suffix.lower() if is_video else "")
+    if chunk_frames is None:  # a resumed run keeps its chunks; a new one sizes them for its workers
+        chunk_frames = work.planned().get("chunk_frames") if resume else None
+        chunk_frames = chunk_frames or auto_chunk_frames(total, ray_pool.size(10**9) if ray_pool else 1)
+    chunk_frames = round_chunk_frames(chunk_frames, upscaler.batch_size)
+    chunks = plan_chunks(timestamps, chunk_frames)
     options = {"batch_size": upscaler.batch_size, "tile": upscaler.tile, "tile_overlap": upscaler.tile_overlap,
                "max_frames": max_frames, "output_kind": work.suffix or "frames"}
     work.open(plan_record(source, storage.size(source) if not Path(source).is_dir() else 0, total, chunk_frames,

@@ -135,7 +135,10 @@ def run_chunks_on_ray(
     try:
         while todo or running:
             for worker in queued:
-                while todo and queued[worker] < CHUNKS_QUEUED_PER_WORKER:
+                # A second chunk waits on a busy worker only while there is plenty left: at the
+                # end every chunk goes to whichever worker is free first (they finish together).
+                depth = CHUNKS_QUEUED_PER_WORKER if len(todo) > len(queued) else 1
+                while todo and queued[worker] < depth:
                     chunk = todo.popleft()
                     running[worker.run.remote([model_ref], chunk=chunk, progress=progress, **run_args)] = (worker, chunk)
                     queued[worker] += 1

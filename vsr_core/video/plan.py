@@ -23,7 +23,9 @@ import torch
 
 from vsr_core.archs import CENTER
 
-DEFAULT_CHUNK_FRAMES = 64  # ~3 s of video: fine-grained enough to spread a clip over workers
+DEFAULT_CHUNK_FRAMES = 64  # ~3 s of video: the most frames one chunk gets by default
+MIN_AUTO_CHUNK_FRAMES = 16  # below this the per-chunk costs (context frames, a new GOP) show
+CHUNKS_PER_WORKER = 4  # default chunk size: a short clip is still cut into this many chunks per worker
 PLAN_FILE = "plan.json"
 SEGMENT_GLOB = "chunk_*"
 
@@ -51,6 +53,14 @@ def round_chunk_frames(chunk_frames: int, batch_size: int) -> int:
     if chunk_frames < 1:
         raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
     return -(-chunk_frames // batch_size) * batch_size
+
+
+def auto_chunk_frames(total: int, workers: int) -> int:
+    """The default chunk size: ``DEFAULT_CHUNK_FRAMES``, smaller for a short clip on several
+    workers, so that each worker gets a few chunks and they all finish at about the same
+    time (5 chunks of 64 on 2 workers is 3 against 2: 1.2x the balanced time)."""
+    share = -(-total // (CHUNKS_PER_WORKER * max(1, workers)))
+    return max(MIN_AUTO_CHUNK_FRAMES, min(DEFAULT_CHUNK_FRAMES, share))
 
 
 def plan_chunks(timestamps: list[int], chunk_frames: int) -> list[Chunk]:
@@ -93,6 +103,10 @@ class WorkFolder:
 
     def has_segments(self) -> bool:
         return self.folder.is_dir() and any(self.folder.glob(SEGMENT_GLOB))
+
+    def planned(self) -> dict:
+        """The plan the folder's segments were made with ({} if none)."""
+        return _read_json(self.folder / PLAN_FILE)
 
     def open(self, plan: dict, resume: bool) -> None:
         """Start (or, with ``resume``, continue) the work for ``plan``."""
