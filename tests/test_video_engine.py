@@ -283,3 +283,15 @@ def test_chunks_run_on_both_nodes_of_a_two_node_cluster(tmp_path):
     outcome = json.loads(lines[-1][len("RESULT "):])
     assert outcome["frames"] == 80 and len(outcome["cluster"]) == 2
     assert sorted(outcome["used"]) == outcome["cluster"]
+
+
+def test_a_short_join_fails_loudly_and_writes_no_output(tmp_path, upscaler, monkeypatch):
+    import vsr_core.video.engine as engine
+
+    real = engine.join_segments
+    monkeypatch.setattr(engine, "join_segments", lambda *args: real(*args) - 1)  # a frame went missing
+    source = write_clip(tmp_path / "in.mp4", 9)
+    with pytest.raises(RuntimeError, match="8 frames, the input 9"):
+        upscale_file(source, tmp_path / "out.mp4", upscaler, chunk_frames=4)
+    assert not (tmp_path / "out.mp4").exists()
+    assert len(list((tmp_path / "out.mp4.parts").glob("chunk_*"))) == 3  # the finished work is kept

@@ -45,7 +45,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
 
     upscaler = _upscaler_from_args(args)
     pool = _ray_pool_from_args(args) if args.ray else None
-    where = f"on {pool.size(10**9) if pool.workers is None else pool.workers} Ray workers" if pool else \
+    where = f"on {pool.size()} Ray workers" if pool else \
         f"on {upscaler.device}"
     print(f"upscaling {args.input} {where}", flush=True)
     bar = tqdm(total=None, unit="frame", desc="upscale", dynamic_ncols=True)

@@ -103,7 +103,7 @@ def upscale_file(
     work = WorkFolder(folder, Path(output).suffix.lower() if is_video else "")
     if chunk_frames is None:  # a resumed run keeps its chunks; a new one sizes them for its workers
         chunk_frames = work.planned().get("chunk_frames") if resume else None
-        chunk_frames = chunk_frames or auto_chunk_frames(total, ray_pool.size(10**9) if ray_pool else 1)
+        chunk_frames = chunk_frames or auto_chunk_frames(total, ray_pool.size() if ray_pool else 1)
     chunk_frames = round_chunk_frames(chunk_frames, upscaler.batch_size)
     chunks = plan_chunks(timestamps, chunk_frames)
     options = {"batch_size": upscaler.batch_size, "tile": upscaler.tile, "tile_overlap": upscaler.tile_overlap,
@@ -150,26 +150,28 @@ def upscale_file(
             run_chunk(upscaler, source, chunk, total, work.partial_path(chunk), info.frame_rate, info.time_base,
                       on_frame=report)
             chunk_done(chunk)
-    written = _join(work, chunks, source, output, is_video, timestamps, info.time_base, end_time)
-    if written != total:
-        raise RuntimeError(f"the output has {written} frames, the input {total}; the chunks are kept in {folder}")
+    _join(work, chunks, source, output, is_video, timestamps, info.time_base, end_time)
     shutil.rmtree(folder, ignore_errors=True)
     return UpscaleResult(total, 3 * info.width, 3 * info.height, info.fps, time.perf_counter() - started, resumed,
                          tuple(sorted(nodes)))
 
 
 def _join(work: WorkFolder, chunks, source: str, output: str, is_video: bool, timestamps: list[int], time_base,
-          end_time: float | None) -> int:
+          end_time: float | None) -> None:
+    """The segments -> the output, which appears under its name only when it has every frame."""
     segments = [work.segment_path(chunk) for chunk in chunks]
     if not is_video:
         if storage.is_uri(output):
             raise ValueError(f"a frame-folder output must be a local folder, got {output}")
-        return join_frame_folders(segments, Path(output))
+        join_frame_folders(segments, Path(output))
+        return
     local = work.folder / f"joined{work.suffix}"
     audio_source = None if Path(source).is_dir() else source
     written = join_segments(segments, timestamps, time_base, audio_source, local, end_time)
+    if written != len(timestamps):
+        raise RuntimeError(f"the joined video has {written} frames, the input {len(timestamps)}; nothing was "
+                           f"written to {output}, the finished chunks are kept in {work.folder}")
     if storage.is_uri(output):
         storage.put_file(local, output)
     else:
         shutil.move(local, output)
-    return written

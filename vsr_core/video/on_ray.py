@@ -40,7 +40,9 @@ class RayPool:
     num_gpus: float = 0.0
     max_restarts: int = 3  # a killed worker comes back this many times; its chunk is re-run
 
-    def size(self, num_chunks: int) -> int:
+    def size(self, num_chunks: int | None = None) -> int:
+        """How many workers a job of ``num_chunks`` chunks gets (None: as many as there is room for)."""
+        num_chunks = num_chunks or 2**31
         if self.workers:
             return max(1, min(self.workers, num_chunks))
         resources = ray.cluster_resources()
