@@ -146,7 +146,7 @@ class JobRunner:
     a runner that dies; the replicas' ``recover`` then calls ``run`` again, which continues
     from the finished chunks."""
 
-    def run(self, jobs_dir: str, job_id: str) -> str | None:
+    def run(self, jobs_dir: str, job_id: str) -> None:
         store = JobStore(jobs_dir)
         record = store.read(job_id)
         if record is None or record.state in TERMINAL:  # deleted, or cancelled before it started
@@ -163,7 +163,8 @@ class JobRunner:
             if not cancelled:
                 logger.exception("job %s failed", job_id)
                 record.error = _public_error(exc, store.folder(job_id), record.source)
-            shutil.rmtree(store.work_folder(job_id), ignore_errors=True) if cancelled else None
+            if cancelled:  # nobody will resume it
+                shutil.rmtree(store.work_folder(job_id), ignore_errors=True)
         else:
             record.state, record.nodes = "done", len(result.nodes)
             record.frames_done = record.frames_total = result.frames

@@ -163,7 +163,9 @@ def _join(work: WorkFolder, chunks, source: str, output: str, is_video: bool, ti
     if not is_video:
         if storage.is_uri(output):
             raise ValueError(f"a frame-folder output must be a local folder, got {output}")
-        join_frame_folders(segments, Path(output))
+        written = join_frame_folders(segments, Path(output))
+        if written != len(timestamps):
+            raise RuntimeError(f"{output} has {written} frames, the input {len(timestamps)}")
         return
     local = work.folder / f"joined{work.suffix}"
     audio_source = None if Path(source).is_dir() else source

@@ -36,10 +36,9 @@ def _packets(container: av.container.InputContainer, streams: list) -> Iterator[
             yield packet
 
 
-def _segment_packets(segments: list[Path]) -> Iterator[av.Packet]:
-    for segment in segments:
-        with av.open(str(segment)) as container:
-            yield from _packets(container, [container.streams.video[0]])
+def _segment_packets(segment: Path) -> Iterator[av.Packet]:
+    with av.open(str(segment)) as container:
+        yield from _packets(container, [container.streams.video[0]])
 
 
 def _segment_stamps(segments: list[Path]) -> tuple[list[dict[int, int]], int]:
@@ -47,8 +46,7 @@ def _segment_stamps(segments: list[Path]) -> tuple[list[dict[int, int]], int]:
     depth D: the largest number of packets any segment decodes before its first frame."""
     ranks, depth = [], 0
     for segment in segments:
-        with av.open(str(segment)) as container:
-            packets = [(p.pts, p.dts) for p in _packets(container, [container.streams.video[0]])]
+        packets = [(p.pts, p.dts) for p in _segment_packets(segment)]
         ordered = sorted(pts for pts, _ in packets)
         ranks.append({pts: rank for rank, pts in enumerate(ordered)})
         depth = max(depth, sum(1 for _, dts in packets if dts < ordered[0]))
@@ -64,7 +62,7 @@ def _restamped(segments: list[Path], timestamps: list[int], time_base: Fraction)
     step = timestamps[1] - timestamps[0] if len(timestamps) > 1 else 1
     k = first_frame = 0
     for segment, rank in zip(segments, ranks):
-        for packet in _segment_packets([segment]):
+        for packet in _segment_packets(segment):
             scale = time_base / packet.time_base
             decode_at = timestamps[k - depth] if k >= depth else timestamps[0] - (depth - k) * step
             packet.pts = round(timestamps[first_frame + rank[packet.pts]] * scale)
