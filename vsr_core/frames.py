@@ -27,8 +27,10 @@ def window_indices(center: int, num_frames: int) -> list[int]:
 
 
 def to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """uint8 [...,H,W,3] -> float [...,3,H,W] in [0,1]."""
-    t = torch.from_numpy(np.ascontiguousarray(frames)).float().div_(255)
+    """uint8 (or uint16, deep video) [...,H,W,3] -> float [...,3,H,W] in [0,1]."""
+    scale = 65535 if frames.dtype == np.uint16 else 255
+    t = torch.from_numpy(np.ascontiguousarray(frames).astype(np.int32) if scale == 65535 else
+                         np.ascontiguousarray(frames)).float().div_(scale)
     return t.movedim(-1, -3)
 
 
@@ -40,6 +42,16 @@ def to_uint8(frames: torch.Tensor, in_place: bool = False) -> np.ndarray:
     with torch.inference_mode():
         work = frames.detach() if in_place else frames.detach().clone()
         return work.clamp_(0, 1).mul_(255).round_().to(torch.uint8).movedim(-3, -1).cpu().numpy()
+
+
+def to_frames(frames: torch.Tensor, dtype: np.dtype, in_place: bool = False) -> np.ndarray:
+    """float [...,3,H,W] in [0,1] -> ``dtype`` (uint8, or uint16 for deep video) [...,H,W,3]."""
+    if dtype != np.uint16:
+        return to_uint8(frames, in_place)
+    with torch.inference_mode():
+        work = frames.detach() if in_place else frames.detach().clone()
+        scaled = work.clamp_(0, 1).mul_(65535).round_().to(torch.int32).movedim(-3, -1).cpu().numpy()
+    return scaled.astype(np.uint16)
 
 
 def pick_device(device: str = "auto") -> torch.device:

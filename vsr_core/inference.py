@@ -31,7 +31,7 @@ from torch import nn
 from vsr_core.archs import CENTER, NUM_FRAMES, SCALE
 from vsr_core.checkpoint import model_from_checkpoint
 from vsr_core.data.degradation import bicubic_upsample
-from vsr_core.frames import autocast, pick_device, to_tensor, to_uint8, window_indices
+from vsr_core.frames import autocast, pick_device, to_frames, to_tensor, to_uint8, window_indices
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +170,8 @@ class Upscaler:
 
     def stream(self, frames: Iterable[np.ndarray], prefetch: int = 0, *, first: int = 0,
                total: int | None = None, start: int | None = None, stop: int | None = None) -> Iterator[np.ndarray]:
-        """Upscale a stream of HxWx3 uint8 frames into 3Hx3Wx3 uint8 frames, in order.
+        """Upscale a stream of HxWx3 uint8 frames into 3Hx3Wx3 uint8 frames, in order (uint16
+        frames, from deep video, give uint16 frames).
 
         Holds at most ``batch_size + 4`` decoded frames: the ones the next batch of
         windows reads (plus their features, when they are reused). The clip length is
@@ -232,7 +233,7 @@ class Upscaler:
                         batch_end = min(batch_end, total)
                         break
                     if first_shape is None:
-                        first_shape = frame.shape
+                        first_shape, first_dtype = frame.shape, frame.dtype
                         reuse = self.reuses_features(frame.shape[0], frame.shape[1])
                     elif frame.shape != first_shape:
                         raise ValueError(f"frame {next_read} has shape {frame.shape}, frame {first} had {first_shape}")
@@ -247,7 +248,7 @@ class Upscaler:
                 else:
                     windows = torch.stack([torch.stack([buffer[j] for j in window_indices(c, n)]) for c in centers])
                     out = self.upscale_windows(windows)
-                yield from to_uint8(out, in_place=True)
+                yield from to_frames(out, first_dtype, in_place=True)
                 next_out = batch_end
                 for j in [j for j in buffer if j < next_out - CENTER]:
                     del buffer[j]

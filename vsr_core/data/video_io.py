@@ -1,14 +1,17 @@
 """Reading and writing videos and frame folders, one frame at a time.
 
 Videos (mp4/mkv/avi/mov/webm) are decoded and encoded with PyAV (FFmpeg); a folder of
-PNG/JPEG files (sorted by name) is a video too. Frames are HxWx3 uint8 RGB. A video may be
-a local path or a storage URI (``vsr_core.storage``). Everything streams: nothing here
-holds more than one decoded frame.
+PNG/JPEG files (sorted by name) is a video too. Frames are HxWx3 RGB: uint8, or uint16 (full
+16-bit scale) for videos deeper than 8 bits, converted with the video's own colour matrix and
+range and turned upright by its display rotation (``video_color``). A video may be a local path
+or a storage URI (``vsr_core.storage``). Everything streams: nothing here holds more than one
+decoded frame.
 
 Frames keep their presentation timestamps (``pts``, in the stream's ``time_base``):
 ``iter_timed_frames`` can start at any frame (a seek to the keyframe before it, then decoding
 forward), which is how the video engine gives each chunk its own frames, and ``FrameWriter``
-writes frames at the timestamps it is given, so an upscaled video keeps the input's timing.
+writes frames at the timestamps it is given, so an upscaled video keeps the input's timing,
+with the encoder settings (``video_encoder``) and colour tags it is given.
 """
 from __future__ import annotations
 
@@ -23,14 +26,21 @@ import numpy as np
 from PIL import Image
 
 from vsr_core import storage
+from vsr_core.data.video_color import (
+    ColorTags,
+    UnsupportedColorError,
+    from_rgb,
+    guess_matrix,
+    tag_stream,
+    tags_of,
+    to_rgb,
+)
+from vsr_core.data.video_encoder import EncoderSettings
 from vsr_core.image_io import InvalidImageError, to_rgb8
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".mov", ".webm")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 DEFAULT_FOLDER_FPS = 25
-# H.264 settings of every video we write. CRF 18 is close to visually lossless: the point of
-# the output is detail, and a 3x frame at the x264 default (CRF 23) visibly loses some.
-ENCODER = {"codec": "libx264", "crf": "18", "preset": "medium"}
 
 
 class VideoReadError(RuntimeError):
@@ -45,6 +55,8 @@ class VideoInfo:
     width: int
     time_base: Fraction = Fraction(1, DEFAULT_FOLDER_FPS)  # unit of the frames' timestamps
     frame_rate: Fraction = Fraction(DEFAULT_FOLDER_FPS)  # exact average rate, e.g. 24000/1001
+    color: ColorTags = ColorTags()  # a frame folder: 8-bit sRGB-ish PNGs, written as BT.709
+    rotation: int = 0  # display rotation (counter-clockwise degrees); height/width are upright
 
 
 def _frame_files(folder: Path) -> list[Path]:
@@ -94,9 +106,24 @@ def probe_video(path) -> VideoInfo:
     with open_container(path) as container:
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate or Fraction(DEFAULT_FOLDER_FPS)
-        return VideoInfo(float(rate), stream.frames or None, stream.codec_context.height,
-                         stream.codec_context.width, stream.time_base or Fraction(1, DEFAULT_FOLDER_FPS),
-                         Fraction(rate))
+        height, width = stream.codec_context.height, stream.codec_context.width
+        color = _color_of(stream, path)
+        rotation = 0
+        try:  # the display rotation is a property of decoded frames: decode the first one
+            rotation = next(container.decode(stream)).rotation
+        except (av.FFmpegError, StopIteration):
+            pass  # no frame: iter_timed_frames says so
+        if round(rotation / 90) % 2:
+            height, width = width, height
+        return VideoInfo(float(rate), stream.frames or None, height, width,
+                         stream.time_base or Fraction(1, DEFAULT_FOLDER_FPS), Fraction(rate), color, rotation)
+
+
+def _color_of(stream, path) -> ColorTags:
+    try:
+        return tags_of(stream.codec_context, stream.codec_context.width, stream.codec_context.height)
+    except UnsupportedColorError as exc:
+        raise VideoReadError(f"{path}: {exc}") from None
 
 
 def frame_timestamps(path) -> list[int]:
@@ -124,9 +151,11 @@ def _as_rgb(frame: np.ndarray, source: str) -> np.ndarray:
         raise VideoReadError(str(exc)) from exc
 
 
-def iter_timed_frames(path, start_pts: int | None = None, count: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (pts, HxWx3 uint8 frame) from the frame whose pts is ``start_pts`` (default: the
-    first), at most ``count`` frames. Raises VideoReadError for missing, empty or corrupt input,
+def iter_timed_frames(path, start_pts: int | None = None, count: int | None = None,
+                      deep: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (pts, HxWx3 RGB frame) from the frame whose pts is ``start_pts`` (default: the first),
+    at most ``count`` frames. Frames are uint8, or with ``deep`` uint16 for a video deeper than 8
+    bits (the video engine; training and evaluation read 8 bits). Raises VideoReadError for missing, empty or corrupt input,
     or when ``start_pts`` is not a frame of the video."""
     if count is not None and count <= 0:
         return
@@ -144,6 +173,7 @@ def iter_timed_frames(path, start_pts: int | None = None, count: int | None = No
     produced = 0
     with open_container(path) as container:
         stream = container.streams.video[0]
+        color = _color_of(stream, path)
         try:
             if start_pts is not None:
                 container.seek(start_pts, stream=stream, backward=True, any_frame=False)
@@ -154,7 +184,7 @@ def iter_timed_frames(path, start_pts: int | None = None, count: int | None = No
                         continue
                     if produced == 0 and pts != start_pts:
                         raise VideoReadError(f"{path}: no frame at pts {start_pts} (the next is at {pts})")
-                yield pts, frame.to_ndarray(format="rgb24")
+                yield pts, to_rgb(frame, color, deep)
                 produced += 1
                 if count is not None and produced >= count:
                     return
@@ -164,15 +194,16 @@ def iter_timed_frames(path, start_pts: int | None = None, count: int | None = No
         raise VideoReadError(f"video {path} contains no frames")
 
 
-def iter_frames(path, max_frames: int | None = None) -> Iterator[np.ndarray]:
-    """Yield HxWx3 uint8 frames. Raises VideoReadError for missing, empty or corrupt input."""
-    for _, frame in iter_timed_frames(path, count=max_frames):
+def iter_frames(path, max_frames: int | None = None, deep: bool = False) -> Iterator[np.ndarray]:
+    """Yield HxWx3 RGB frames (uint8; with ``deep``, uint16 for video deeper than 8 bits).
+    Raises VideoReadError for missing, empty or corrupt input."""
+    for _, frame in iter_timed_frames(path, count=max_frames, deep=deep):
         yield frame
 
 
-def read_frames(path, max_frames: int | None = None) -> np.ndarray:
-    """The whole clip as one [T,H,W,3] uint8 array (for short clips and datasets)."""
-    return np.stack(list(iter_frames(path, max_frames)))
+def read_frames(path, max_frames: int | None = None, deep: bool = False) -> np.ndarray:
+    """The whole clip as one [T,H,W,3] array (for short clips and datasets)."""
+    return np.stack(list(iter_frames(path, max_frames, deep)))
 
 
 def as_rate(fps: float | Fraction) -> Fraction:
@@ -181,15 +212,19 @@ def as_rate(fps: float | Fraction) -> Fraction:
 
 
 class FrameWriter:
-    """Write frames to an mp4 (H.264, ``ENCODER`` settings) or, for a path without a video
-    extension, to a folder of numbered PNGs. Use as a context manager.
+    """Write frames to a video (``encoder``: codec, CRF, preset, pixel format; default H.264 at
+    the quality defaults of ``video_encoder``) or, for a path without a video extension, to a
+    folder of numbered PNGs (16-bit for uint16 frames). Use as a context manager.
 
-    Frames are written at the timestamps given to ``write`` (in ``time_base``, default one
-    unit per frame at ``fps``), or one frame apart when none is given. ``first_index`` numbers
-    the PNG files of a folder (a chunk of a longer video writes its own range)."""
+    Frames (uint8 or uint16 RGB) are converted to YUV with ``color``'s matrix and range, and the
+    video is tagged with all of ``color`` (default: untagged-input rules for the frame size,
+    8 or 16 bits as the frames are). Frames are written at the timestamps given to ``write`` (in
+    ``time_base``, default one unit per frame at ``fps``), or one frame apart when none is given.
+    ``first_index`` numbers the PNG files of a folder (a chunk of a longer video writes its own
+    range). ``settings`` holds the encoder settings actually used, once a frame is written."""
 
     def __init__(self, path: str | Path, fps: float | Fraction, time_base: Fraction | None = None,
-                 first_index: int = 0):
+                 first_index: int = 0, encoder: EncoderSettings | None = None, color: ColorTags | None = None):
         self.path = Path(path)
         self.rate = as_rate(fps)
         self.fps = float(self.rate)
@@ -197,6 +232,9 @@ class FrameWriter:
         self.count = 0
         self.first_index = first_index
         self.is_video = self.path.suffix.lower() in VIDEO_EXTENSIONS
+        self.encoder = encoder or EncoderSettings()
+        self.color = color
+        self.settings: EncoderSettings | None = None
         self._container = None
         self._stream = None
         if self.is_video:
@@ -204,15 +242,18 @@ class FrameWriter:
         else:
             self.path.mkdir(parents=True, exist_ok=True)
 
-    def _open(self, height: int, width: int) -> None:
+    def _open(self, frame: np.ndarray) -> None:
+        height, width = frame.shape[:2]
+        if self.color is None:
+            self.color = ColorTags(matrix=guess_matrix(width, height), bit_depth=16 if frame.dtype == np.uint16 else 8)
+        self.settings = self.encoder.resolve(self.color, width, height)
         self._container = av.open(str(self.path), "w")
-        stream = self._container.add_stream(ENCODER["codec"], rate=self.rate)
-        stream.width, stream.height = width, height
-        # H.264 4:2:0 needs even sizes; 3x an odd LR size is odd, so fall back to 4:4:4.
-        stream.pix_fmt = "yuv420p" if height % 2 == 0 and width % 2 == 0 else "yuv444p"
+        stream = self._container.add_stream(self.settings.encoder, rate=self.rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, self.settings.pix_fmt
         stream.codec_context.time_base = self.time_base
         stream.time_base = self.time_base
-        stream.options = {k: v for k, v in ENCODER.items() if k != "codec"}
+        tag_stream(stream.codec_context, self.color)
+        stream.options = self.settings.options()
         self._stream = stream
 
     def write(self, frame: np.ndarray, pts: int | None = None) -> None:
@@ -221,8 +262,8 @@ class FrameWriter:
             self.count += 1
             return
         if self._container is None:
-            self._open(frame.shape[0], frame.shape[1])
-        video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            self._open(frame)
+        video_frame = from_rgb(frame, self.color, self.settings.pix_fmt)
         video_frame.pts = self.count if pts is None else pts
         video_frame.time_base = self.time_base
         for packet in self._stream.encode(video_frame):

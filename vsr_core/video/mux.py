@@ -1,5 +1,6 @@
-"""Join encoded segments into one video without re-encoding, and copy the input's audio
-and subtitle streams into it with their timing.
+"""Join encoded segments into one video without re-encoding, and copy the input's audio,
+subtitle and attachment streams, chapters and metadata into it, audio and subtitles with
+their timing.
 
 Each output frame is presented at its input frame's timestamp, so the audio, copied packet
 by packet with its own timestamps, stays in sync (and a 24000/1001 or variable frame rate
@@ -9,6 +10,10 @@ reordering depth, which is smaller in a short segment (x264 with B-frames: 2 fra
 packet k decodes at the presentation time of frame k - D, which never comes after its own
 presentation time. Packets of all streams are merged in decoding-time order, one at a
 time, so memory does not grow with the length of the video.
+
+An .mp4 holds only some audio and subtitle codecs and no attachments (fonts of styled
+subtitles): for an input with others the output is an .mkv (``output_container``), never an
+mp4 without them.
 """
 from __future__ import annotations
 
@@ -25,9 +30,14 @@ from vsr_core.data.video_io import open_container
 
 logger = logging.getLogger(__name__)
 
-# What an .mp4 can carry besides H.264 video; other streams are skipped with a warning.
+# What an .mp4 can carry besides the video; an input with other streams gets an .mkv output.
 MP4_STREAM_CODECS = {"audio": {"aac", "mp3", "ac3", "eac3", "opus", "flac", "alac"}, "subtitle": {"mov_text"}}
+MP4_SUFFIXES = (".mp4", ".mov")
 COPIED_STREAM_TYPES = ("audio", "subtitle")
+# Metadata the muxer writes itself (or that describes the old encoding), not the film's.
+MUXER_KEYS = {"major_brand", "minor_version", "compatible_brands", "encoder", "duration", "number_of_frames",
+              "number_of_bytes", "bps", "vendor_id"}
+METADATA_PREFIX = "vsr_"  # our own keys in the output's metadata: what made its pixels
 
 
 def _packets(container: av.container.InputContainer, streams: list) -> Iterator[av.Packet]:
@@ -73,25 +83,82 @@ def _restamped(segments: list[Path], timestamps: list[int], time_base: Fraction)
 
 
 def _copyable(stream, output_suffix: str) -> bool:
-    if output_suffix != ".mp4":
+    if output_suffix not in MP4_SUFFIXES:
         return True
     return stream.codec_context.name in MP4_STREAM_CODECS.get(stream.type, set())
 
 
+def streams_mp4_cannot_hold(source: str) -> list[str]:
+    """The input's streams an .mp4 output would lose ("subtitle 2 (subrip)", "attachment 3")."""
+    with open_container(source) as container:
+        lost = [f"{s.type} {s.index} ({s.codec_context.name})" for s in container.streams
+                if s.type in COPIED_STREAM_TYPES and not _copyable(s, ".mp4")]
+        return lost + [f"attachment {s.index}" for s in container.streams if s.type == "attachment"]
+
+
+def output_container(source: str | None, output: str) -> str:
+    """``output``, or the same name as .mkv when ``output`` is an .mp4/.mov and the input has
+    streams that container cannot hold."""
+    suffix = Path(output).suffix
+    if source is None or suffix.lower() not in MP4_SUFFIXES:
+        return output
+    lost = streams_mp4_cannot_hold(source)
+    if not lost:
+        return output
+    matroska = output[: -len(suffix)] + ".mkv"
+    logger.warning("%s cannot hold the input's %s: writing %s instead", suffix, ", ".join(lost), matroska)
+    return matroska
+
+
+def _film_metadata(metadata: dict) -> dict:
+    return {k: v for k, v in metadata.items() if k.lower() not in MUXER_KEYS and not k.startswith("_STATISTICS")}
+
+
+def _chapters(source_container, start_time: float | None, end_time: float | None) -> list[dict]:
+    """The input's chapters that overlap the output's time range, clipped to it."""
+    kept = []
+    for chapter in source_container.chapters():
+        base = chapter["time_base"]
+        begin, end = chapter["start"], chapter["end"]
+        if end_time is not None:
+            if begin * base >= end_time:
+                continue
+            end = min(end, int(end_time / base))
+        if start_time is not None:
+            if end * base <= start_time:
+                continue
+            begin = max(begin, int(start_time / base))
+        kept.append({**chapter, "start": begin, "end": end})
+    return kept
+
+
 def join_segments(segments: list[Path], timestamps: list[int], time_base: Fraction, source: str | None,
-                  output: Path, end_time: float | None = None) -> int:
+                  output: Path, end_time: float | None = None, start_time: float | None = None,
+                  metadata: dict[str, str] | None = None) -> int:
     """Write ``output`` from the video segments (in order; their frames have ``timestamps`` in
-    ``time_base``) plus the audio and subtitle streams of ``source`` (a video, or None);
-    returns the number of video frames written. With
-    ``end_time`` (seconds), copied packets from that time on are left out (a ``--max-frames``
-    run keeps only the matching audio)."""
+    ``time_base``) plus the audio, subtitle and attachment streams, chapters and metadata of
+    ``source`` (a video, or None) and ``metadata`` (``vsr_`` keys: how the output was made);
+    returns the number of video frames written. Copied packets outside ``[start_time,
+    end_time)`` (seconds) are left out (a ``--max-frames`` or ``--preview`` run keeps only the
+    matching audio and chapters)."""
     output.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(segments[0])) as first, av.open(str(output), "w") as out:
+    # An mp4 keeps only its standard metadata keys unless told to write them all.
+    options = {"movflags": "use_metadata_tags"} if output.suffix.lower() in MP4_SUFFIXES else {}
+    with av.open(str(segments[0])) as first, av.open(str(output), "w", options=options) as out:
         video_out = out.add_stream_from_template(first.streams.video[0])
         copies: dict[int, av.stream.Stream] = {}
         source_container = open_container(source) if source is not None else None
         try:
+            if source_container is not None:
+                out.metadata.update(_film_metadata(source_container.metadata))
+                video_out.metadata.update(_film_metadata(source_container.streams.video[0].metadata))
+                out.set_chapters(_chapters(source_container, start_time, end_time))
+            out.metadata.update({f"{METADATA_PREFIX}{k}": v for k, v in (metadata or {}).items()})
             for stream in source_container.streams if source_container else []:
+                if stream.type == "attachment" and output.suffix.lower() not in MP4_SUFFIXES:
+                    out.add_attachment(stream.metadata.get("filename", f"attachment{stream.index}"),
+                                       stream.mimetype or "application/octet-stream", stream.data)
+                    continue
                 if stream.type not in COPIED_STREAM_TYPES:
                     continue
                 if not _copyable(stream, output.suffix.lower()):
@@ -99,6 +166,7 @@ def join_segments(segments: list[Path], timestamps: list[int], time_base: Fracti
                                    stream.codec_context.name, output.suffix)
                     continue
                 copies[stream.index] = out.add_stream_from_template(stream)
+                copies[stream.index].metadata.update(_film_metadata(stream.metadata))
             extra = _packets(source_container, [source_container.streams[i] for i in copies]) if copies else iter(())
             merged = heapq.merge(((float(p.dts * p.time_base), 0, p) for p in _restamped(segments, timestamps, time_base)),
                                  ((float(p.dts * p.time_base), 1, p) for p in extra), key=lambda item: item[:2])
@@ -107,7 +175,7 @@ def join_segments(segments: list[Path], timestamps: list[int], time_base: Fracti
                 if kind == 0:
                     packet.stream = video_out
                     frames += 1
-                elif end_time is not None and packet.pts is not None and packet.pts * packet.time_base >= end_time:
+                elif packet.pts is not None and not _within(packet.pts * packet.time_base, start_time, end_time):
                     continue
                 else:
                     packet.stream = copies[packet.stream.index]
@@ -116,6 +184,10 @@ def join_segments(segments: list[Path], timestamps: list[int], time_base: Fracti
         finally:
             if source_container is not None:
                 source_container.close()
+
+
+def _within(seconds, start_time: float | None, end_time: float | None) -> bool:
+    return (start_time is None or seconds >= start_time) and (end_time is None or seconds < end_time)
 
 
 def join_frame_folders(segments: list[Path], output: Path) -> int:

@@ -86,7 +86,7 @@ class ChunkWorker:
 
     @ray.method(retry_exceptions=[OSError])  # transient I/O (storage); bad input fails at once
     def run(self, model: list[ray.ObjectRef], source: str, chunk: Chunk, total: int, rate, time_base, suffix: str,
-            progress) -> Any:
+            progress, encoder=None, color=None) -> Any:
         # The model travels as a reference inside a list, fetched on the first chunk: a worker
         # that Ray restarts (max_restarts) fetches it again when its chunk is retried.
         if self.upscaler is None:
@@ -97,7 +97,7 @@ class ChunkWorker:
 
         with tempfile.TemporaryDirectory(prefix="vsr-chunk-") as tmp:
             segment = Path(tmp) / f"segment{suffix}"
-            run_chunk(self.upscaler, source, chunk, total, segment, rate, time_base, report)
+            run_chunk(self.upscaler, source, chunk, total, segment, rate, time_base, report, encoder, color)
             return pack_segment(segment), ray.get_runtime_context().get_node_id()
 
 
@@ -115,7 +115,7 @@ def run_chunks_on_ray(
 ) -> None:
     """Run ``chunks`` on a pool of workers; ``on_done(chunk, packed segment, node id)`` as each finishes,
     in any order; ``on_progress(frames written by running chunks)`` a few times a second.
-    ``run_args``: source, total, rate, time_base, suffix (see ``ChunkWorker.run``)."""
+    ``run_args``: source, total, rate, time_base, suffix, encoder, color (see ``ChunkWorker.run``)."""
     if not chunks:
         return
     device = "auto" if pool.num_gpus > 0 else "cpu"

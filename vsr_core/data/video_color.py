@@ -1,0 +1,150 @@
+"""The colour of a video: its matrix, range, primaries, transfer and bit depth, read from the
+input, used for the YUV <-> RGB conversions, and written on the output.
+
+A model sees RGB; a video stores YUV. Converting with the wrong matrix or range (FFmpeg's
+default for untagged frames is BT.601 limited range) shifts every colour, so decoding uses
+the input's own tags and encoding converts back with the same ones and writes them into the
+output. Untagged inputs get the matrix players assume for their size (BT.709 from 1280x720 up,
+BT.601 below) and limited range, and the output says so explicitly, so that a player shows the
+3x output the way it showed the input.
+
+Primaries and transfer are never converted: the model works on the coded (non-linear) signal,
+so they pass through as tags. That includes PQ and HLG (HDR): the output keeps them, in 10 bits.
+Frames deeper than 8 bits decode to uint16 RGB (full 16-bit scale), so 10-bit input is never
+truncated to 8 bits.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import av
+import numpy as np
+from av.video.reformatter import ColorRange, Colorspace, Interpolation
+
+# Exact conversions: accurate rounding and full chroma interpolation (a flat colour survives
+# YUV -> RGB -> YUV within rounding; the default bilinear path is off by up to 2 LSB).
+ACCURATE = Interpolation.BICUBIC | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
+
+# AVColorSpace values (libavutil/pixfmt.h) -> the matrix swscale converts with, by name.
+MATRICES = {1: ("bt709", Colorspace.ITU709), 4: ("fcc", Colorspace.FCC), 5: ("bt470bg", Colorspace.ITU601),
+            6: ("smpte170m", Colorspace.ITU601), 7: ("smpte240m", Colorspace.SMPTE240M),
+            9: ("bt2020nc", Colorspace.BT2020)}
+MATRIX_BY_NAME = {name: code for code, (name, _) in MATRICES.items()}
+UNSPECIFIED_MATRIX, RGB_MATRIX = 2, 0
+LIMITED, FULL = int(ColorRange.MPEG), int(ColorRange.JPEG)
+RANGE_NAMES = {LIMITED: "limited", FULL: "full"}
+PQ, HLG = 16, 18  # AVColorTransferCharacteristic: SMPTE ST 2084, ARIB STD-B67
+HDR_TRANSFERS = {PQ: "PQ (SMPTE ST 2084)", HLG: "HLG (ARIB STD-B67)"}
+TRANSFER_NAMES = {1: "bt709", 2: "unspecified", 4: "gamma22", 5: "gamma28", 6: "smpte170m", 7: "smpte240m",
+                  8: "linear", 13: "iec61966-2-1", 14: "bt2020-10", 15: "bt2020-12", **{PQ: "smpte2084", HLG: "arib-std-b67"}}
+PRIMARY_NAMES = {1: "bt709", 2: "unspecified", 4: "bt470m", 5: "bt470bg", 6: "smpte170m", 7: "smpte240m",
+                 8: "film", 9: "bt2020", 11: "smpte431", 12: "smpte432"}
+HD_WIDTH, SD_MAX_HEIGHT = 1280, 576  # how players guess the matrix of an untagged video
+
+
+class UnsupportedColorError(ValueError):
+    pass
+
+
+def guess_matrix(width: int, height: int) -> int:
+    """The matrix players assume for an untagged video of this size: BT.709 for HD, else BT.601."""
+    return 1 if width >= HD_WIDTH or height > SD_MAX_HEIGHT else 6
+
+
+@dataclass(frozen=True)
+class ColorTags:
+    """What the conversions use and the output is tagged with (AVCOL_* codes)."""
+
+    matrix: int = 1  # AVColorSpace
+    range: int = LIMITED  # AVColorRange
+    primaries: int = 2  # AVColorPrimaries, passed through (2: unspecified)
+    transfer: int = 2  # AVColorTransferCharacteristic, passed through
+    bit_depth: int = 8
+    chroma: str = "420"  # the input's chroma subsampling: 420, 422 or 444
+    guessed: bool = False  # the input had no matrix/range tags; these are the players' guess
+
+    @property
+    def wide(self) -> bool:
+        """Frames are uint16 RGB (input deeper than 8 bits)."""
+        return self.bit_depth > 8
+
+    @property
+    def rgb_format(self) -> str:
+        return "rgb48le" if self.wide else "rgb24"
+
+    @property
+    def hdr(self) -> str | None:
+        return HDR_TRANSFERS.get(self.transfer)
+
+    def describe(self) -> dict:
+        """Names, for plan.json, metadata and messages."""
+        return {"matrix": MATRICES[self.matrix][0] if self.matrix in MATRICES else "rgb",
+                "range": RANGE_NAMES[self.range], "primaries": PRIMARY_NAMES.get(self.primaries, str(self.primaries)),
+                "transfer": TRANSFER_NAMES.get(self.transfer, str(self.transfer)), "bit_depth": self.bit_depth,
+                "guessed": self.guessed}
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _depth_and_chroma(pix_fmt: av.VideoFormat) -> tuple[int, str]:
+    depth = max(component.bits for component in pix_fmt.components)
+    name = pix_fmt.name
+    chroma = "444" if "444" in name or name.startswith("gbr") or name.startswith("rgb") else \
+        "422" if "422" in name else "420"
+    return depth, chroma
+
+
+def tags_of(codec_context, width: int, height: int) -> ColorTags:
+    """The colour of a decoded stream (``codec_context`` of its video stream); raises
+    UnsupportedColorError for a matrix we cannot convert with."""
+    depth, chroma = _depth_and_chroma(codec_context.format)
+    matrix, color_range = int(codec_context.colorspace), int(codec_context.color_range)
+    guessed = matrix == UNSPECIFIED_MATRIX or color_range not in RANGE_NAMES
+    if codec_context.format.name.startswith("yuvj"):  # the old full-range pixel formats (JPEG, phones)
+        color_range = FULL
+    if matrix == UNSPECIFIED_MATRIX:
+        matrix = guess_matrix(width, height)
+    if matrix == RGB_MATRIX or codec_context.format.name.startswith("gbr"):
+        matrix, color_range, chroma = 1, FULL, "444"  # RGB-coded input: the output is BT.709 full 4:4:4
+    if matrix not in MATRICES:
+        raise UnsupportedColorError(f"the video's colour matrix (AVColorSpace {matrix}) is not supported; "
+                                    f"supported: {', '.join(MATRIX_BY_NAME)}")
+    if color_range not in RANGE_NAMES:
+        color_range = LIMITED
+    return ColorTags(matrix, color_range, int(codec_context.color_primaries), int(codec_context.color_trc),
+                     depth, chroma, guessed)
+
+
+def to_rgb(frame: av.VideoFrame, tags: ColorTags, deep: bool = True) -> np.ndarray:
+    """A decoded frame -> HxWx3 RGB (uint8, or uint16 for deep input when ``deep``), with the
+    input's matrix and range (not swscale's BT.601 default), upright (display rotation applied)."""
+    rgb_format = tags.rgb_format if deep else "rgb24"
+    if frame.format.name.startswith(("gbr", "rgb")):
+        rgb = frame.to_ndarray(format=rgb_format, interpolation=ACCURATE)
+    else:
+        rgb = frame.to_ndarray(format=rgb_format, src_colorspace=MATRICES[tags.matrix][1],
+                               src_color_range=ColorRange(tags.range), interpolation=ACCURATE)
+    turns = round(frame.rotation / 90) % 4  # counter-clockwise quarter turns for display
+    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
+
+
+def from_rgb(rgb: np.ndarray, tags: ColorTags, pix_fmt: str) -> av.VideoFrame:
+    """HxWx3 RGB (uint8 or uint16) -> a ``pix_fmt`` frame converted and tagged with ``tags``."""
+    source = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb48le" if rgb.dtype == np.uint16 else "rgb24")
+    frame = source.reformat(format=pix_fmt, dst_colorspace=MATRICES[tags.matrix][1],
+                            dst_color_range=ColorRange(tags.range), interpolation=ACCURATE)
+    frame.color_primaries, frame.color_trc = tags.primaries, tags.transfer
+    return frame
+
+
+def tag_stream(codec_context, tags: ColorTags) -> None:
+    """Write ``tags`` into an encoder's context: they end up in the bitstream and the container."""
+    codec_context.colorspace = tags.matrix
+    codec_context.color_range = tags.range
+    codec_context.color_primaries = tags.primaries
+    codec_context.color_trc = tags.transfer
+
+
+def bit_depth_of(pix_fmt: str) -> int:
+    return _depth_and_chroma(av.VideoFormat(pix_fmt))[0]

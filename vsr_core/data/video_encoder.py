@@ -1,0 +1,114 @@
+"""How the 3x video is encoded: codec, CRF, preset and pixel format, checked before any work.
+
+The defaults are chosen for quality: the point of the output is detail. CRF 18 (H.264) is
+close to visually lossless, where x264's default of 23 visibly loses some of it; H.265 and
+AV1 get CRFs of about the same quality on their own scales. The preset is ``slow`` for x264 /
+x265 and 6 for SVT-AV1: better compression at the same quality, and on any machine the model
+costs many times more than the encoder. The pixel format follows the input (its chroma
+subsampling and bit depth: 10-bit in, 10-bit out), so nothing the input had is lost.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import av
+
+from vsr_core.data.video_color import ColorTags, bit_depth_of
+
+CODECS = {"h264": "libx264", "h265": "libx265", "av1": "libsvtav1"}  # our names -> the FFmpeg encoders
+DEFAULT_CODEC = "h264"
+DEFAULT_CRF = {"h264": 18, "h265": 20, "av1": 24}
+DEFAULT_PRESET = {"h264": "slow", "h265": "slow", "av1": "6"}
+CRF_RANGE = {"h264": (0, 51), "h265": (0, 51), "av1": (1, 63)}
+X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+                "placebo")
+PRESETS = {"h264": X26X_PRESETS, "h265": X26X_PRESETS, "av1": tuple(str(p) for p in range(14))}
+
+
+class EncoderError(ValueError):
+    pass
+
+
+def available_codecs() -> list[str]:
+    """The codecs this PyAV build can encode."""
+    found = []
+    for name, encoder in CODECS.items():
+        try:
+            av.codec.Codec(encoder, "w")
+            found.append(name)
+        except (av.FFmpegError, ValueError):
+            pass
+    return found
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    """What the user asked for; None means the default (which may depend on the input)."""
+
+    codec: str = DEFAULT_CODEC
+    crf: int | None = None
+    preset: str | None = None
+    pix_fmt: str | None = None
+
+    def __post_init__(self):
+        if self.codec not in CODECS:
+            raise EncoderError(f"codec: {self.codec!r} is not one of {', '.join(CODECS)}")
+        if self.codec not in available_codecs():
+            raise EncoderError(f"codec: this PyAV build has no {self.codec} encoder ({CODECS[self.codec]}); "
+                               f"available: {', '.join(available_codecs()) or 'none'}")
+        low, high = CRF_RANGE[self.codec]
+        if self.crf is not None and (isinstance(self.crf, bool) or not isinstance(self.crf, int)
+                                     or not low <= self.crf <= high):
+            raise EncoderError(f"crf: {self.crf!r} is not an integer from {low} to {high} (for {self.codec})")
+        if self.preset is not None and str(self.preset) not in PRESETS[self.codec]:
+            raise EncoderError(f"preset: {self.preset!r} is not a {self.codec} preset; use one of "
+                               f"{', '.join(PRESETS[self.codec])}")
+        supported = self.supported_formats()
+        if self.pix_fmt is not None and self.pix_fmt not in supported:
+            raise EncoderError(f"pix_fmt: {self.pix_fmt!r} cannot be encoded with {self.codec}; use one of "
+                               f"{', '.join(supported)}")
+
+    @property
+    def encoder(self) -> str:
+        return CODECS[self.codec]
+
+    def supported_formats(self) -> list[str]:
+        formats = av.codec.Codec(self.encoder, "w").video_formats or []
+        return [f.name for f in formats if f.name.startswith("yuv") and not f.name.startswith(("yuvj", "yuva"))]
+
+    def resolve(self, tags: ColorTags, width: int, height: int) -> "EncoderSettings":
+        """The concrete settings for an output of ``width`` x ``height`` from an input of this
+        colour: defaults filled in, the pixel format checked against the size and the transfer."""
+        crf = DEFAULT_CRF[self.codec] if self.crf is None else self.crf
+        preset = DEFAULT_PRESET[self.codec] if self.preset is None else str(self.preset)
+        even = width % 2 == 0 and height % 2 == 0
+        pix_fmt = self.pix_fmt or self._default_format(tags, even)
+        if not even and not pix_fmt.startswith("yuv444"):
+            raise EncoderError(f"pix_fmt: {pix_fmt} needs even frame sizes and the output is {width}x{height}; "
+                               f"use a yuv444p format{' or h264/h265' if self.codec == 'av1' else ''}")
+        if tags.hdr and bit_depth_of(pix_fmt) < 10:
+            raise EncoderError(f"pix_fmt: the input is HDR ({tags.hdr}); {pix_fmt} has 8 bits, which would band "
+                               "and is not HDR; use a 10-bit format such as yuv420p10le (the default)")
+        return EncoderSettings(self.codec, crf, preset, pix_fmt)
+
+    def _default_format(self, tags: ColorTags, even: bool) -> str:
+        """The input's chroma subsampling and bit depth, where the encoder has them; 4:4:4 for odd sizes."""
+        supported = self.supported_formats()
+        depth = "10le" if tags.wide else ""
+        chroma = tags.chroma if even else "444"
+        for candidate in (f"yuv{chroma}p{depth}", f"yuv444p{depth}", f"yuv420p{depth}", "yuv420p10le"):
+            if candidate in supported and (even or candidate.startswith("yuv444")):
+                return candidate
+        raise EncoderError(f"pix_fmt: {self.codec} cannot encode a {tags.bit_depth}-bit {tags.chroma} output of odd "
+                           f"size; use h264 or h265")
+
+    def options(self) -> dict[str, str]:
+        """The encoder's AVOptions (after ``resolve``)."""
+        return {"crf": str(self.crf), "preset": str(self.preset)}
+
+    def describe(self) -> str:
+        """One line for the output's metadata: what made these pixels."""
+        return f"{self.codec} ({self.encoder}) crf={self.crf} preset={self.preset} pix_fmt={self.pix_fmt}"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
