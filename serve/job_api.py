@@ -76,9 +76,10 @@ class JobApi:
         return record
 
     async def _receive_video(self, request: Request, folder: Path, free_bytes: int,
-                             max_bytes: int) -> tuple[str, str, bool]:
-        """The job's video: (source, name shown, uploaded?). An upload is streamed into
-        ``folder``; a JSON {"source": ...} names a file under job_source_roots."""
+                             max_bytes: int) -> tuple[str, str, bool, dict[str, Any]]:
+        """The job's video: (source, name shown, uploaded?, encoder and preview options). An upload
+        is streamed into ``folder`` (options as query parameters); a JSON {"source": ...} names a
+        file under job_source_roots (options as fields of the same object)."""
         settings = self._settings
         kind = media_type(request)
         if kind == JSON:
@@ -89,10 +90,12 @@ class JobApi:
             source = body.get("source") if isinstance(body, dict) else None
             if not isinstance(source, str) or not source:
                 raise ApiError(400, "missing_source", 'send {"source": "<path or URI>"} or upload the video')
+            options = _video_options(body)
             if not jobs.source_allowed(source, settings.job_source_roots):
                 raise ApiError(403, "source_not_allowed", "this server does not read videos from there "
                                "(user_config job_source_roots)")
-            return source, Path(source).name, False
+            return source, Path(source).name, False, options
+        options = _video_options(dict(request.query_params))
         limit = min(max_bytes, free_bytes)
         status, error = (413, "body_too_large") if limit == max_bytes else (507, "insufficient_storage")
         try:
@@ -127,7 +130,7 @@ class JobApi:
             raise
         if target.stat().st_size == 0:
             raise ApiError(400, "empty_body", "the video is empty (0 bytes)")
-        return str(target), name, True
+        return str(target), name, True, options
 
     async def _create_job(self, request: Request, owner: str, loaded: LoadedModel, max_frames: int | None = None,
                           max_bytes: int | None = None) -> jobs.JobRecord:
@@ -142,8 +145,8 @@ class JobApi:
         folder = store.folder(job_id)
         folder.mkdir(parents=True)
         try:
-            source, name, uploaded = await self._receive_video(request, folder, free,
-                                                               max_bytes or settings.job_max_upload_bytes)
+            source, name, uploaded, video_options = await self._receive_video(
+                request, folder, free, max_bytes or settings.job_max_upload_bytes)
             try:
                 info = await asyncio.to_thread(probe_video, source)
             except VideoReadError:
@@ -157,7 +160,7 @@ class JobApi:
             options = {"device": settings.device, "batch_size": settings.batch_size, "tile": settings.tile,
                        "tile_overlap": settings.tile_overlap, "chunk_frames": settings.job_chunk_frames,
                        "workers": settings.job_workers, "cpus_per_worker": settings.job_cpus_per_worker,
-                       "gpus_per_worker": settings.job_gpus_per_worker}
+                       "gpus_per_worker": settings.job_gpus_per_worker, **video_options}
             record = jobs.JobRecord(job_id, owner, source, name, str(loaded.path), options,
                                     frames_total=info.num_frames, uploaded=uploaded)
             store.write(record)
@@ -185,8 +188,10 @@ class JobApi:
         record = self._own_job(job_id, owner)
         if record.state != "done":
             raise ApiError(409, "not_ready", f"the job is {record.state}; the result exists once it is done")
-        filename = f"{Path(record.source_name).stem or 'video'}_x3.mp4"
-        return FileResponse(self._store.result_path(job_id), media_type="video/mp4", filename=filename)
+        suffix = Path(record.result_name).suffix
+        filename = f"{Path(record.source_name).stem or 'video'}_x3{suffix}"
+        return FileResponse(self._store.result_path(job_id, record.result_name), media_type=_result_type(suffix),
+                            filename=filename)
 
     async def delete(self, job_id: str, owner: str) -> dict[str, Any]:
         record = self._own_job(job_id, owner)
@@ -218,9 +223,20 @@ class JobApi:
             store.delete(job_id)
             detail = record.error if record and record.error else "the video could not be upscaled"
             raise ApiError(400, "invalid_video", detail)
-        result = store.result_path(job_id)
+        result = store.result_path(job_id, record.result_name)
         headers = {**model_headers(loaded), "X-VSR-Frames": str(record.frames_total),
                    "X-VSR-FPS": f"{(await asyncio.to_thread(probe_video, result)).fps:g}"}
-        return FileResponse(result, media_type="video/mp4", headers=headers,
+        return FileResponse(result, media_type=_result_type(result.suffix), headers=headers,
                             background=BackgroundTask(store.delete, job_id))
 
+
+def _video_options(values: dict[str, Any]) -> dict[str, Any]:
+    """Encoder and preview fields (``jobs.video_options``), or a 400 naming the bad one."""
+    try:
+        return jobs.video_options(values)
+    except ValueError as exc:
+        raise ApiError(400, "invalid_option", str(exc)) from None
+
+
+def _result_type(suffix: str) -> str:
+    return "video/x-matroska" if suffix.lower() == ".mkv" else "video/mp4"

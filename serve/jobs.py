@@ -58,13 +58,47 @@ class JobRecord:
     result_bytes: int | None = None
     error: str | None = None
     uploaded: bool = True  # the source is the job's own copy (deleted when the job ends)
+    result_name: str = RESULT_NAME  # result.mkv when an mp4 could not hold the input's streams
+    encoder: str | None = None  # the encoder settings used (also in the result's metadata)
+    projection: dict[str, Any] | None = None  # a preview's measured fps and projected time and size
 
     def public(self) -> dict[str, Any]:
         """What the API shows: no server paths, no owner."""
         progress = self.frames_done / self.frames_total if self.frames_total else 0.0
         shown = ("id", "state", "source_name", "created_at", "updated_at", "finished_at", "frames_done",
-                 "frames_total", "fps", "eta_seconds", "nodes", "result_bytes", "error")
+                 "frames_total", "fps", "eta_seconds", "nodes", "result_bytes", "error", "encoder", "projection")
         return {**{k: getattr(self, k) for k in shown}, "progress": round(progress, 4)}
+
+
+ENCODER_FIELDS = ("codec", "crf", "preset", "pix_fmt")
+PREVIEW_FIELDS = ("preview_start", "preview_duration")
+
+
+def video_options(values: dict[str, Any]) -> dict[str, Any]:
+    """The encoder and preview fields of a job request (query parameters or JSON fields), checked:
+    {"encoder": {codec, crf, preset, pix_fmt}, "preview": [start, duration] or None}. Raises
+    ValueError naming the field."""
+    from vsr_core.data.video_encoder import EncoderSettings
+
+    def number(key: str, kind):
+        value = values.get(key)
+        if value is None or isinstance(value, kind) and not isinstance(value, bool):
+            return value
+        try:
+            return kind(str(value))
+        except ValueError:
+            raise ValueError(f"{key}: {value!r} is not {'an integer' if kind is int else 'a number'}") from None
+
+    fields = {"codec": values.get("codec") or "h264", "crf": number("crf", int),
+              "preset": None if values.get("preset") is None else str(values["preset"]),
+              "pix_fmt": values.get("pix_fmt")}
+    EncoderSettings(**fields)  # raises EncoderError (a ValueError) naming the field
+    start, duration = number("preview_start", float), number("preview_duration", float)
+    if (start is None) != (duration is None):
+        raise ValueError("preview_start and preview_duration: give both (seconds) or neither")
+    if duration is not None and (start < 0 or duration <= 0):
+        raise ValueError(f"preview_start must be >= 0 and preview_duration > 0, got {start} and {duration}")
+    return {"encoder": fields, "preview": None if start is None else [start, duration]}
 
 
 class JobStore:
@@ -76,8 +110,8 @@ class JobStore:
             raise KeyError(job_id)
         return self.root / job_id
 
-    def result_path(self, job_id: str) -> Path:
-        return self.folder(job_id) / RESULT_NAME
+    def result_path(self, job_id: str, name: str = RESULT_NAME) -> Path:
+        return self.folder(job_id) / name
 
     def work_folder(self, job_id: str) -> Path:
         return self.folder(job_id) / "work"
@@ -168,7 +202,9 @@ class JobRunner:
         else:
             record.state, record.nodes = "done", len(result.nodes)
             record.frames_done = record.frames_total = result.frames
-            record.result_bytes = store.result_path(job_id).stat().st_size
+            record.result_name, record.encoder = Path(result.output).name, result.encoder
+            record.projection = asdict(result.projection) if result.projection else None
+            record.result_bytes = store.result_path(job_id, record.result_name).stat().st_size
             record.eta_seconds = 0.0
         record.finished_at = time.time()
         if record.uploaded and record.state != "failed":  # a failed job keeps its input for a retry
@@ -178,6 +214,7 @@ class JobRunner:
 
     @staticmethod
     def _upscale(store: JobStore, record: JobRecord):
+        from vsr_core.data.video_encoder import EncoderSettings
         from vsr_core.inference import Upscaler
         from vsr_core.video.engine import upscale_file
         from vsr_core.video.on_ray import RayPool
@@ -202,7 +239,9 @@ class JobRunner:
         return upscale_file(record.source, store.result_path(record.id), upscaler,
                             max_frames=options.get("max_frames"), chunk_frames=options["chunk_frames"],
                             work_folder=store.work_folder(record.id), resume=True, ray_pool=pool,
-                            on_progress=on_progress, should_stop=lambda: store.is_cancelled(record.id))
+                            on_progress=on_progress, should_stop=lambda: store.is_cancelled(record.id),
+                            encoder=EncoderSettings(**options.get("encoder", {})),
+                            preview=tuple(options["preview"]) if options.get("preview") else None)
 
 
 def _public_error(exc: Exception, job_folder: Path, source: str) -> str:

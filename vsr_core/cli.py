@@ -30,6 +30,19 @@ def _add_inference_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile-overlap", type=int, default=32, help="tile overlap in LR pixels")
 
 
+def _add_encoder_args(parser: argparse.ArgumentParser) -> None:
+    from vsr_core.data.video_encoder import CODECS, DEFAULT_CODEC, DEFAULT_CRF, DEFAULT_PRESET
+
+    group = parser.add_argument_group("encoder (video outputs; the choice is written into the output's metadata)")
+    group.add_argument("--codec", choices=list(CODECS), default=DEFAULT_CODEC, help="default %(default)s")
+    group.add_argument("--crf", type=int, default=None, help="quality, lower is better (default: " +
+                       ", ".join(f"{c} {q}" for c, q in DEFAULT_CRF.items()) + ")")
+    group.add_argument("--preset", default=None, help="speed/size trade-off (default: " +
+                       ", ".join(f"{c} {p}" for c, p in DEFAULT_PRESET.items()) + ")")
+    group.add_argument("--pix-fmt", default=None, help="e.g. yuv420p, yuv420p10le (default: the input's chroma "
+                       "subsampling and bit depth)")
+
+
 def _ray_pool_from_args(args: argparse.Namespace):
     """Connect to Ray (``--address``, else a local instance) and describe the chunk workers."""
     import ray
@@ -41,8 +54,10 @@ def _ray_pool_from_args(args: argparse.Namespace):
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
+    from vsr_core.data.video_encoder import EncoderSettings
     from vsr_core.video.engine import default_work_folder, upscale_file
 
+    encoder = EncoderSettings(args.codec, args.crf, args.preset, args.pix_fmt)  # checked before the model loads
     upscaler = _upscaler_from_args(args)
     pool = _ray_pool_from_args(args) if args.ray else None
     where = f"on {pool.size()} Ray workers" if pool else \
@@ -57,7 +72,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     try:
         result = upscale_file(args.input, args.output, upscaler, max_frames=args.max_frames,
                               chunk_frames=args.chunk_frames, work_folder=args.work_folder, resume=args.resume,
-                              ray_pool=pool, on_progress=show)
+                              ray_pool=pool, on_progress=show, encoder=encoder, preview=args.preview)
     except KeyboardInterrupt:
         bar.close()
         folder = args.work_folder or default_work_folder(args.output)
@@ -72,8 +87,19 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             ray.shutdown()
     resumed = f", {result.resumed_frames} of them from an earlier run" if result.resumed_frames else ""
     print(f"wrote {result.frames} frames ({result.width}x{result.height}, {result.fps:g} fps{resumed}) to "
-          f"{args.output} in {result.seconds:.1f}s ({result.frames / result.seconds:.2f} frames/s)")
+          f"{result.output} in {result.seconds:.1f}s ({result.frames / result.seconds:.2f} frames/s); {result.encoder}")
+    if result.projection is not None:
+        p = result.projection
+        print(f"preview: {p.fps:.2f} frames/s; the whole video ({p.total_frames} frames) would take about "
+              f"{_duration(p.projected_seconds)} and {p.projected_bytes / 1e6:.1f} MB")
     return 0
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "an unknown time (every previewed frame came from an earlier run)"
+    hours, rest = divmod(round(seconds), 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -104,7 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("output", help="output .mp4/.mkv (same timing, audio and subtitles kept) or a folder for PNG "
                     "frames; a path or a storage URI (s3://..., gs://...)")
     up.add_argument("--max-frames", type=int, default=None, help="only the first N frames (and their audio)")
+    up.add_argument("--preview", type=float, nargs=2, metavar=("START", "DURATION"), default=None,
+                    help="upscale only DURATION seconds from START, and print the speed and the projected time "
+                    "and size of the whole video")
     _add_inference_args(up)
+    _add_encoder_args(up)
     video = up.add_argument_group("long videos and clusters")
     video.add_argument("--chunk-frames", type=int, default=None,
                        help=f"frames per chunk: the unit of parallel work and of --resume (default: "

@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+SEGMENT_SUFFIX = ".mp4"
+
 
 @dataclass(frozen=True)
 class Progress:
@@ -65,7 +67,7 @@ class Projection:
     frames: int  # frames in the preview
     fps: float  # frames per second upscaled (and encoded) in the preview
     total_frames: int  # frames of the whole video
-    projected_seconds: float  # time for the whole video at that speed
+    projected_seconds: float | None  # time for the whole video at that speed (None: nothing was measured)
     projected_bytes: int  # size of the whole video at the preview's bytes per second of video
 
 
@@ -146,7 +148,8 @@ def upscale_file(
         output = output_container(source if source_is_video else None, output)
     temporary = work_folder is None and default_work_folder(output) is None
     folder = Path(tempfile.mkdtemp(prefix="vsr-work-")) if temporary else Path(work_folder or default_work_folder(output))
-    work = WorkFolder(folder, Path(output).suffix.lower() if is_video else "")
+    # Segments are mp4 whatever the output: it stores the decoding timestamps the join needs (mkv does not).
+    work = WorkFolder(folder, SEGMENT_SUFFIX if is_video else "")
     if chunk_frames is None:  # a resumed run keeps its chunks; a new one sizes them for its workers
         chunk_frames = work.planned().get("chunk_frames") if resume else None
         chunk_frames = chunk_frames or auto_chunk_frames(total, ray_pool.size() if ray_pool else 1)
@@ -154,7 +157,7 @@ def upscale_file(
     chunks = plan_chunks(timestamps, chunk_frames)
     options = {"batch_size": upscaler.batch_size, "tile": upscaler.tile, "tile_overlap": upscaler.tile_overlap,
                "max_frames": max_frames, "preview": list(preview) if preview else None,
-               "output_kind": work.suffix or "frames", "encoder": settings.as_dict() if settings else None,
+               "output_kind": Path(output).suffix.lower() if is_video else "frames", "encoder": settings.as_dict() if settings else None,
                "color": info.color.as_dict()}
     work.open(plan_record(source, storage.size(source) if not Path(source).is_dir() else 0, total, chunk_frames,
                           model_fingerprint(upscaler.model), options), resume)
@@ -221,7 +224,7 @@ def _project(output: str, frames: int, run_seconds: float, resumed: int, all_tim
         sum(p.stat().st_size for p in Path(output).iterdir())
     scale = span_seconds(all_timestamps, info.time_base, frame_seconds) / \
         span_seconds(timestamps, info.time_base, frame_seconds)
-    return Projection(frames, fps, len(all_timestamps), len(all_timestamps) / fps if fps else float("inf"),
+    return Projection(frames, fps, len(all_timestamps), len(all_timestamps) / fps if fps else None,
                       round(size * scale))
 
 

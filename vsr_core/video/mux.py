@@ -42,6 +42,8 @@ METADATA_PREFIX = "vsr_"  # our own keys in the output's metadata: what made its
 
 def _packets(container: av.container.InputContainer, streams: list) -> Iterator[av.Packet]:
     for packet in container.demux(streams):
+        if packet.dts is None and packet.pts is not None and packet.stream.type != "video":
+            packet.dts = packet.pts  # Matroska stores no decoding times; audio and subtitles decode in order
         if packet.dts is not None and packet.size:  # skip demuxer flush packets
             yield packet
 
@@ -121,13 +123,13 @@ def _chapters(source_container, start_time: float | None, end_time: float | None
         base = chapter["time_base"]
         begin, end = chapter["start"], chapter["end"]
         if end_time is not None:
-            if begin * base >= end_time:
+            if begin >= round(end_time / base):
                 continue
-            end = min(end, int(end_time / base))
+            end = min(end, round(end_time / base))
         if start_time is not None:
-            if end * base <= start_time:
+            if end <= round(start_time / base):
                 continue
-            begin = max(begin, int(start_time / base))
+            begin = max(begin, round(start_time / base))
         kept.append({**chapter, "start": begin, "end": end})
     return kept
 
@@ -145,7 +147,9 @@ def join_segments(segments: list[Path], timestamps: list[int], time_base: Fracti
     # An mp4 keeps only its standard metadata keys unless told to write them all.
     options = {"movflags": "use_metadata_tags"} if output.suffix.lower() in MP4_SUFFIXES else {}
     with av.open(str(segments[0])) as first, av.open(str(output), "w", options=options) as out:
-        video_out = out.add_stream_from_template(first.streams.video[0])
+        # opaque: take the segment's codec as it is (an encoder of that name need not exist: AV1 is
+        # written by libsvtav1 and read by another decoder)
+        video_out = out.add_stream_from_template(first.streams.video[0], opaque=True)
         copies: dict[int, av.stream.Stream] = {}
         source_container = open_container(source) if source is not None else None
         try:

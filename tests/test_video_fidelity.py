@@ -1,0 +1,259 @@
+"""What a video keeps through the engine (README, "What is kept"): timing, colour, bit depth,
+HDR tags, orientation, extra streams; and what happens when a run is killed or a frame fails.
+
+Inputs are generated with PyAV directly (tests/video_clips.py). Every test checks frame count,
+duration, tags and pixels of the output against the input, read back from the files: raw YUV
+planes and packet timestamps, not the project's own readers."""
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from conftest import make_clip
+from video_clips import flat_clip_frames, flat_colors, video_facts, write_clip, yuv_planes
+from vsr_core.data.video_encoder import EncoderError, EncoderSettings
+from vsr_core.data.video_io import probe_video, read_frames
+from vsr_core.inference import Upscaler
+from vsr_core.video.engine import upscale_file
+
+
+@pytest.fixture(scope="module")
+def bicubic():
+    return Upscaler.bicubic(device="cpu", batch_size=4)
+
+
+def assert_same_timing(source, output, frames: int):
+    """Same frame count, the same timestamp for every frame, duration within one frame."""
+    got, want = video_facts(output), video_facts(source)
+    assert got["frames"] == want["frames"] == frames
+    assert got["seconds"] == pytest.approx(want["seconds"], abs=1e-6)
+    one_frame = min(np.diff(want["seconds"])) if frames > 1 else 1.0
+    assert abs(got["duration"] - want["duration"]) <= one_frame
+    return got
+
+
+def mean_plane_error(source, output) -> float:
+    """Mean absolute difference of the per-frame mean of Y, U and V (flat frames: every pixel)."""
+    errors = [abs(a.mean() - b.mean()) for fa, fb in zip(yuv_planes(source), yuv_planes(output)) for a, b in zip(fa, fb)]
+    return float(np.mean(errors))
+
+
+# --- timing ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["vfr", "ntsc"])
+def test_variable_and_23976_frame_rates_keep_every_timestamp(tmp_path, bicubic, kind):
+    frames = make_clip(12, 24, 32)
+    if kind == "vfr":  # irregular gaps, as from a phone: 1 to 5 ticks of 1/90 s
+        pts, time_base, rate = [0, 3, 4, 9, 14, 15, 17, 22, 26, 27, 31, 36], Fraction(1, 90), Fraction(25)
+    else:
+        pts, time_base, rate = [i * 1001 for i in range(12)], Fraction(1, 24000), Fraction(24000, 1001)
+    source = write_clip(tmp_path / "in.mp4", frames, pts=pts, time_base=time_base, rate=rate, audio=True)
+    upscale_file(source, tmp_path / "out.mp4", bicubic, chunk_frames=4)
+    assert_same_timing(source, tmp_path / "out.mp4", 12)
+    if kind == "ntsc":
+        assert probe_video(tmp_path / "out.mp4").frame_rate == Fraction(24000, 1001)
+    reference = np.stack(list(bicubic.stream(iter(read_frames(source)))))
+    assert np.abs(read_frames(tmp_path / "out.mp4").astype(float) - reference).mean() < 3
+
+
+# --- colour ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("matrix,color_range", [("bt709", "full"), ("bt601", "limited")])
+def test_matrix_and_range_come_back_within_one_lsb(tmp_path, bicubic, matrix, color_range):
+    colors = flat_colors(8)
+    source = write_clip(tmp_path / "in.mp4", flat_clip_frames(colors), matrix=matrix, color_range=color_range,
+                        primaries=1 if matrix == "bt709" else 6, transfer=1 if matrix == "bt709" else 6)
+    upscale_file(source, tmp_path / "out.mp4", bicubic, chunk_frames=4)
+    facts = assert_same_timing(source, tmp_path / "out.mp4", 8)
+    assert facts["tags"] == video_facts(source)["tags"]
+    assert (facts["width"], facts["height"]) == (192, 144)
+    assert mean_plane_error(source, tmp_path / "out.mp4") < 1.0
+    # the test can fail: these colours read with FFmpeg's untagged default (BT.601 limited) are far off
+    with av.open(str(source)) as container:
+        frame = next(container.decode(video=0))
+        wrong = frame.to_ndarray(format="rgb24", src_colorspace="ITU601", src_color_range="MPEG")
+    if (matrix, color_range) != ("bt601", "limited"):
+        assert np.abs(wrong[0, 0].astype(int) - colors[0].astype(int)).max() > 4
+
+
+def test_untagged_input_is_converted_as_players_guess_and_tagged(tmp_path, bicubic):
+    colors = flat_colors(4, seed=3)
+    source = write_clip(tmp_path / "in.mp4", flat_clip_frames(colors), matrix="bt601", primaries=2, transfer=2)
+    with av.open(str(source)) as container:  # strip the matrix and range tags: an untagged SD file
+        assert video_facts(source)["tags"][2:] == (2, 2)
+    untagged = tmp_path / "untagged.mp4"
+    with av.open(str(source)) as src, av.open(str(untagged), "w") as dst:
+        out = dst.add_stream_from_template(src.streams.video[0])
+        out.codec_context.colorspace, out.codec_context.color_range = 2, 0
+        for packet in src.demux(src.streams.video[0]):
+            if packet.size:
+                packet.stream = out
+                dst.mux(packet)
+    upscale_file(untagged, tmp_path / "out.mp4", bicubic)
+    assert video_facts(tmp_path / "out.mp4")["tags"] == (6, 1, 2, 2)  # said explicitly: BT.601 limited
+    assert mean_plane_error(untagged, tmp_path / "out.mp4") < 1.0
+
+
+# --- bit depth and HDR -----------------------------------------------------------------------
+def ten_bit_frames(num_frames: int, height: int = 48, width: int = 64, seed: int = 0):
+    """Flat 10-bit frames whose Y values are 8-bit-unrepresentable (not multiples of 4)."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for i in range(num_frames):
+        y, u, v = 301 + 4 * int(rng.integers(0, 80)) + (i % 3), 480 + int(rng.integers(0, 60)), 470 + int(rng.integers(0, 80))
+        frames.append([np.full((height, width), y, np.uint16), np.full((height // 2, width // 2), u, np.uint16),
+                       np.full((height // 2, width // 2), v, np.uint16)])
+    return frames
+
+
+def test_10_bit_input_gives_10_bit_output_without_truncation(tmp_path, bicubic):
+    source = write_clip(tmp_path / "in.mkv", None, yuv_frames=ten_bit_frames(6), pix_fmt="yuv420p10le")
+    assert probe_video(source).color.bit_depth == 10
+    deep = read_frames(source, deep=True)
+    assert deep.dtype == np.uint16 and np.any(deep % 257)  # not 8-bit values stretched to 16 bits
+    upscale_file(source, tmp_path / "out.mkv", bicubic, chunk_frames=4)
+    facts = assert_same_timing(source, tmp_path / "out.mkv", 6)
+    assert facts["pix_fmt"] == "yuv420p10le" and facts["tags"] == video_facts(source)["tags"]
+    errors = [abs(a.mean() - b.mean()) for fa, fb in zip(yuv_planes(source), yuv_planes(tmp_path / "out.mkv"))
+              for a, b in zip(fa, fb)]
+    assert np.mean(errors) < 0.5 and max(errors) <= 1.0  # in 10-bit LSBs
+    # a grey ramp rising 1 LSB (10-bit) per pixel: 8 bits would keep only every 4th level
+    ramp = [[np.tile(np.arange(400, 464, dtype=np.uint16) + i, (48, 1)), np.full((24, 32), 512, np.uint16),
+             np.full((24, 32), 512, np.uint16)] for i in range(3)]
+    source = write_clip(tmp_path / "ramp.mkv", None, yuv_frames=ramp, pix_fmt="yuv420p10le", crf=0)  # lossless
+    upscale_file(source, tmp_path / "ramp_x3.mkv", bicubic, encoder=EncoderSettings(crf=0))
+    assert_same_timing(source, tmp_path / "ramp_x3.mkv", 3)
+    for i, (y, _, _) in enumerate(yuv_planes(tmp_path / "ramp_x3.mkv")):
+        row = y[72, 12:-12]  # bicubic reproduces a linear ramp away from the borders
+        ideal = 400 + i + (np.arange(12, 180) + 0.5) / 3 - 0.5
+        assert np.abs(row - ideal).mean() < 0.4 and len(np.unique(row)) > 50
+    with pytest.raises(EncoderError, match="pix_fmt"):  # 8-bit for HDR is refused, not tone-mapped
+        upscale_file(write_clip(tmp_path / "pq.mkv", None, yuv_frames=ten_bit_frames(2), pix_fmt="yuv420p10le",
+                                matrix="bt2020", primaries=9, transfer=16),
+                     tmp_path / "pq8.mkv", bicubic, encoder=EncoderSettings(pix_fmt="yuv420p"))
+
+
+@pytest.mark.parametrize("transfer", [16, 18])  # PQ, HLG
+def test_hdr_transfer_is_kept_end_to_end(tmp_path, bicubic, transfer):
+    source = write_clip(tmp_path / "in.mkv", None, yuv_frames=ten_bit_frames(3, seed=transfer),
+                        pix_fmt="yuv420p10le", matrix="bt2020", primaries=9, transfer=transfer)
+    upscale_file(source, tmp_path / "out.mkv", bicubic, encoder=EncoderSettings(codec="h265"))
+    facts = assert_same_timing(source, tmp_path / "out.mkv", 3)
+    assert facts["tags"] == (9, 1, 9, transfer) and facts["pix_fmt"] == "yuv420p10le" and facts["codec"] == "hevc"
+    assert mean_plane_error(source, tmp_path / "out.mkv") < 1.0
+
+
+# --- orientation -----------------------------------------------------------------------------
+def test_a_rotated_phone_clip_comes_out_upright(tmp_path, bicubic):
+    frames = np.full((4, 48, 64, 3), 40, np.uint8)
+    frames[:, :12, :16] = 230  # a bright block in the stored frame's top-left corner
+    source = write_clip(tmp_path / "in.mp4", frames, rotation=90)  # shown turned 90 degrees counter-clockwise
+    info = probe_video(source)
+    assert (info.rotation, info.height, info.width) == (90, 64, 48)
+    upscale_file(source, tmp_path / "out.mp4", bicubic)
+    facts = assert_same_timing(source, tmp_path / "out.mp4", 4)
+    assert (facts["width"], facts["height"]) == (144, 192)
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        frame = next(container.decode(video=0))
+        assert frame.rotation == 0  # applied to the pixels, not left as a tag
+        out = frame.to_ndarray(format="rgb24").mean(axis=2)
+    # turned counter-clockwise, the top-left corner is now the bottom-left one
+    assert out[-30:, :30].mean() > 200 and out[:30, :30].mean() < 60 and out[-30:, -30:].mean() < 60
+
+
+# --- other streams ---------------------------------------------------------------------------
+CHAPTERS = [(0.0, 0.4, "Opening"), (0.4, 0.8, "Middle"), (0.8, 1.0, "End")]
+
+
+def chapters_in_seconds(facts):
+    return [(round(float(c["start"] * c["time_base"]), 3), round(float(c["end"] * c["time_base"]), 3),
+             c["metadata"]["title"]) for c in facts["chapters"]]
+
+
+def subtitle_packets(path):
+    with av.open(str(path)) as container:
+        stream = container.streams.subtitles[0]
+        # an mp4 fills the gaps between subtitles with empty samples (b"\0\0"): only the texts count
+        return (stream.codec_context.name, dict(stream.metadata).get("language"),
+                [(float(p.pts * p.time_base), bytes(p)) for p in container.demux(stream) if p.size > 2])
+
+
+def test_subtitles_chapters_and_metadata_are_copied(tmp_path, bicubic):
+    source = write_clip(tmp_path / "in.mp4", make_clip(25, 24, 32), audio=True, chapters=CHAPTERS,
+                        metadata={"title": "A film", "artist": "Someone"},
+                        subtitles=[(80, "Bonjour"), (600, "Au revoir")])
+    result = upscale_file(source, tmp_path / "out.mp4", bicubic, chunk_frames=8)
+    assert result.output == str(tmp_path / "out.mp4")
+    facts = assert_same_timing(source, tmp_path / "out.mp4", 25)
+    assert chapters_in_seconds(facts) == CHAPTERS
+    assert facts["metadata"]["title"] == "A film" and facts["metadata"]["artist"] == "Someone"
+    assert facts["metadata"]["vsr_encoder"] == result.encoder
+    assert result.encoder.startswith("h264 (libx264) crf=18 preset=slow pix_fmt=yuv420p")
+    assert subtitle_packets(tmp_path / "out.mp4") == subtitle_packets(source)
+    with av.open(str(tmp_path / "out.mp4")) as out:
+        assert out.streams.audio[0].codec_context.name == "aac"
+
+
+def test_streams_an_mp4_cannot_hold_give_an_mkv(tmp_path, bicubic):
+    source = write_clip(tmp_path / "in.mkv", make_clip(10, 24, 32), chapters=CHAPTERS[:2],
+                        subtitles=[(80, "Hello"), (200, "World")],
+                        attachment=("font.ttf", "application/x-truetype-font", b"FONTDATA" * 8))
+    result = upscale_file(source, tmp_path / "out.mp4", bicubic)
+    assert result.output == str(tmp_path / "out.mkv") and not (tmp_path / "out.mp4").exists()
+    facts = assert_same_timing(source, tmp_path / "out.mkv", 10)
+    assert chapters_in_seconds(facts) == chapters_in_seconds(video_facts(source))
+    assert subtitle_packets(tmp_path / "out.mkv") == subtitle_packets(source)
+    assert subtitle_packets(source)[0] in ("srt", "subrip")
+    with av.open(str(tmp_path / "out.mkv")) as out:
+        attachments = [s for s in out.streams if s.type == "attachment"]
+        assert [(a.metadata["filename"], a.data) for a in attachments] == [("font.ttf", b"FONTDATA" * 8)]
+
+
+# --- encoder control ---------------------------------------------------------------------------
+@pytest.mark.parametrize("settings,codec,pix_fmt", [
+    (EncoderSettings("h265", crf=24, preset="fast", pix_fmt="yuv444p"), ("hevc",), "yuv444p"),
+    # this FFmpeg names its AV1 decoder libdav1d (and may not have it: the frames are not decoded here)
+    (EncoderSettings("av1", crf=30, preset="10"), ("av1", "libdav1d"), "yuv420p"),
+])
+def test_encoder_settings_are_used_and_recorded(tmp_path, bicubic, settings, codec, pix_fmt):
+    source = write_clip(tmp_path / "in.mp4", make_clip(5, 24, 32))
+    result = upscale_file(source, tmp_path / "out.mp4", bicubic, encoder=settings)
+    facts = assert_same_timing(source, tmp_path / "out.mp4", 5)
+    assert facts["codec"] in codec and (facts["pix_fmt"] or pix_fmt) == pix_fmt
+    assert facts["metadata"]["vsr_encoder"] == result.encoder
+    assert f"crf={settings.crf} preset={settings.preset} pix_fmt={pix_fmt}" in result.encoder
+
+
+@pytest.mark.parametrize("fields,field", [
+    (dict(codec="vp9"), "codec"), (dict(crf=99), "crf"), (dict(codec="av1", crf=0), "crf"),
+    (dict(preset="fastest"), "preset"), (dict(codec="av1", preset="slow"), "preset"),
+    (dict(pix_fmt="yuv444p"), None), (dict(codec="av1", pix_fmt="yuv444p"), "pix_fmt"),
+])
+def test_bad_encoder_settings_name_the_field(fields, field):
+    if field is None:
+        EncoderSettings(**fields)
+        return
+    with pytest.raises(EncoderError, match=f"^{field}:"):
+        EncoderSettings(**fields)
+
+
+# --- preview ----------------------------------------------------------------------------------
+def test_preview_upscales_a_stretch_and_projects_the_whole(tmp_path, bicubic, capsys):
+    from vsr_core.cli import main
+
+    source = write_clip(tmp_path / "in.mp4", make_clip(50, 24, 32), audio=True, chapters=CHAPTERS)
+    result = upscale_file(source, tmp_path / "p.mp4", bicubic, preview=(0.4, 0.4))
+    facts = video_facts(tmp_path / "p.mp4")
+    assert facts["frames"] == 10 and facts["seconds"] == pytest.approx([0.4 + i / 25 for i in range(10)])
+    assert [c[2] for c in chapters_in_seconds(facts)] == ["Middle"]
+    with av.open(str(tmp_path / "p.mp4")) as out:
+        audio = [float(p.pts * p.time_base) for p in out.demux(out.streams.audio[0]) if p.size]
+    assert 0.38 <= min(audio) and max(audio) < 0.8
+    projection = result.projection
+    assert projection.frames == 10 and projection.total_frames == 50 and projection.fps > 0
+    size = (tmp_path / "p.mp4").stat().st_size
+    assert 4 * size <= projection.projected_bytes <= 6 * size  # 2 s of video against 0.4 s
+    assert main(["upscale", str(source), str(tmp_path / "cli.mp4"), "--bicubic", "--device", "cpu",
+                 "--preview", "1", "0.2"]) == 0
+    printed = capsys.readouterr().out
+    assert "preview:" in printed and "the whole video (50 frames) would take about" in printed
+    assert video_facts(tmp_path / "cli.mp4")["frames"] == 5
