@@ -133,6 +133,31 @@ def test_a_job_keeps_frames_size_and_sound_and_reports_progress(server, tmp_path
     assert server.status(job["id"]).status_code == 404
 
 
+def test_a_job_takes_encoder_and_preview_fields_and_gives_an_mkv_when_needed(server, tmp_path):
+    from video_clips import video_facts
+    from video_clips import write_clip as write_tagged_clip
+
+    bad = requests.post(server.url + "/v1/jobs", data=b"x" * 100, params={"filename": "a.mp4", "crf": "high"},
+                        headers={"Content-Type": "video/mp4", **ALICE}, timeout=30)
+    assert bad.status_code == 400 and bad.json()["error"] == "invalid_option" and "crf" in bad.json()["detail"]
+    source = write_tagged_clip(tmp_path / "film.mkv", make_clip(50, 24, 32), subtitles=[(500, "Hello")])
+    response = requests.post(server.url + "/v1/jobs", data=source.read_bytes(),
+                             params={"filename": "film.mkv", "codec": "h265", "crf": "24", "preset": "fast",
+                                     "preview_start": "0.4", "preview_duration": "0.4"},
+                             headers={"Content-Type": "video/x-matroska", **ALICE}, timeout=60)
+    assert response.status_code == 202, response.text
+    final = server.wait(response.json()["id"])[-1]
+    assert final["state"] == "done", final
+    assert final["encoder"] == "h265 (libx265) crf=24 preset=fast pix_fmt=yuv420p"
+    assert final["frames_total"] == 10 and final["projection"]["total_frames"] == 50
+    assert final["projection"]["fps"] > 0 and final["projection"]["projected_bytes"] > final["result_bytes"]
+    result = requests.get(f"{server.url}/v1/jobs/{final['id']}/result", headers=ALICE, timeout=60)
+    assert result.headers["content-type"] == "video/x-matroska" and "film_x3.mkv" in result.headers["content-disposition"]
+    (tmp_path / "out.mkv").write_bytes(result.content)
+    facts = video_facts(tmp_path / "out.mkv")
+    assert facts["frames"] == 10 and facts["codec"] == "hevc" and facts["seconds"][0] == pytest.approx(0.4)
+
+
 def test_jobs_belong_to_their_key_and_ids_are_unguessable(server, tmp_path):
     source = write_clip(tmp_path / "in.mp4", 4, 24, 30)
     ids = [server.submit(source).json()["id"] for _ in range(2)]

@@ -257,3 +257,16 @@ def test_preview_upscales_a_stretch_and_projects_the_whole(tmp_path, bicubic, ca
     printed = capsys.readouterr().out
     assert "preview:" in printed and "the whole video (50 frames) would take about" in printed
     assert video_facts(tmp_path / "cli.mp4")["frames"] == 5
+
+
+def test_cli_refuses_bad_encoder_settings_before_any_work(tmp_path, capsys):
+    from vsr_core.cli import main
+
+    source = write_clip(tmp_path / "in.mp4", make_clip(3, 24, 32))
+    assert main(["upscale", str(source), str(tmp_path / "out.mp4"), "--bicubic", "--crf", "99"]) == 2
+    assert "crf: 99 is not an integer from 0 to 51 (for h264)" in capsys.readouterr().err
+    assert not (tmp_path / "out.mp4.parts").exists()
+    assert main(["upscale", str(source), str(tmp_path / "out.mp4"), "--bicubic", "--device", "cpu", "--codec", "h265",
+                 "--crf", "26", "--preset", "veryfast", "--pix-fmt", "yuv444p"]) == 0
+    assert video_facts(tmp_path / "out.mp4")["metadata"]["vsr_encoder"] == \
+        "h265 (libx265) crf=26 preset=veryfast pix_fmt=yuv444p"
