@@ -72,7 +72,10 @@ def test_a_sigkilled_run_resumes_to_the_uninterrupted_output(tmp_path):
     got, want = video_facts(out), video_facts(tmp_path / "ref.mp4")
     assert got["frames"] == want["frames"] == 48 and got["seconds"] == want["seconds"]
     assert got["metadata"]["vsr_encoder"] == want["metadata"]["vsr_encoder"]
-    assert np.abs(read_frames(out).astype(int) - read_frames(tmp_path / "ref.mp4").astype(int)).max() <= 1
+    difference = np.abs(read_frames(out).astype(int) - read_frames(tmp_path / "ref.mp4").astype(int)).max()
+    print(f"reliability: SIGKILL with {done} of 6 chunks done, resumed {8 * done} of 48 frames, "
+          f"max difference from an uninterrupted run {difference} LSB")
+    assert difference <= 1
     assert audio_packets(out) == audio_packets(source)
 
 

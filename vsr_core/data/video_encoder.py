@@ -9,6 +9,7 @@ subsampling and bit depth: 10-bit in, 10-bit out), so nothing the input had is l
 """
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 
 import av
@@ -103,8 +104,12 @@ class EncoderSettings:
                            f"size; use h264 or h265")
 
     def options(self) -> dict[str, str]:
-        """The encoder's AVOptions (after ``resolve``)."""
-        return {"crf": str(self.crf), "preset": str(self.preset)}
+        """The encoder's AVOptions (after ``resolve``). x265 and SVT-AV1 print a report per segment
+        on stderr unless told otherwise: errors only."""
+        if self.codec == "av1":
+            os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 reads its log level from the environment only
+        quiet = {"h265": {"x265-params": "log-level=error"}}.get(self.codec, {})
+        return {"crf": str(self.crf), "preset": str(self.preset), **quiet}
 
     def describe(self) -> str:
         """One line for the output's metadata: what made these pixels."""
