@@ -142,6 +142,41 @@ def test_hdr_transfer_is_kept_end_to_end(tmp_path, bicubic, transfer):
     assert mean_plane_error(source, tmp_path / "out.mkv") < 1.0
 
 
+MASTERING = "G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,1)"
+
+
+def hdr10_side_data(path) -> dict:
+    """The first frame's HDR10 metadata as numbers (decoders differ in the fractions they use)."""
+    import struct
+
+    found = {}
+    with av.open(str(path)) as container:
+        frame = next(container.decode(video=0))
+        for sd in frame.side_data:
+            name, data = str(sd.type).rsplit(".", 1)[-1], bytes(sd)
+            if name == "MASTERING_DISPLAY_METADATA":
+                v = struct.unpack("<22i", data[:88])
+                found[name] = tuple(round(v[i] / v[i + 1], 4) for i in range(0, 20, 2)) + v[20:]
+            elif name == "CONTENT_LIGHT_LEVEL":
+                found[name] = struct.unpack("<2I", data[:8])
+    return found
+
+
+@pytest.mark.parametrize("codec", ["h265", "av1"])
+def test_hdr10_mastering_and_light_level_metadata_are_kept(tmp_path, bicubic, codec):
+    params = f"log-level=error:master-display={MASTERING}:max-cll=1000,400"
+    source = write_clip(tmp_path / "in.mkv", None, yuv_frames=ten_bit_frames(2), pix_fmt="yuv420p10le", codec="libx265",
+                        matrix="bt2020", primaries=9, transfer=16, options={"x265-params": params})
+    wanted = hdr10_side_data(source)
+    assert set(wanted) == {"MASTERING_DISPLAY_METADATA", "CONTENT_LIGHT_LEVEL"}
+    with pytest.raises(EncoderError, match="^codec: .*HDR10"):
+        upscale_file(source, tmp_path / "x264.mkv", bicubic)
+    upscale_file(source, tmp_path / "out.mkv", bicubic, encoder=EncoderSettings(codec))
+    assert_same_timing(source, tmp_path / "out.mkv", 2)
+    assert video_facts(tmp_path / "out.mkv")["tags"] == (9, 1, 9, 16)
+    assert hdr10_side_data(tmp_path / "out.mkv") == wanted
+
+
 # --- orientation -----------------------------------------------------------------------------
 def test_a_rotated_phone_clip_comes_out_upright(tmp_path, bicubic):
     frames = np.full((4, 48, 64, 3), 40, np.uint8)
@@ -270,3 +305,17 @@ def test_cli_refuses_bad_encoder_settings_before_any_work(tmp_path, capsys):
                  "--crf", "26", "--preset", "veryfast", "--pix-fmt", "yuv444p"]) == 0
     assert video_facts(tmp_path / "out.mp4")["metadata"]["vsr_encoder"] == \
         "h265 (libx265) crf=26 preset=veryfast pix_fmt=yuv444p"
+
+
+def test_one_and_two_frame_h265_segments_can_be_written(tmp_path):
+    """libx265 gives such short streams a garbage first decoding time now and then (most runs at a
+    1/1000 time base); the writer repairs it instead of failing the chunk."""
+    from vsr_core.data.video_io import FrameWriter
+
+    for attempt in range(8):
+        for frames in (1, 2):
+            path = tmp_path / f"{attempt}_{frames}.mp4"
+            with FrameWriter(path, 25, Fraction(1, 1000), encoder=EncoderSettings("h265")) as writer:
+                for i, frame in enumerate(make_clip(frames, 24, 32)):
+                    writer.write(frame, pts=40 * i)
+            assert video_facts(path)["frames"] == frames

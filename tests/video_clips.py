@@ -22,7 +22,7 @@ def flat_colors(num_frames: int, seed: int = 0) -> np.ndarray:
 def write_clip(path, rgb_frames, pts=None, time_base=Fraction(1, 25), rate=None, codec="libx264",
                pix_fmt="yuv420p", matrix="bt709", color_range="limited", primaries=1, transfer=1,
                rotation=0, yuv_frames=None, audio=False, chapters=None, metadata=None, subtitles=None,
-               attachment=None, crf: int = 12):
+               attachment=None, crf: int = 12, options=None):
     """Write ``rgb_frames`` ([T,H,W,3] uint8, converted with ``matrix``/``color_range``) or
     ``yuv_frames`` (lists of raw planes in ``pix_fmt``) at ``pts`` (in ``time_base``), tagged
     with the given colour. ``subtitles``: [(pts_ms, text)]; ``chapters``: [(start_s, end_s, title)]."""
@@ -37,7 +37,7 @@ def write_clip(path, rgb_frames, pts=None, time_base=Fraction(1, 25), rate=None,
         code, space = SPACES[matrix]
         cc = video.codec_context
         cc.colorspace, cc.color_range, cc.color_primaries, cc.color_trc = code, int(RANGES[color_range]), primaries, transfer
-        video.options = {"crf": str(crf)}
+        video.options = {"crf": str(crf), **(options or {})}
         if rotation:
             video.set_display_rotation(rotation)
         if metadata:

@@ -9,13 +9,15 @@ BT.601 below) and limited range, and the output says so explicitly, so that a pl
 3x output the way it showed the input.
 
 Primaries and transfer are never converted: the model works on the coded (non-linear) signal,
-so they pass through as tags. That includes PQ and HLG (HDR): the output keeps them, in 10 bits.
+so they pass through as tags. That includes PQ and HLG (HDR): the output keeps them, in 10 bits,
+and HDR10's static metadata (mastering display, content light level) goes to the encoder.
 Frames deeper than 8 bits decode to uint16 RGB (full 16-bit scale), so 10-bit input is never
 truncated to 8 bits.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import struct
+from dataclasses import asdict, dataclass, replace
 
 import av
 import numpy as np
@@ -62,6 +64,10 @@ class ColorTags:
     bit_depth: int = 8
     chroma: str = "420"  # the input's chroma subsampling: 420, 422 or 444
     guessed: bool = False  # the input had no matrix/range tags; these are the players' guess
+    # HDR10 static metadata, in x265's syntax: "G(x,y)B(x,y)R(x,y)WP(x,y)L(max,min)" (chromaticity
+    # in 0.00002, luminance in 0.0001 cd/m2) and "MaxCLL,MaxFALL" (cd/m2)
+    mastering_display: str | None = None
+    content_light: str | None = None
 
     @property
     def wide(self) -> bool:
@@ -144,6 +150,25 @@ def tag_stream(codec_context, tags: ColorTags) -> None:
     codec_context.color_range = tags.range
     codec_context.color_primaries = tags.primaries
     codec_context.color_trc = tags.transfer
+
+
+def with_hdr10_metadata(tags: ColorTags, frame: av.VideoFrame) -> ColorTags:
+    """``tags`` plus the HDR10 static metadata a decoded frame carries (FFmpeg's
+    AVMasteringDisplayMetadata: 10 rationals + 2 flags; AVContentLightMetadata: 2 unsigned)."""
+    mastering = light = None
+    for side_data in frame.side_data:
+        name, data = str(side_data.type).rsplit(".", 1)[-1], bytes(side_data)
+        if name == "MASTERING_DISPLAY_METADATA" and len(data) >= 88:
+            values = struct.unpack("<20i2i", data[:88])
+            ratio = [values[i] / values[i + 1] if values[i + 1] else 0.0 for i in range(0, 20, 2)]
+            (rx, ry, gx, gy, bx, by, wx, wy), (low, high) = ratio[:8], ratio[8:]
+            if values[20] and values[21]:  # has primaries and luminance
+                xy = lambda x, y: f"({round(x * 50000)},{round(y * 50000)})"  # noqa: E731
+                mastering = (f"G{xy(gx, gy)}B{xy(bx, by)}R{xy(rx, ry)}WP{xy(wx, wy)}"
+                             f"L({round(high * 10000)},{round(low * 10000)})")
+        elif name == "CONTENT_LIGHT_LEVEL" and len(data) >= 8:
+            light = "{},{}".format(*struct.unpack("<2I", data[:8]))
+    return replace(tags, mastering_display=mastering, content_light=light)
 
 
 def bit_depth_of(pix_fmt: str) -> int:

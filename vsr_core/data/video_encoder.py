@@ -10,6 +10,7 @@ subsampling and bit depth: 10-bit in, 10-bit out), so nothing the input had is l
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass
 
 import av
@@ -87,6 +88,9 @@ class EncoderSettings:
         if not even and not pix_fmt.startswith("yuv444"):
             raise EncoderError(f"pix_fmt: {pix_fmt} needs even frame sizes and the output is {width}x{height}; "
                                f"use a yuv444p format{' or h264/h265' if self.codec == 'av1' else ''}")
+        if (tags.mastering_display or tags.content_light) and self.codec == "h264":
+            raise EncoderError("codec: the input has HDR10 mastering-display / content-light metadata, which "
+                               "x264 cannot write; use h265 or av1 to keep it")
         if tags.hdr and bit_depth_of(pix_fmt) < 10:
             raise EncoderError(f"pix_fmt: the input is HDR ({tags.hdr}); {pix_fmt} has 8 bits, which would band "
                                "and is not HDR; use a 10-bit format such as yuv420p10le (the default)")
@@ -103,13 +107,24 @@ class EncoderSettings:
         raise EncoderError(f"pix_fmt: {self.codec} cannot encode a {tags.bit_depth}-bit {tags.chroma} output of odd "
                            f"size; use h264 or h265")
 
-    def options(self) -> dict[str, str]:
-        """The encoder's AVOptions (after ``resolve``). x265 and SVT-AV1 print a report per segment
-        on stderr unless told otherwise: errors only."""
+    def options(self, tags: ColorTags | None = None) -> dict[str, str]:
+        """The encoder's AVOptions (after ``resolve``), with the HDR10 metadata of ``tags``. x265
+        and SVT-AV1 print a report per segment on stderr unless told otherwise: errors only."""
+        options = {"crf": str(self.crf), "preset": str(self.preset)}
+        mastering, light = (tags.mastering_display, tags.content_light) if tags else (None, None)
+        if self.codec == "h265":
+            # (x265 signals HDR10 by itself when given these; its hdr10=1 made the mp4 muxer fail
+            # now and then on "not yet implemented")
+            params = ["log-level=error"]
+            params += [f"master-display={mastering}"] * bool(mastering) + [f"max-cll={light}"] * bool(light)
+            options["x265-params"] = ":".join(params)
         if self.codec == "av1":
             os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 reads its log level from the environment only
-        quiet = {"h265": {"x265-params": "log-level=error"}}.get(self.codec, {})
-        return {"crf": str(self.crf), "preset": str(self.preset), **quiet}
+            params = [f"mastering-display={_svt_mastering(mastering)}"] * bool(mastering) + \
+                [f"content-light={light}"] * bool(light)
+            if params:
+                options["svtav1-params"] = ":".join(params)
+        return options
 
     def describe(self) -> str:
         """One line for the output's metadata: what made these pixels."""
@@ -117,3 +132,11 @@ class EncoderSettings:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def _svt_mastering(x265_syntax: str) -> str:
+    """x265's integer mastering-display syntax -> SVT-AV1's, the same values as decimals."""
+    numbers = [int(n) for n in re.findall(r"\d+", x265_syntax)]
+    xy = [f"{n / 50000:.5f}" for n in numbers[:8]]
+    return (f"G({xy[0]},{xy[1]})B({xy[2]},{xy[3]})R({xy[4]},{xy[5]})WP({xy[6]},{xy[7]})"
+            f"L({numbers[8] / 10000:.4f},{numbers[9] / 10000:.4f})")

@@ -34,6 +34,7 @@ from vsr_core.data.video_color import (
     tag_stream,
     tags_of,
     to_rgb,
+    with_hdr10_metadata,
 )
 from vsr_core.data.video_encoder import EncoderSettings
 from vsr_core.image_io import InvalidImageError, to_rgb8
@@ -41,6 +42,7 @@ from vsr_core.image_io import InvalidImageError, to_rgb8
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".mov", ".webm")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 DEFAULT_FOLDER_FPS = 25
+MAX_REORDER_FRAMES = 64  # more than any encoder's frame reordering (x265 at most 16 B-frames)
 
 
 class VideoReadError(RuntimeError):
@@ -109,8 +111,9 @@ def probe_video(path) -> VideoInfo:
         height, width = stream.codec_context.height, stream.codec_context.width
         color = _color_of(stream, path)
         rotation = 0
-        try:  # the display rotation is a property of decoded frames: decode the first one
-            rotation = next(container.decode(stream)).rotation
+        try:  # the display rotation and HDR10 metadata come with decoded frames: decode the first one
+            first = next(container.decode(stream))
+            rotation, color = first.rotation, with_hdr10_metadata(color, first)
         except (av.FFmpegError, StopIteration):
             pass  # no frame: iter_timed_frames says so
         if round(rotation / 90) % 2:
@@ -253,7 +256,7 @@ class FrameWriter:
         stream.codec_context.time_base = self.time_base
         stream.time_base = self.time_base
         tag_stream(stream.codec_context, self.color)
-        stream.options = self.settings.options()
+        stream.options = self.settings.options(self.color)
         self._stream = stream
 
     def write(self, frame: np.ndarray, pts: int | None = None) -> None:
@@ -266,14 +269,23 @@ class FrameWriter:
         video_frame = from_rgb(frame, self.color, self.settings.pix_fmt)
         video_frame.pts = self.count if pts is None else pts
         video_frame.time_base = self.time_base
-        for packet in self._stream.encode(video_frame):
-            self._container.mux(packet)
+        self._mux(self._stream.encode(video_frame))
         self.count += 1
+
+    def _mux(self, packets) -> None:
+        # libx265 sometimes gives the first packet of a 1- or 2-frame stream a garbage decoding
+        # time (far below its pts), which the mp4 muxer refuses. Any dts before the next packet's
+        # will do: the join restamps them all (mux.py).
+        frame_ticks = max(1, round(1 / (self.rate * self.time_base)))
+        for packet in packets:
+            if packet.dts is not None and packet.pts is not None and \
+                    packet.pts - packet.dts > MAX_REORDER_FRAMES * frame_ticks:
+                packet.dts = packet.pts - MAX_REORDER_FRAMES * frame_ticks
+            self._container.mux(packet)
 
     def close(self) -> None:
         if self._container is not None:
-            for packet in self._stream.encode():  # flush the encoder's delayed frames
-                self._container.mux(packet)
+            self._mux(self._stream.encode())  # flush the encoder's delayed frames
             self._container.close()
             self._container = None
 
