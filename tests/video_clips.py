@@ -22,7 +22,7 @@ def flat_colors(num_frames: int, seed: int = 0) -> np.ndarray:
 def write_clip(path, rgb_frames, pts=None, time_base=Fraction(1, 25), rate=None, codec="libx264",
                pix_fmt="yuv420p", matrix="bt709", color_range="limited", primaries=1, transfer=1,
                rotation=0, yuv_frames=None, audio=False, chapters=None, metadata=None, subtitles=None,
-               attachment=None, crf: int = 12, options=None):
+               attachment=None, crf: int = 12, options=None, tagged: bool = True):
     """Write ``rgb_frames`` ([T,H,W,3] uint8, converted with ``matrix``/``color_range``) or
     ``yuv_frames`` (lists of raw planes in ``pix_fmt``) at ``pts`` (in ``time_base``), tagged
     with the given colour. ``subtitles``: [(pts_ms, text)]; ``chapters``: [(start_s, end_s, title)]."""
@@ -35,8 +35,11 @@ def write_clip(path, rgb_frames, pts=None, time_base=Fraction(1, 25), rate=None,
         video.width, video.height, video.pix_fmt = width, height, pix_fmt
         video.codec_context.time_base = video.time_base = time_base
         code, space = SPACES[matrix]
+        range_tag = int(RANGES[color_range])
+        if not tagged:  # converted with matrix/color_range, but the file does not say so
+            code, range_tag = 2, 0
         cc = video.codec_context
-        cc.colorspace, cc.color_range, cc.color_primaries, cc.color_trc = code, int(RANGES[color_range]), primaries, transfer
+        cc.colorspace, cc.color_range, cc.color_primaries, cc.color_trc = code, range_tag, primaries, transfer
         video.options = {"crf": str(crf), **(options or {})}
         if rotation:
             video.set_display_rotation(rotation)
@@ -67,7 +70,7 @@ def write_clip(path, rgb_frames, pts=None, time_base=Fraction(1, 25), rate=None,
             else:
                 vf = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(
                     format=pix_fmt, dst_colorspace=space, dst_color_range=RANGES[color_range])
-            vf.colorspace, vf.color_range = code, int(RANGES[color_range])
+            vf.colorspace, vf.color_range = code, range_tag
             vf.color_primaries, vf.color_trc = primaries, transfer
             vf.pts, vf.time_base = t, time_base
             container.mux(video.encode(vf))

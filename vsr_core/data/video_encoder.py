@@ -116,12 +116,12 @@ class EncoderSettings:
             # (x265 signals HDR10 by itself when given these; its hdr10=1 made the mp4 muxer fail
             # now and then on "not yet implemented")
             params = ["log-level=error"]
-            params += [f"master-display={mastering}"] * bool(mastering) + [f"max-cll={light}"] * bool(light)
+            params += ([f"master-display={mastering}"] if mastering else []) + ([f"max-cll={light}"] if light else [])
             options["x265-params"] = ":".join(params)
         if self.codec == "av1":
             os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 reads its log level from the environment only
-            params = [f"mastering-display={_svt_mastering(mastering)}"] * bool(mastering) + \
-                [f"content-light={light}"] * bool(light)
+            params = ([f"mastering-display={_svt_mastering(mastering)}"] if mastering else []) + \
+                ([f"content-light={light}"] if light else [])
             if params:
                 options["svtav1-params"] = ":".join(params)
         return options

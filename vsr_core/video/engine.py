@@ -145,9 +145,10 @@ def upscale_file(
     settings = None
     if is_video:  # fail before any work on a bad choice, not after hours
         settings = (encoder or EncoderSettings()).resolve(info.color, 3 * info.width, 3 * info.height)
-        output = output_container(source if source_is_video else None, output)
-    temporary = work_folder is None and default_work_folder(output) is None
-    folder = Path(tempfile.mkdtemp(prefix="vsr-work-")) if temporary else Path(work_folder or default_work_folder(output))
+    requested, output = output, output_container(source if source_is_video and is_video else None, output)
+    # the work folder is named after the output asked for (what a Ctrl-C message and --resume use)
+    temporary = work_folder is None and default_work_folder(requested) is None
+    folder = Path(tempfile.mkdtemp(prefix="vsr-work-")) if temporary else Path(work_folder or default_work_folder(requested))
     # Segments are mp4 whatever the output: it stores the decoding timestamps the join needs (mkv does not).
     work = WorkFolder(folder, SEGMENT_SUFFIX if is_video else "")
     if chunk_frames is None:  # a resumed run keeps its chunks; a new one sizes them for its workers
@@ -157,8 +158,8 @@ def upscale_file(
     chunks = plan_chunks(timestamps, chunk_frames)
     options = {"batch_size": upscaler.batch_size, "tile": upscaler.tile, "tile_overlap": upscaler.tile_overlap,
                "max_frames": max_frames, "preview": list(preview) if preview else None,
-               "output_kind": Path(output).suffix.lower() if is_video else "frames", "encoder": settings.as_dict() if settings else None,
-               "color": info.color.as_dict()}
+               "output_kind": Path(output).suffix.lower() if is_video else "frames",
+               "encoder": settings.as_dict() if settings else None, "color": info.color.as_dict()}
     work.open(plan_record(source, storage.size(source) if not Path(source).is_dir() else 0, total, chunk_frames,
                           model_fingerprint(upscaler.model), options), resume)
     todo = [chunk for chunk in chunks if not work.is_done(chunk)]
