@@ -70,16 +70,18 @@ class Client:
             sys.exit(f"error: HTTP {response.status_code} {message}")
         return response
 
-    def upload(self, path: str, clip: Path) -> requests.Response:
+    def upload(self, path: str, clip: Path, options: dict | None = None) -> requests.Response:
         with tqdm(total=clip.stat().st_size, unit="B", unit_scale=True, desc="upload") as bar:
             body = _ProgressFile(clip, bar)
             try:
-                return self.request("POST", path, data=body, stream=True, params={"filename": clip.name},
+                return self.request("POST", path, data=body, stream=True, params={"filename": clip.name, **(options or {})},
                                     headers={"Content-Type": "video/mp4"})
             finally:
                 body.close()
 
-    def download(self, response: requests.Response, output: Path) -> None:
+    def download(self, response: requests.Response, output: Path) -> Path:
+        if response.headers.get("Content-Type") == "video/x-matroska" and output.suffix.lower() != ".mkv":
+            output = output.with_suffix(".mkv")  # the input had streams an mp4 cannot hold
         total = int(response.headers.get("Content-Length", 0)) or None
         partial = output.with_name(output.name + ".partial")
         with open(partial, "wb") as f, tqdm(total=total, unit="B", unit_scale=True, desc="download") as bar:
@@ -87,6 +89,7 @@ class Client:
                 f.write(chunk)
                 bar.update(len(chunk))
         partial.replace(output)  # never a half-written file under the real name
+        return output
 
 
 def upscale_window(client: Client, frames: list[Path], output: Path) -> None:
@@ -98,7 +101,7 @@ def upscale_window(client: Client, frames: list[Path], output: Path) -> None:
 
 def upscale_video(client: Client, clip: Path, output: Path) -> None:
     response = client.upload("/v1/upscale/video", clip)
-    client.download(response, output)
+    output = client.download(response, output)
     frames, fps = response.headers.get("X-VSR-Frames"), response.headers.get("X-VSR-FPS")
     print(f"{output}: {frames} frames at {fps} fps (model step {response.headers.get('X-VSR-Step')})")
 
@@ -119,7 +122,11 @@ def wait_for_job(client: Client, job_id: str) -> dict:
 
 def job_command(client: Client, args: argparse.Namespace) -> None:
     if args.action == "submit":
-        job = client.upload("/v1/jobs", args.target).json()
+        options = {k: v for k, v in (("codec", args.codec), ("crf", args.crf), ("preset", args.preset),
+                                     ("pix_fmt", args.pix_fmt)) if v is not None}
+        if args.preview:
+            options.update(preview_start=args.preview[0], preview_duration=args.preview[1])
+        job = client.upload("/v1/jobs", args.target, options).json()
         print(f"job {job['id']}: {job['frames_total']} frames queued")
         if not args.wait:
             return
@@ -128,15 +135,18 @@ def job_command(client: Client, args: argparse.Namespace) -> None:
         job = wait_for_job(client, str(args.target))
         if job["state"] != "done":
             sys.exit(f"job {job['id']} {job['state']}" + (f": {job['error']}" if job.get("error") else ""))
-        print(f"job {job['id']} done: {job['frames_total']} frames on {job['nodes']} node(s)")
+        print(f"job {job['id']} done: {job['frames_total']} frames on {job['nodes']} node(s); {job.get('encoder')}")
+        if job.get("projection"):
+            p = job["projection"]
+            print(f"preview: {p['fps']:.2f} frames/s; the whole video ({p['total_frames']} frames) would take about "
+                  f"{p['projected_seconds'] or 0:.0f} s and {p['projected_bytes'] / 1e6:.1f} MB")
         if args.output is None:
             return
     if args.action in ("submit", "wait", "download"):
         if args.output is None:
             sys.exit("error: give -o OUTPUT.mp4")
         job_id = job["id"] if args.action != "download" else str(args.target)
-        client.download(client.request("GET", f"/v1/jobs/{job_id}/result", stream=True), args.output)
-        print(f"{args.output}")
+        print(client.download(client.request("GET", f"/v1/jobs/{job_id}/result", stream=True), args.output))
     elif args.action == "cancel":
         print(json.dumps(client.request("DELETE", f"/v1/jobs/{args.target}").json()))
     elif args.action == "list":
@@ -159,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("target", nargs="?", help="the video file (submit) or the job id")
     job.add_argument("-o", "--output", type=Path, help="where to save the result (submit --wait, wait, download)")
     job.add_argument("--wait", action="store_true", help="submit: then wait with a progress bar")
+    job.add_argument("--codec", help="submit: h264, h265 or av1 (as vsr upscale)")
+    job.add_argument("--crf", type=int, help="submit: encoder quality")
+    job.add_argument("--preset", help="submit: encoder preset")
+    job.add_argument("--pix-fmt", help="submit: output pixel format")
+    job.add_argument("--preview", type=float, nargs=2, metavar=("START", "DURATION"),
+                     help="submit: only this stretch (seconds), with a projection for the whole video")
     video = commands.add_parser("video", help="a short mp4 clip -> 3x mp4 clip, in one request")
     video.add_argument("clip", type=Path)
     video.add_argument("-o", "--output", type=Path, required=True)

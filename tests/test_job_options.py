@@ -25,3 +25,29 @@ def test_query_strings_and_json_values_give_the_same_options():
 def test_bad_fields_are_named(fields, match):
     with pytest.raises(ValueError, match=match):
         video_options(fields)
+
+
+def test_the_client_sends_the_fields_and_saves_an_mkv_result_as_mkv(tmp_path, monkeypatch):
+    import requests
+
+    from serve import client as cli
+
+    sent = {}
+
+    def upload(self, path, clip, options=None):
+        sent.update(path=path, options=options)
+        response = requests.Response()
+        response.status_code, response._content = 202, b'{"id": "abc", "frames_total": 10}'
+        return response
+
+    monkeypatch.setattr(cli.Client, "upload", upload)
+    cli.main(["job", "submit", str(tmp_path / "film.mkv"), "--codec", "h265", "--crf", "22", "--preview", "5", "2"])
+    assert sent == {"path": "/v1/jobs", "options": {"codec": "h265", "crf": 22, "preview_start": 5.0,
+                                                    "preview_duration": 2.0}}
+    assert video_options(sent["options"])["preview"] == [5.0, 2.0]
+    result = requests.Response()
+    result.status_code, result.headers["Content-Type"], result._content = 200, "video/x-matroska", b"MKV"
+    result.raw = None
+    monkeypatch.setattr(requests.Response, "iter_content", lambda self, size: iter([b"MKV"]))
+    saved = cli.Client("http://127.0.0.1:1", None, 1).download(result, tmp_path / "out.mp4")
+    assert saved == tmp_path / "out.mkv" and saved.read_bytes() == b"MKV"

@@ -325,7 +325,7 @@
     const resultUrl = track(URL.createObjectURL(blob));
     const link = $('download-video');
     link.href = resultUrl;
-    link.download = `${state.stem}_x3.mp4`;
+    link.download = `${state.stem}_x3${blob.type === 'video/x-matroska' ? '.mkv' : '.mp4'}`;
     showResult();
     const frame = $('frame');
     frame.max = String(state.frames - 1);
