@@ -220,7 +220,9 @@ def test_subtitles_chapters_and_metadata_are_copied(tmp_path, bicubic):
         assert out.streams.audio[0].codec_context.name == "aac"
 
 
-def test_streams_an_mp4_cannot_hold_give_an_mkv(tmp_path, bicubic):
+def test_streams_an_mp4_cannot_hold_give_an_mkv(tmp_path, bicubic, capsys):
+    from vsr_core.cli import main
+
     source = write_clip(tmp_path / "in.mkv", make_clip(10, 24, 32), chapters=CHAPTERS[:2],
                         subtitles=[(80, "Hello"), (200, "World")],
                         attachment=("font.ttf", "application/x-truetype-font", b"FONTDATA" * 8))
@@ -233,6 +235,9 @@ def test_streams_an_mp4_cannot_hold_give_an_mkv(tmp_path, bicubic):
     with av.open(str(tmp_path / "out.mkv")) as out:
         attachments = [s for s in out.streams if s.type == "attachment"]
         assert [(a.metadata["filename"], a.data) for a in attachments] == [("font.ttf", b"FONTDATA" * 8)]
+    assert main(["upscale", str(source), str(tmp_path / "cli.mp4"), "--bicubic", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out  # said at the start, not only at the end
+    assert f"note: writing {tmp_path / 'cli.mkv'} instead of {tmp_path / 'cli.mp4'}" in printed.splitlines()[1]
 
 
 # --- encoder control ---------------------------------------------------------------------------

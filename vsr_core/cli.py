@@ -63,6 +63,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     where = f"on {pool.size()} Ray workers" if pool else \
         f"on {upscaler.device}"
     print(f"upscaling {args.input} {where}", flush=True)
+    _say_if_matroska(args.input, args.output)
     bar = tqdm(total=None, unit="frame", desc="upscale", dynamic_ncols=True)
 
     def show(progress) -> None:  # frames done across all workers
@@ -93,6 +94,18 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         print(f"preview: {p.fps:.2f} frames/s; the whole video ({p.total_frames} frames) would take about "
               f"{_duration(p.projected_seconds)} and {p.projected_bytes / 1e6:.1f} MB")
     return 0
+
+
+def _say_if_matroska(source: str, output: str) -> None:
+    """Say at the start, not after hours, when the output will be an .mkv instead of an .mp4."""
+    from pathlib import Path
+
+    from vsr_core.video.mux import output_container, streams_mp4_cannot_hold
+
+    if Path(source).is_dir() or (target := output_container(source, output)) == output:
+        return
+    print(f"note: writing {target} instead of {output}: {Path(output).suffix} cannot hold the input's "
+          f"{', '.join(streams_mp4_cannot_hold(source))}", flush=True)
 
 
 def _duration(seconds: float | None) -> str:

@@ -108,7 +108,7 @@ def output_container(source: str | None, output: str) -> str:
     if not lost:
         return output
     matroska = output[: -len(suffix)] + ".mkv"
-    logger.warning("%s cannot hold the input's %s: writing %s instead", suffix, ", ".join(lost), matroska)
+    logger.info("%s cannot hold the input's %s: writing %s instead", suffix, ", ".join(lost), matroska)
     return matroska
 
 
