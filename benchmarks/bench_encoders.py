@@ -5,7 +5,9 @@ setting, measured round-robin. For each: encoding time per frame as a share of t
 time per frame (the ``small`` preset on the same LR frames, measured in the same run: the
 share of a job the encoder costs), the file size relative to the old default (H.264 CRF 18
 ``medium``) and the PSNR of the decoded frames against the frames that were encoded (what
-the encoder loses; left out for a codec this FFmpeg build cannot decode).
+the encoder loses; left out for a codec this FFmpeg build cannot decode). Also what the exact
+colour conversions (the input's matrix and range, accurate rounding: ``video_color``) cost
+against FFmpeg's default conversion, per LR frame decoded and per 3x frame encoded.
 
     python benchmarks/bench_encoders.py [--full]      (quick: 12 frames; full: 36 frames, 3 repeats)
 """
@@ -21,6 +23,7 @@ import torch
 from common import Report, header, measure
 from vsr_core.archs import VSRPPPv2
 from vsr_core.data.samples import DEFAULT_VAL_CLIP, sample_clip
+from vsr_core.data.video_color import ColorTags, from_rgb
 from vsr_core.data.video_encoder import EncoderSettings, available_codecs
 from vsr_core.data.video_io import FrameWriter, read_frames
 from vsr_core.inference import Upscaler
@@ -40,6 +43,30 @@ def encode(frames: np.ndarray, path: Path, settings: EncoderSettings) -> None:
     with FrameWriter(path, 25, encoder=settings) as writer:
         for frame in frames:
             writer.write(frame)
+
+
+def conversions(report: Report, lr: np.ndarray, frames: np.ndarray, model_per_frame: float, repeats: int) -> None:
+    """Exact colour conversion (video_color) against FFmpeg's default, both directions."""
+    import av
+
+    tags = ColorTags()  # BT.709 limited
+    yuv = [av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format="yuv420p") for f in lr]
+    for frame in yuv:
+        frame.colorspace, frame.color_range = tags.matrix, tags.range
+    from vsr_core.data.video_color import to_rgb
+
+    timings = measure({
+        "decode default": lambda: [f.to_ndarray(format="rgb24") for f in yuv],
+        "decode exact": lambda: [to_rgb(f, tags) for f in yuv],
+        "encode default": lambda: [av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format="yuv420p")
+                                   for f in frames],
+        "encode exact": lambda: [from_rgb(f, tags, "yuv420p") for f in frames],
+    }, repeats=max(3, repeats), warmup=1)
+    for direction, size in (("decode", "LR"), ("encode", "3x")):
+        exact, default = timings[f"{direction} exact"].median, timings[f"{direction} default"].median
+        report.add(f"exact colour conversion per {size} frame ({direction})", exact / len(frames) * 1000, "ms",
+                   "model per frame", exact / len(frames) / model_per_frame,
+                   note=f"FFmpeg's default: {default / len(frames) * 1000:.1f} ms")
 
 
 def main(argv: list[str] | None = None) -> Report:
@@ -75,6 +102,7 @@ def main(argv: list[str] | None = None) -> Report:
                 continue
             quality = float(np.mean([psnr(a, b) for a, b in zip(decoded, frames)]))
             report.add(f"{name}: PSNR vs the frames encoded", quality, "dB")
+        conversions(report, lr, frames, model_per_frame, repeats)
         report.details.update({"frames": count, "size": f"{frames.shape[2]}x{frames.shape[1]}", "repeats": repeats,
                                "timings": timings})
     print(f"wrote {report.write()}")
