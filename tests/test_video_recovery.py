@@ -133,7 +133,7 @@ def test_the_output_check_refuses_a_video_of_another_duration(tmp_path, upscaler
 
     real = engine.join_segments
 
-    def stretched(segments, timestamps, *args):  # every frame one tick later than the input's, the last 2 later
+    def stretched(segments, timestamps, *args):  # the last frame 2 frames (1024 ticks of 1/12800 s) late
         return real(segments, [*timestamps[:-1], timestamps[-1] + 2 * 512], *args)
 
     monkeypatch.setattr(engine, "join_segments", stretched)
