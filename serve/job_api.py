@@ -157,6 +157,10 @@ class JobApi:
             if max_frames is not None and (info.num_frames or 0) > max_frames:
                 raise ApiError(413, "too_many_frames", f"the clip has {info.num_frames} frames; the limit here is "
                                f"{max_frames} (use POST /v1/jobs for long videos)")
+            preview = video_options["preview"]
+            if preview and info.duration and preview[0] >= info.duration:
+                raise ApiError(400, "invalid_option", f"preview_start: {preview[0]} s is after the end of the "
+                               f"video ({info.duration:.2f} s)")
             options = {"device": settings.device, "batch_size": settings.batch_size, "tile": settings.tile,
                        "tile_overlap": settings.tile_overlap, "chunk_frames": settings.job_chunk_frames,
                        "workers": settings.job_workers, "cpus_per_worker": settings.job_cpus_per_worker,

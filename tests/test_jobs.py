@@ -141,6 +141,10 @@ def test_a_job_takes_encoder_and_preview_fields_and_gives_an_mkv_when_needed(ser
                         headers={"Content-Type": "video/mp4", **ALICE}, timeout=30)
     assert bad.status_code == 400 and bad.json()["error"] == "invalid_option" and "crf" in bad.json()["detail"]
     source = write_tagged_clip(tmp_path / "film.mkv", make_clip(50, 24, 32), subtitles=[(500, "Hello")])
+    late = requests.post(server.url + "/v1/jobs", data=source.read_bytes(),
+                         params={"filename": "film.mkv", "preview_start": "60", "preview_duration": "1"},
+                         headers={"Content-Type": "video/x-matroska", **ALICE}, timeout=60)
+    assert late.status_code == 400 and late.json()["detail"].startswith("preview_start: 60.0 s is after the end")
     response = requests.post(server.url + "/v1/jobs", data=source.read_bytes(),
                              params={"filename": "film.mkv", "codec": "h265", "crf": "24", "preset": "fast",
                                      "preview_start": "0.4", "preview_duration": "0.4"},

@@ -59,6 +59,7 @@ class VideoInfo:
     frame_rate: Fraction = Fraction(DEFAULT_FOLDER_FPS)  # exact average rate, e.g. 24000/1001
     color: ColorTags = ColorTags()  # a frame folder: 8-bit sRGB-ish PNGs, written as BT.709
     rotation: int = 0  # display rotation (counter-clockwise degrees); height/width are upright
+    duration: float | None = None  # seconds, as the container says (None when it does not)
 
 
 def _frame_files(folder: Path) -> list[Path]:
@@ -118,8 +119,9 @@ def probe_video(path) -> VideoInfo:
             pass  # no frame: iter_timed_frames says so
         if round(rotation / 90) % 2:
             height, width = width, height
+        duration = container.duration / av.time_base if container.duration else None
         return VideoInfo(float(rate), stream.frames or None, height, width,
-                         stream.time_base or Fraction(1, DEFAULT_FOLDER_FPS), Fraction(rate), color, rotation)
+                         stream.time_base or Fraction(1, DEFAULT_FOLDER_FPS), Fraction(rate), color, rotation, duration)
 
 
 def _color_of(stream, path) -> ColorTags:
