@@ -124,6 +124,19 @@ def test_10_bit_input_gives_10_bit_output_without_truncation(tmp_path, bicubic):
                      tmp_path / "pq8.mkv", bicubic, encoder=EncoderSettings(pix_fmt="yuv420p"))
 
 
+def test_10_bit_input_to_a_frame_folder_gives_16_bit_pngs(tmp_path, bicubic):
+    source = write_clip(tmp_path / "in.mkv", None, yuv_frames=ten_bit_frames(3), pix_fmt="yuv420p10le", crf=0)
+    upscale_file(source, tmp_path / "frames", bicubic)
+    pngs = sorted((tmp_path / "frames").glob("*.png"))
+    frames = []
+    for png in pngs:  # read with FFmpeg: Pillow reads 16-bit RGB as 8-bit
+        with av.open(str(png)) as container:
+            frames.append(next(container.decode(video=0)).to_ndarray(format="rgb48le"))
+    frames = np.stack(frames)
+    assert len(pngs) == 3 and frames.dtype == np.uint16 and frames.shape[1:] == (144, 192, 3)
+    assert np.array_equal(frames, np.stack(list(bicubic.stream(iter(read_frames(source, deep=True))))))
+
+
 @pytest.mark.parametrize("transfer", [16, 18])  # PQ, HLG
 def test_hdr_transfer_is_kept_end_to_end(tmp_path, bicubic, transfer):
     source = write_clip(tmp_path / "in.mkv", None, yuv_frames=ten_bit_frames(3, seed=transfer),

@@ -216,6 +216,14 @@ def as_rate(fps: float | Fraction) -> Fraction:
     return fps if isinstance(fps, Fraction) else Fraction(fps).limit_denominator(1001)
 
 
+def png16(frame: np.ndarray) -> bytes:
+    """A 16-bit RGB PNG of an HxWx3 uint16 frame (Pillow writes 8-bit RGB only)."""
+    context = av.CodecContext.create("png", "w")
+    context.width, context.height, context.pix_fmt = frame.shape[1], frame.shape[0], "rgb48be"
+    image = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb48le").reformat(format="rgb48be")
+    return b"".join(bytes(packet) for packet in [*context.encode(image), *context.encode()])
+
+
 class FrameWriter:
     """Write frames to a video (``encoder``: codec, CRF, preset, pixel format; default H.264 at
     the quality defaults of ``video_encoder``) or, for a path without a video extension, to a
@@ -263,7 +271,11 @@ class FrameWriter:
 
     def write(self, frame: np.ndarray, pts: int | None = None) -> None:
         if not self.is_video:
-            iio.imwrite(self.path / f"{self.first_index + self.count:06d}.png", frame)
+            target = self.path / f"{self.first_index + self.count:06d}.png"
+            if frame.dtype == np.uint16:
+                target.write_bytes(png16(frame))
+            else:
+                iio.imwrite(target, frame)
             self.count += 1
             return
         if self._container is None:
