@@ -200,6 +200,28 @@ def test_a_rotated_phone_clip_comes_out_upright(tmp_path, bicubic):
     assert out[-30:, :30].mean() > 200 and out[:30, :30].mean() < 60 and out[-30:, -30:].mean() < 60
 
 
+@pytest.mark.parametrize("rotation,hflip,corner", [(0, True, "top-right"), (90, True, "bottom-right"),
+                                                   (180, False, "bottom-right"), (270, False, "top-right")])
+def test_mirrored_and_turned_clips_come_out_as_shown(tmp_path, bicubic, rotation, hflip, corner):
+    frames = np.full((2, 48, 64, 3), 40, np.uint8)
+    frames[:, :12, :16] = 230  # the bright block is stored top-left; where a player shows it:
+    source = tmp_path / "in.mp4"
+    with av.open(str(source), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.set_display_rotation(rotation, hflip=hflip)  # turn counter-clockwise, then mirror
+        for i, frame in enumerate(frames):
+            video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            video_frame.pts = i
+            container.mux(stream.encode(video_frame))
+        container.mux(stream.encode())
+    upscale_file(source, tmp_path / "out.mp4", bicubic)
+    out = read_frames(tmp_path / "out.mp4")[0].mean(axis=2)
+    rows, cols = (slice(-30, None) if "bottom" in corner else slice(0, 30)), \
+        (slice(-30, None) if "right" in corner else slice(0, 30))
+    assert out[rows, cols].mean() > 200 and (out > 150).mean() < 0.1
+
+
 # --- other streams ---------------------------------------------------------------------------
 CHAPTERS = [(0.0, 0.4, "Opening"), (0.4, 0.8, "Middle"), (0.8, 1.0, "End")]
 

@@ -131,8 +131,26 @@ def to_rgb(frame: av.VideoFrame, tags: ColorTags, deep: bool = True) -> np.ndarr
     else:
         rgb = frame.to_ndarray(format=rgb_format, src_colorspace=MATRICES[tags.matrix][1],
                                src_color_range=ColorRange(tags.range), interpolation=ACCURATE)
-    turns = round(frame.rotation / 90) % 4  # counter-clockwise quarter turns for display
-    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
+    return upright(rgb, frame)
+
+
+def upright(rgb: np.ndarray, frame: av.VideoFrame) -> np.ndarray:
+    """``rgb`` as the frame's display matrix shows it: quarter turns and mirroring (phones; front
+    cameras). The matrix maps stored (x, y) to shown (a*x + c*y, b*x + d*y) plus a shift."""
+    matrix = next((bytes(sd) for sd in frame.side_data if str(sd.type).endswith("DISPLAYMATRIX")), None)
+    if matrix is None or len(matrix) < 36:
+        return rgb
+    a, b, _, c, d = (int(np.sign(v)) for v in struct.unpack("<5i", matrix[:20]))
+    if a == d == 0 and b and c:  # a quarter turn: x and y swap
+        out = np.swapaxes(rgb, 0, 1)
+        out = out[:, ::-1] if c < 0 else out
+        out = out[::-1] if b < 0 else out
+    elif b == c == 0 and a and d:
+        out = rgb[:, ::-1] if a < 0 else rgb
+        out = out[::-1] if d < 0 else out
+    else:  # not a multiple of 90 degrees: the nearest quarter turn
+        out = np.rot90(rgb, round(frame.rotation / 90) % 4)
+    return out if out is rgb else np.ascontiguousarray(out)
 
 
 def from_rgb(rgb: np.ndarray, tags: ColorTags, pix_fmt: str) -> av.VideoFrame:
