@@ -10,7 +10,7 @@ import av
 import numpy as np
 import pytest
 
-from conftest import make_clip
+from conftest import make_clip, random_model
 from video_clips import flat_clip_frames, flat_colors, video_facts, write_clip, yuv_planes
 from vsr_core.data.video_encoder import EncoderError, EncoderSettings
 from vsr_core.data.video_io import probe_video, read_frames
@@ -319,6 +319,11 @@ def test_preview_upscales_a_stretch_and_projects_the_whole(tmp_path, bicubic, ca
     assert projection.frames == 10 and projection.total_frames == 50 and projection.fps > 0
     size = (tmp_path / "p.mp4").stat().st_size
     assert 4 * size <= projection.projected_bytes <= 6 * size  # 2 s of video against 0.4 s
+    # the preview's frames are the whole run's frames (its windows read the frames around it)
+    model = Upscaler(random_model("tiny"), device="cpu", batch_size=4)
+    upscale_file(source, tmp_path / "preview_frames", model, preview=(0.4, 0.4), chunk_frames=4)
+    whole = np.stack(list(model.stream(iter(read_frames(source)))))
+    assert np.array_equal(read_frames(tmp_path / "preview_frames"), whole[10:20])
     assert main(["upscale", str(source), str(tmp_path / "cli.mp4"), "--bicubic", "--device", "cpu",
                  "--preview", "1", "0.2"]) == 0
     printed = capsys.readouterr().out

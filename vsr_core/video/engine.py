@@ -155,7 +155,11 @@ def upscale_file(
         chunk_frames = work.planned().get("chunk_frames") if resume else None
         chunk_frames = chunk_frames or auto_chunk_frames(total, ray_pool.size() if ray_pool else 1)
     chunk_frames = round_chunk_frames(chunk_frames, upscaler.batch_size)
-    chunks = plan_chunks(timestamps, chunk_frames)
+    # A preview's windows read the frames around it, so its frames are the whole run's frames;
+    # a --max-frames run is a clip of its own (its last frames reflect, as a cut clip's do).
+    clip = all_timestamps if preview is not None else timestamps
+    chunks = plan_chunks(clip, chunk_frames, first if preview is not None else 0,
+                         stop if preview is not None else total)
     options = {"batch_size": upscaler.batch_size, "tile": upscaler.tile, "tile_overlap": upscaler.tile_overlap,
                "max_frames": max_frames, "preview": list(preview) if preview else None,
                "output_kind": Path(output).suffix.lower() if is_video else "frames",
@@ -190,7 +194,7 @@ def upscale_file(
         report(0)
 
     report(0)
-    run_args = dict(source=source, total=total, rate=info.frame_rate, time_base=info.time_base, suffix=work.suffix,
+    run_args = dict(source=source, total=len(clip), rate=info.frame_rate, time_base=info.time_base, suffix=work.suffix,
                     encoder=settings, color=info.color)
     if ray_pool is not None:
         from vsr_core.video.on_ray import run_chunks_on_ray  # imports Ray only when it is used
@@ -200,7 +204,7 @@ def upscale_file(
         for chunk in todo:
             if should_stop():
                 raise JobCancelled("cancelled")
-            run_chunk(upscaler, source, chunk, total, work.partial_path(chunk), info.frame_rate, info.time_base,
+            run_chunk(upscaler, source, chunk, len(clip), work.partial_path(chunk), info.frame_rate, info.time_base,
                       on_frame=report, encoder=settings, color=info.color)
             chunk_done(chunk)
     metadata = {"encoder": settings.describe(), "color": " ".join(f"{k}={v}" for k, v in info.color.describe().items()),

@@ -63,12 +63,15 @@ def auto_chunk_frames(total: int, workers: int) -> int:
     return max(MIN_AUTO_CHUNK_FRAMES, min(DEFAULT_CHUNK_FRAMES, share))
 
 
-def plan_chunks(timestamps: list[int], chunk_frames: int) -> list[Chunk]:
-    """Chunks of ``chunk_frames`` output frames over a clip whose frames have these pts."""
+def plan_chunks(timestamps: list[int], chunk_frames: int, begin: int = 0, end: int | None = None) -> list[Chunk]:
+    """Chunks of ``chunk_frames`` output frames over a clip whose frames have these pts: all of
+    them, or the output frames ``[begin, end)`` (a preview: its windows still read the frames
+    around it)."""
     total = len(timestamps)
+    end = total if end is None else end
     chunks = []
-    for index, start in enumerate(range(0, total, chunk_frames)):
-        stop = min(total, start + chunk_frames)
+    for index, start in enumerate(range(begin, end, chunk_frames)):
+        stop = min(end, start + chunk_frames)
         first, last = max(0, start - CENTER), min(total, stop + CENTER)
         chunks.append(Chunk(index, start, stop, first, last, timestamps[first]))
     return chunks
