@@ -155,7 +155,8 @@ class JobApi:
                 raise ApiError(413, "too_many_frames", f"the clip has {info.num_frames} frames; the limit here is "
                                f"{max_frames} (use POST /v1/jobs for long videos)")
             options = {"device": settings.device, "batch_size": settings.batch_size, "tile": settings.tile,
-                       "tile_overlap": settings.tile_overlap, "chunk_frames": settings.job_chunk_frames,
+                       "tile_overlap": settings.tile_overlap, "memory_budget": settings.memory_budget,
+                       "chunk_frames": settings.job_chunk_frames,
                        "workers": settings.job_workers, "cpus_per_worker": settings.job_cpus_per_worker,
                        "gpus_per_worker": settings.job_gpus_per_worker}
             record = jobs.JobRecord(job_id, owner, source, name, str(loaded.path), options,
