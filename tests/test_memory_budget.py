@@ -39,7 +39,7 @@ windows = torch.rand(1, 5, 3, height, width, generator=torch.Generator().manual_
 plan = upscaler.memory.plan(1, height, width)
 np.save(out_path, upscaler.upscale_windows(windows).numpy())
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"peak": peak, "tile": plan.tile, "baseline": upscaler.memory.baseline_bytes}))
+print(json.dumps({"peak": peak, "tile": [plan.tile_height, plan.tile_width], "baseline": upscaler.memory.baseline_bytes}))
 """
 
 
@@ -58,7 +58,7 @@ def test_full_preset_stays_under_its_budget_by_measured_peak_rss(tmp_path):
     height, width = 120, 320
     budget = 1024 * MiB
     result = run_child(height, width, budget, tmp_path / "tiled.npy")
-    assert 0 < result["tile"] < width, result  # the budget made it tile
+    assert result["tile"][0] > 0, result  # the budget made it tile
     assert result["peak"] <= budget, f"peak RSS {result['peak'] / MiB:.0f} MiB > budget {budget / MiB:.0f} MiB"
 
     windows = torch.rand(1, 5, 3, height, width, generator=torch.Generator().manual_seed(0))
@@ -81,8 +81,8 @@ def test_the_largest_allowed_frame_fits_the_default_replica_budget_in_tiles():
     planner = MemoryPlanner(model, 2 * 1024**3, baseline_bytes=600 * MiB, tile_overlap=32,
                             reserve_bytes=256 * MiB)
     plan = planner.plan(1, height, width)
-    assert 32 < plan.tile < width and plan.windows == 1
-    tile_pass = min(plan.tile, height) * min(plan.tile, width) * planner.per_pixel
+    assert plan.tiled and plan.windows == 1 and 32 < plan.tile_height <= height and 32 < plan.tile_width <= width
+    tile_pass = plan.tile_height * plan.tile_width * planner.per_pixel
     frames = height * width * FRAME_BYTES_PER_PIXEL
     assert planner.baseline_bytes + planner.reserve_bytes + frames + tile_pass <= planner.budget_bytes
     # two windows of this size: only one gathered per call (each one tiled)
@@ -95,10 +95,11 @@ def test_batches_split_before_they_tile_and_a_too_small_budget_names_itself():
     per_window = 64 * 64 * (planner.per_pixel + FRAME_BYTES_PER_PIXEL)
     most = planner.available_bytes // per_window
     plan = planner.plan(int(most) + 5, 64, 64)
-    assert plan.tile == 0 and 1 <= plan.windows <= most  # split into passes, whole frames
+    assert not plan.tiled and 1 <= plan.windows <= most  # split into passes, whole frames
     assert planner.windows_that_fit(64, 64, 10**6) == most  # gathered: all in one pass
     explicit = MemoryPlanner(model, 1024 * MiB, 500 * MiB, tile_overlap=8, max_tile=40)
-    assert explicit.plan(1, 64, 64).tile == 40  # an explicit tile is an upper bound
+    plan = explicit.plan(1, 64, 64)
+    assert plan.tiled and max(plan.tile_height, plan.tile_width) <= 40  # an explicit tile is an upper bound
     tight = MemoryPlanner(model, 600 * MiB, baseline_bytes=500 * MiB, tile_overlap=32)
     with pytest.raises(MemoryBudgetError, match=r"memory budget 600 MiB is too small .* 1280x720"):
         tight.plan(1, 720, 1280)
@@ -116,7 +117,8 @@ def test_budgeted_windows_stream_and_batches_match_unbudgeted():
     # a planner with a known baseline, so that the plan does not depend on this process's RSS
     budget = h * w * FRAME_BYTES_PER_PIXEL + 44 * 44 * activation_bytes_per_pixel(model) + 64 * MiB
     budgeted.memory = MemoryPlanner(model, budget, baseline_bytes=0, tile_overlap=20)
-    assert budgeted.memory.plan(1, h, w).tile == 44 and not budgeted.reuses_features(h, w)
+    plan = budgeted.memory.plan(1, h, w)
+    assert plan.tiled and plan.tile_height * plan.tile_width <= 44 * 44 and not budgeted.reuses_features(h, w)
     windows = torch.rand(3, 5, 3, h, w, generator=torch.Generator().manual_seed(1))
     with pytest.raises(MemoryBudgetError):
         budgeted.upscale_windows(windows)  # three frames' buffers do not fit: the caller must split

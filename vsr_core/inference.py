@@ -150,23 +150,24 @@ class Upscaler:
         """[B,5,3,H,W] float in [0,1] -> [B,3,3H,3W] in [0,1] (on the Upscaler's device)."""
         windows = windows.to(self.device, non_blocking=True)
         b, h, w = windows.shape[0], *windows.shape[-2:]
-        plan = self.memory.plan(b, h, w) if self.memory is not None else PassPlan(b, self.tile)
+        plan = self.memory.plan(b, h, w) if self.memory is not None else PassPlan(b, self.tile, self.tile)
         if plan.windows >= b:
-            return self._upscale_pass(windows, plan.tile)
+            return self._upscale_pass(windows, plan.tile_height, plan.tile_width)
         out = torch.empty(b, 3, h * SCALE, w * SCALE, device=self.device)
         for i in range(0, b, plan.windows):
-            out[i : i + plan.windows] = self._upscale_pass(windows[i : i + plan.windows], plan.tile)
+            out[i : i + plan.windows] = self._upscale_pass(windows[i : i + plan.windows], plan.tile_height,
+                                                           plan.tile_width)
         return out
 
-    def _upscale_pass(self, windows: torch.Tensor, tile: int) -> torch.Tensor:
+    def _upscale_pass(self, windows: torch.Tensor, tile_height: int, tile_width: int) -> torch.Tensor:
         h, w = windows.shape[-2:]
-        if not tile or (h <= tile and w <= tile):
+        if not tile_height or (h <= tile_height and w <= tile_width):
             return self._run_model(windows).clamp_(0, 1)
         out = torch.zeros(windows.shape[0], 3, h * SCALE, w * SCALE, device=self.device)
         weight_sum = torch.zeros(1, 1, h * SCALE, w * SCALE, device=self.device)
-        for y in _tile_starts(h, tile, self.tile_overlap):
-            for x in _tile_starts(w, tile, self.tile_overlap):
-                th, tw = min(tile, h), min(tile, w)
+        th, tw = min(tile_height, h), min(tile_width, w)
+        for y in _tile_starts(h, th, self.tile_overlap):
+            for x in _tile_starts(w, tw, self.tile_overlap):
                 pred = self._run_model(windows[..., y : y + th, x : x + tw])
                 wy = _blend_ramp(th, y, h, self.tile_overlap, self.device)
                 wx = _blend_ramp(tw, x, w, self.tile_overlap, self.device)

@@ -51,7 +51,17 @@ class MemoryBudgetError(MemoryError):
 @dataclass(frozen=True)
 class PassPlan:
     windows: int  # windows per forward pass
-    tile: int  # LR tile size (square), 0 = whole frames
+    tile_height: int = 0  # LR pixels of a tile's rows; 0 = whole frames
+    tile_width: int = 0
+
+    @property
+    def tiled(self) -> bool:
+        return self.tile_height > 0
+
+
+def tile_length(size: int, parts: int, overlap: int) -> int:
+    """The tile length that covers ``size`` with ``parts`` tiles overlapping by ``overlap``."""
+    return size if parts <= 1 else -(-(size + (parts - 1) * overlap) // parts)
 
 
 def model_channels(model: nn.Module) -> int | None:
@@ -163,28 +173,41 @@ class MemoryPlanner:
 
     def plan(self, windows: int, height: int, width: int) -> PassPlan:
         """How to run ``windows`` windows of ``height`` x ``width`` LR pixels: all in one pass
-        if they fit, else as many per pass as fit, else one per pass in the largest square
-        tiles that fit. Raises MemoryBudgetError if not even the smallest tile fits."""
+        if they fit, else as many per pass as fit, else one per pass in tiles. Raises
+        MemoryBudgetError if not even the smallest tile fits."""
         free = self.available_bytes - windows * height * width * FRAME_BYTES_PER_PIXEL
-        needs_tiles = bool(self.max_tile) and max(height, width) > self.max_tile
-        if not needs_tiles:
-            per_window = self._pass_bytes(1, height, width, 0)
-            fitting = free // per_window if free > 0 else 0
+        if not (self.max_tile and max(height, width) > self.max_tile):
+            fitting = free // (height * width * self.per_pixel) if free > 0 else 0
             if fitting >= 1:
-                return PassPlan(int(min(windows, fitting)), 0)
-        smallest = self.tile_overlap + MIN_TILE
-        largest = min(max(height, width), self.max_tile or max(height, width))
-        # the largest tile whose pass fits (pass memory grows with the tile, so search down)
-        lo, hi = smallest, largest
-        if largest < smallest or self._pass_bytes(1, height, width, smallest) > free:
+                return PassPlan(int(min(windows, fitting)))
+        tiles = self._tiles(height, width, free // self.per_pixel if free > 0 else 0)
+        if tiles is None:
             raise MemoryBudgetError(self._too_small(windows, height, width))
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if self._pass_bytes(1, height, width, mid) <= free:
-                lo = mid
-            else:
-                hi = mid - 1
-        return PassPlan(1, lo)
+        return PassPlan(1, *tiles)
+
+    def _tiles(self, height: int, width: int, max_area: int) -> tuple[int, int] | None:
+        """(tile height, tile width) of at most ``max_area`` LR pixels (and ``max_tile`` per side)
+        that cover the frame with the least computation: tiles overlap by ``tile_overlap``, so
+        fewer, larger tiles in the frame's shape (e.g. two halves of a wide frame) cost least."""
+        overlap, cap = self.tile_overlap, self.max_tile or max(height, width)
+        smallest = overlap + MIN_TILE
+        best = None
+        for rows in range(1, max(1, (height - overlap) // MIN_TILE) + 1):
+            th = tile_length(height, rows, overlap)
+            if th > cap or (rows > 1 and th < smallest):
+                continue
+            widest = min(max_area // th, cap, width)
+            if widest < width and widest < smallest:
+                continue
+            cols = 1 if widest >= width else -(-(width - overlap) // (widest - overlap))
+            tw = tile_length(width, cols, overlap)
+            while tw > widest:  # rounding: one more column
+                cols += 1
+                tw = tile_length(width, cols, overlap)
+            cost = rows * cols * th * tw
+            if (rows > 1 or cols > 1) and (best is None or cost < best[0]):
+                best = (cost, th, tw)
+        return None if best is None else (best[1], best[2])
 
     def windows_that_fit(self, height: int, width: int, most: int) -> int:
         """How many windows (1 to ``most``) a caller should gather into one
