@@ -37,7 +37,8 @@ def model_key(settings: ServeSettings) -> tuple:
     path = resolve_checkpoint_path(settings.checkpoint).resolve()
     stat = path.stat()
     return (str(path), stat.st_mtime_ns, stat.st_size, settings.revision, settings.device, settings.tile,
-            settings.tile_overlap, settings.memory_budget_mb, settings.max_batch_size, settings.max_pixels_per_frame)
+            settings.tile_overlap, settings.memory_budget_mb, settings.max_batch_size, settings.max_pixels_per_frame,
+            settings.expose_paths)  # /v1/model's description changes with it
 
 
 def _file_id(path: Path) -> str:
@@ -86,7 +87,7 @@ def load_model(settings: ServeSettings) -> LoadedModel:
         "metrics": metrics,
         "trial_id": trial_id,
         "device": str(upscaler.device),
-        "memory_budget_mb": upscaler.memory.budget_bytes // 2**20 if upscaler.memory else None,
+        "memory_budget_mb": replica_budget(settings) // 2**20,
         "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if settings.expose_paths:  # an operator's choice (e.g. a private deployment); off by default
@@ -94,13 +95,17 @@ def load_model(settings: ServeSettings) -> LoadedModel:
     return LoadedModel(upscaler, info, key, path)
 
 
-def window_budget(settings: ServeSettings) -> int:
-    """The replica's memory budget minus the decoded windows of one full batch of requests,
-    which the replica holds besides what the Upscaler allocates."""
+def replica_budget(settings: ServeSettings) -> int:
+    """The replica's memory budget in bytes: ``memory_budget_mb``, else derived from the memory
+    (or the share of the node's CPUs) Ray gave the replica (``vsr_core.memory``)."""
     budget = settings.memory_budget
-    if budget == "auto":
-        budget = default_memory_budget(pick_device(settings.device))
-    return budget - settings.max_batch_size * NUM_FRAMES * 3 * settings.max_pixels_per_frame
+    return default_memory_budget(pick_device(settings.device)) if budget == "auto" else budget
+
+
+def window_budget(settings: ServeSettings) -> int:
+    """What the model may use: the replica's budget minus the decoded windows of one full batch
+    of requests, which the replica holds besides what the Upscaler allocates."""
+    return replica_budget(settings) - settings.max_batch_size * NUM_FRAMES * 3 * settings.max_pixels_per_frame
 
 
 def model_headers(loaded: LoadedModel) -> dict[str, str]:
