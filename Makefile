@@ -43,8 +43,8 @@ demo: $(STAMP)
 
 # A Ray cluster started with `ray start` (the head on this machine; other nodes join with
 # `RAY_AUTH_MODE=token .venv/bin/ray start --address HEAD_IP:6379` and the same ~/.ray/auth_token).
-# Token authentication stays on: the head runs with RAY_AUTH_MODE=token (the token is ~/.ray/auth_token,
-# created if missing), and its clients (`ray job submit`, `serve deploy`) need the same variable.
+# Token authentication stays on: the head runs with RAY_AUTH_MODE=token (the token is ~/.ray/auth_token),
+# and its clients (`ray job submit`, `serve deploy`) need the same variable.
 # The sweep runs as a Ray job with this venv's python; its results go to SWEEP_STORAGE (an absolute
 # path: the job runs in an uploaded copy of this folder). RAY_DASHBOARD: the head's dashboard.
 RAY_DASHBOARD ?= http://127.0.0.1:8265
@@ -54,7 +54,9 @@ SWEEP_ARGS ?=
 SERVE_CONFIG ?= serve/config.yaml
 cluster-up cluster-sweep cluster-serve cluster-status: export RAY_AUTH_MODE = token
 
+# `ray start` with RAY_AUTH_MODE=token needs the token to exist: made here once (kept in ~/.ray/auth_token).
 cluster-up: $(STAMP)
+	$(VENV)/bin/ray get-auth-token --generate > /dev/null
 	$(VENV)/bin/ray start --head --dashboard-host 127.0.0.1 $(RAY_HEAD_ARGS)
 
 cluster-sweep: $(STAMP)

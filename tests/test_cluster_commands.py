@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -40,10 +39,11 @@ TINY_SWEEP = {
 
 
 def head_env(folder: Path) -> dict[str, str]:
-    """A clean environment: no address of another Ray, this checkout's packages first, and a
-    token of this test's own (so nothing reads or writes the user's ~/.ray/auth_token)."""
+    """A new user's environment: no address of another Ray, no token yet (HOME is a fresh folder,
+    so `make cluster-up` makes ~/.ray/auth_token there and the user's own is never touched), and
+    this checkout's packages first."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(PYTHONPATH=str(REPO), RAY_AUTH_TOKEN=secrets.token_hex(16), VSR_CACHE_DIR=str(folder / "cache"))
+    env.update(HOME=str(folder / "home"), PYTHONPATH=str(REPO), VSR_CACHE_DIR=str(folder / "cache"))
     return env
 
 
@@ -77,13 +77,15 @@ def test_ray_start_head_job_submit_sweep_and_serve_deploy(tmp_path):
     temp_dir = tempfile.mkdtemp(prefix="vsr-ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
     gcs, dashboard, http = free_port(), free_port(), free_port()
     env = head_env(folder)
-    head_args = ["--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-                 "--dashboard-agent-listen-port", str(free_port()), "--ray-client-server-port", str(free_port()),
-                 "--num-cpus", "2", "--temp-dir", temp_dir, "--disable-usage-stats", "--block"]
-    # the head runs from `folder`, so config.yaml's relative checkpoint path resolves there
-    head = subprocess.Popen([str(VENV / "bin" / "ray"), "start", "--head", *head_args], cwd=folder,
-                            env={**env, "RAY_AUTH_MODE": "token"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    head_args = ["--port", str(gcs), "--dashboard-port", str(dashboard), "--dashboard-agent-listen-port",
+                 str(free_port()), "--ray-client-server-port", str(free_port()), "--num-cpus", "2",
+                 "--temp-dir", temp_dir, "--disable-usage-stats", "--block"]
+    # `make cluster-up` from `folder`, so config.yaml's relative checkpoint path resolves there; --block
+    # keeps `ray start` in the foreground, and it stops the head's processes when signalled
+    (folder / "home").mkdir()
+    head = subprocess.Popen(["make", "-f", str(REPO / "Makefile"), "-o", f"{VENV}/.installed", f"VENV={VENV}",
+                             "cluster-up", "RAY_HEAD_ARGS=" + " ".join(head_args)], cwd=folder, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
     started = time.time()
     try:
@@ -142,11 +144,11 @@ def test_ray_start_head_job_submit_sweep_and_serve_deploy(tmp_path):
         print(f"serve deploy to healthy {time.time() - began:.0f} s")
         assert model["checkpoint_id"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:12]
     finally:
-        head.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
+        os.killpg(head.pid, signal.SIGTERM)  # make and `ray start --block`, which stops the processes it started
         try:
             head.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            head.kill()
+            os.killpg(head.pid, signal.SIGKILL)
         deadline = time.time() + 30
         while processes_of(temp_dir) and time.time() < deadline:
             time.sleep(0.5)
@@ -155,3 +157,4 @@ def test_ray_start_head_job_submit_sweep_and_serve_deploy(tmp_path):
             process.kill()
         shutil.rmtree(temp_dir, ignore_errors=True)
     assert not left, f"processes left after the head stopped: {[p.pid for p in left]}"
+    assert (folder / "home" / ".ray" / "auth_token").is_file()  # the token cluster-up made
