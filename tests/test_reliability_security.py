@@ -20,6 +20,7 @@ import serve.app as serve_app
 import serve.settings as serve_settings
 from serve.api import _install_error_handlers
 from vsr_core.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from vsr_core.memory import MemoryBudgetError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -192,7 +193,8 @@ def test_api_key_is_compared_in_constant_time(monkeypatch):
 
 
 def test_a_500_answers_with_an_error_id_and_logs_the_exception(caplog):
-    """An unexpected exception: the client gets an id, the replica's log the text and the id."""
+    """An unexpected exception: the client gets an id, the replica's log the text and the id.
+    A frame over the memory budget is a 503 out_of_memory."""
     secret = "/srv/secret-data/train_clip.mp4"
     app = FastAPI()
     _install_error_handlers(app)
@@ -201,8 +203,15 @@ def test_a_500_answers_with_an_error_id_and_logs_the_exception(caplog):
     async def boom():
         raise RuntimeError(f"cannot open {secret}")
 
+    @app.get("/too-large")
+    async def too_large():
+        raise MemoryBudgetError("memory budget 600 MiB is too small for 1 window(s) of 1280x720 LR pixels")
+
+    client = TestClient(app, raise_server_exceptions=False)
+    over_budget = client.get("/too-large")  # a frame that cannot fit the memory budget
+    assert over_budget.status_code == 503 and over_budget.json()["error"] == "out_of_memory"
     with caplog.at_level(logging.ERROR, logger="ray.serve"):
-        response = TestClient(app, raise_server_exceptions=False).get("/boom")
+        response = client.get("/boom")
     assert response.status_code == 500 and response.json()["error"] == "internal_error"
     assert secret not in response.text and "RuntimeError" not in response.text
     error_id = response.json()["detail"].split("id ")[1].split(";")[0]
