@@ -24,7 +24,8 @@ class ServeSettings(BaseModel):
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1' ...")
     revision: str | None = Field(None, description="free-form; change it to reload a checkpoint overwritten in place")
     batch_size: int = Field(4, ge=1, description="windows per forward pass in video jobs")
-    tile: int = Field(0, ge=0, description="tile size in LR pixels for large frames (0 = no tiling)")
+    tile: int = Field(0, ge=0, description="largest tile side in LR pixels (0: as large as the memory budget "
+                      "allows; frames that fit it are not tiled)")
     tile_overlap: int = Field(32, ge=0)
     memory_budget_mb: int | None = Field(
         None, ge=1, description="most memory (MiB) a replica (and each chunk worker of a video job) may use; "

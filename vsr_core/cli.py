@@ -27,7 +27,8 @@ def _add_inference_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bicubic", action="store_true", help="bicubic baseline through the same pipeline")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1 ...")
     parser.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
-    parser.add_argument("--tile", type=int, default=0, help="LR tile size for large frames (0 = whole frame)")
+    parser.add_argument("--tile", type=int, default=0, help="largest LR tile side (0: whole frames when they "
+                        "fit the memory budget, else tiles as large as fit)")
     parser.add_argument("--tile-overlap", type=int, default=32, help="tile overlap in LR pixels")
     parser.add_argument("--memory-budget", type=_memory_budget, default="auto", metavar="MIB",
                         help="most memory (MiB) the process may use: frames are split into tiles and batches "
