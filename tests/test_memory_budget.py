@@ -16,7 +16,7 @@ import torch
 from conftest import make_clip, random_model
 from serve.settings import ServeSettings
 from vsr_core.archs import VSRPPPv2
-from vsr_core.cli import build_parser
+from vsr_core.cli import _upscaler_from_args, build_parser
 from vsr_core.inference import Upscaler, upscale_grouped
 from vsr_core.memory import FRAME_BYTES_PER_PIXEL, MemoryBudgetError, MemoryPlanner, activation_bytes_per_pixel
 
@@ -144,6 +144,8 @@ def test_cli_and_serve_settings_take_a_budget():
     assert parse(["upscale", "a.mp4", "b.mp4", "--memory-budget", "off"]).memory_budget is None
     with pytest.raises(SystemExit):
         parse(["upscale", "a.mp4", "b.mp4", "--memory-budget", "-3"])
+    upscaler = _upscaler_from_args(parse(["upscale", "a.mp4", "b.mp4", "--bicubic", "--memory-budget", "1536"]))
+    assert upscaler.memory.budget_bytes == 1536 * MiB
     assert ServeSettings().memory_budget == "auto"
     assert ServeSettings(memory_budget_mb=4096).memory_budget == 4096 * MiB
     auto = Upscaler(random_model("tiny"), device="cpu", memory_budget="auto").memory.budget_bytes

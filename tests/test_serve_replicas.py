@@ -30,6 +30,8 @@ SECRET_DATA = "/srv/secret-data/train_clip.mp4"
 
 
 class AutoscalingServer(Server):
+    expose_paths = False
+
     def config(self, checkpoint: Path) -> dict:
         """serve/config.yaml with its autoscaling, on fractional CPUs, reacting within seconds."""
         config = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
@@ -43,16 +45,6 @@ class AutoscalingServer(Server):
         deployment["user_config"].update(checkpoint=str(checkpoint), jobs_dir=self.jobs_dir,
                                          expose_paths=self.expose_paths)
         return config
-
-    expose_paths = False
-
-    def wait_for_step(self, step: int, timeout: float = 90) -> dict:
-        deadline = time.time() + timeout
-        while True:  # a proxy may accept and then time out while the replica starts (a busy machine)
-            try:
-                return super().wait_for_step(step, max(1.0, deadline - time.time()))
-            except requests.RequestException:
-                assert time.time() < deadline, f"step {step} not served after {timeout} s"
 
 
 def replicas() -> list:
