@@ -13,8 +13,9 @@ and calibrated by measuring peak RSS (docs/reliability.md, "Memory budget"):
 - every window of a call also holds frame-sized buffers for the whole call (the float input,
   the 3x output and the tile blending sums, the uint8 frames around it).
 
-Measured with ``benchmarks/memory_budget.py``: the ``full`` preset's one-window peak is about
-10 C floats per LR pixel with glibc's default allocator; the factors here leave a margin.
+Measured (one window, peak RSS minus the process's baseline): the ``full`` preset's peak is about
+10 C floats per LR pixel with glibc's default allocator; the factors here leave a margin, and
+``benchmarks/bench_memory.py`` checks the peak against the budget (0.78 of it at 1280x720).
 """
 from __future__ import annotations
 
