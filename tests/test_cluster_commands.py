@@ -1,6 +1,7 @@
-"""The README's cluster commands, as a new user runs them: a head started with `ray start`
-(token authentication on), a short sweep submitted as a Ray job with `make cluster-sweep`, and
-serve/config.yaml deployed to that head with `make cluster-serve`.
+"""The README's cluster commands, as a new user runs them: a head started with `make cluster-up`
+(`ray start`, token authentication on, the token made in a fresh home folder), a short sweep
+submitted as a Ray job with `make cluster-sweep`, serve/config.yaml deployed to that head with
+`make cluster-serve`, and `make cluster-status`.
 
 The head is a cluster of its own (its own ports and temp dir), not the test session's shared Ray.
 It runs with `ray start --block` and is stopped by signalling that process: `ray stop` (what
@@ -140,6 +141,8 @@ def test_ray_start_head_job_submit_sweep_and_serve_deploy(tmp_path):
             time.sleep(0.5)
         assert last is not None and last.status_code == 200, last and last.text
         assert last.json() == {"status": "ok", "step": info["step"]}
+        status = make("cluster-status", env, RAY_DASHBOARD=address)
+        assert status.returncode == 0 and "RUNNING" in status.stdout, status.stdout + status.stderr
         model = requests.get(f"http://127.0.0.1:{http}/v1/model", timeout=10).json()
         print(f"serve deploy to healthy {time.time() - began:.0f} s")
         assert model["checkpoint_id"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:12]
