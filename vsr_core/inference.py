@@ -184,7 +184,8 @@ class Upscaler:
     # --- streams -----------------------------------------------------------------
     def reuses_features(self, height: int, width: int) -> bool:
         """Whether ``stream`` extracts each frame's features once for frames of this size
-        (needs a model with ``extract_features``/``reconstruct_frames``, and no tiling)."""
+        (needs a model with ``extract_features``/``reconstruct_frames``, no tiling, and room in the
+        memory budget for the cached features of ``batch_size`` + 4 frames)."""
         model_ok = callable(getattr(self.model, "extract_features", None)) and callable(
             getattr(self.model, "reconstruct_frames", None))
         fits = self.memory is None or self.memory.fits_stream(self.batch_size, height, width)
