@@ -16,7 +16,8 @@ import torch
 from conftest import make_clip, random_model
 from serve.settings import ServeSettings
 from vsr_core.archs import VSRPPPv2
-from vsr_core.cli import _upscaler_from_args, build_parser
+from vsr_core.cli import _upscaler_from_args, build_parser, main
+from vsr_core.data.video_io import FrameWriter
 from vsr_core.inference import Upscaler, upscale_grouped
 from vsr_core.memory import FRAME_BYTES_PER_PIXEL, MemoryBudgetError, MemoryPlanner, activation_bytes_per_pixel
 
@@ -135,6 +136,16 @@ def test_budgeted_windows_stream_and_batches_match_unbudgeted():
     assert [batch for _, batch in grouped] == [1, 1, 1]  # one window per pass under this budget
     for (out, _), window in zip(grouped, window_list):
         assert np.abs(out.astype(int) - free.upscale_window_uint8(window).astype(int)).max() <= 1
+
+
+def test_vsr_upscale_over_its_budget_fails_with_one_clear_line(tmp_path, capsys):
+    clip = tmp_path / "clip.mp4"
+    with FrameWriter(clip, fps=25) as writer:
+        for frame in make_clip(3, 30, 40):
+            writer.write(frame)
+    code = main(["upscale", str(clip), str(tmp_path / "out.mp4"), "--bicubic", "--memory-budget", "10"])
+    err = capsys.readouterr().err
+    assert code == 2 and "\nerror: memory budget 10 MiB is too small" in err and "Traceback" not in err
 
 
 def test_cli_and_serve_settings_take_a_budget():

@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (RuntimeError, ValueError, FileNotFoundError) as exc:
+    except (RuntimeError, ValueError, FileNotFoundError, MemoryError) as exc:  # MemoryError: over --memory-budget
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
