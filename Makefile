@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OUT ?= demo_output
 
-.PHONY: install browser test test-fast demo bench clean
+.PHONY: install browser test test-fast demo bench clean cluster-up cluster-sweep cluster-serve cluster-status cluster-down
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,39 @@ demo: $(STAMP)
 	$(VENV)/bin/vsr evaluate --checkpoint $(OUT)/tune/demo/best "$(call SAMPLE,bikes.mp4)" --max-frames 16
 	$(VENV)/bin/vsr upscale "$(call SAMPLE,bikes.mp4)" $(OUT)/bikes_x3.mp4 --checkpoint $(OUT)/tune/demo/best --max-frames 50
 	$(PY) serve/demo.py --checkpoint $(OUT)/tune/demo/best --out $(OUT)/serve
+
+# A Ray cluster started with `ray start` (the head on this machine; other nodes join with
+# `RAY_AUTH_MODE=token .venv/bin/ray start --address HEAD_IP:6379` and the same ~/.ray/auth_token).
+# Token authentication stays on: the head runs with RAY_AUTH_MODE=token (the token is ~/.ray/auth_token),
+# and its clients (`ray job submit`, `serve deploy`) need the same variable.
+# The sweep runs as a Ray job with this venv's python; its results go to SWEEP_STORAGE (an absolute
+# path: the job runs in an uploaded copy of this folder). RAY_DASHBOARD: the head's dashboard.
+RAY_DASHBOARD ?= http://127.0.0.1:8265
+RAY_HEAD_ARGS ?=
+SWEEP_STORAGE ?= $(CURDIR)/runs/tune
+SWEEP_ARGS ?=
+SERVE_CONFIG ?= serve/config.yaml
+cluster-up cluster-sweep cluster-serve cluster-status: export RAY_AUTH_MODE = token
+
+# `ray start` with RAY_AUTH_MODE=token needs the token to exist: made here once (kept in ~/.ray/auth_token).
+cluster-up: $(STAMP)
+	$(VENV)/bin/ray get-auth-token --generate > /dev/null
+	$(VENV)/bin/ray start --head --dashboard-host 127.0.0.1 $(RAY_HEAD_ARGS)
+
+cluster-sweep: $(STAMP)
+	$(VENV)/bin/ray job submit --address $(RAY_DASHBOARD) --working-dir . -- \
+		$(abspath $(PY)) tune/search.py --address auto --storage-path $(SWEEP_STORAGE) $(SWEEP_ARGS)
+
+# Relative paths in the config (the checkpoint) are resolved in the directory the head was started from.
+cluster-serve: $(STAMP)
+	$(VENV)/bin/serve deploy --address $(RAY_DASHBOARD) $(SERVE_CONFIG)
+
+cluster-status: $(STAMP)
+	$(VENV)/bin/serve status --address $(RAY_DASHBOARD)
+
+# Stops every Ray process of this user on this machine (the head, and a local Ray of any other program).
+cluster-down:
+	$(VENV)/bin/ray stop
 
 # Benchmarks (not tests): quick by default; BENCH_ARGS=--full for longer runs.
 # Results: benchmarks/results/<name>.json; see benchmarks/README.md.

@@ -162,7 +162,8 @@ class JobApi:
                 raise ApiError(400, "invalid_option", f"preview_start: {preview[0]} s is after the end of the "
                                f"video ({info.duration:.2f} s)")
             options = {"device": settings.device, "batch_size": settings.batch_size, "tile": settings.tile,
-                       "tile_overlap": settings.tile_overlap, "chunk_frames": settings.job_chunk_frames,
+                       "tile_overlap": settings.tile_overlap, "memory_budget": settings.memory_budget,
+                       "chunk_frames": settings.job_chunk_frames,
                        "workers": settings.job_workers, "cpus_per_worker": settings.job_cpus_per_worker,
                        "gpus_per_worker": settings.job_gpus_per_worker, **video_options}
             record = jobs.JobRecord(job_id, owner, source, name, str(loaded.path), options,

@@ -222,7 +222,8 @@ class JobRunner:
         options = record.options
         upscaler = Upscaler.from_checkpoint(record.checkpoint, device=options["device"],
                                             batch_size=options["batch_size"], tile=options["tile"],
-                                            tile_overlap=options["tile_overlap"])
+                                            tile_overlap=options["tile_overlap"],
+                                            memory_budget=options.get("memory_budget"))  # for each chunk worker
         pool = RayPool(workers=options["workers"], num_cpus=options["cpus_per_worker"],
                        num_gpus=options["gpus_per_worker"])
         last_write = 0.0

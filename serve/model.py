@@ -16,7 +16,9 @@ from PIL import Image
 from serve.settings import ServeSettings
 from vsr_core.archs import NUM_FRAMES, SCALE, count_parameters
 from vsr_core.checkpoint import CheckpointError, read_best, resolve_checkpoint_path
+from vsr_core.frames import pick_device
 from vsr_core.inference import Upscaler
+from vsr_core.memory import default_memory_budget
 
 logger = logging.getLogger("ray.serve")
 
@@ -35,7 +37,8 @@ def model_key(settings: ServeSettings) -> tuple:
     path = resolve_checkpoint_path(settings.checkpoint).resolve()
     stat = path.stat()
     return (str(path), stat.st_mtime_ns, stat.st_size, settings.revision, settings.device, settings.tile,
-            settings.tile_overlap)
+            settings.tile_overlap, settings.memory_budget_mb, settings.max_batch_size, settings.max_pixels_per_frame,
+            settings.expose_paths)  # /v1/model's description changes with it
 
 
 def _file_id(path: Path) -> str:
@@ -59,7 +62,8 @@ def _best_metrics(path: Path) -> tuple[dict | None, str | None]:
 
 def load_model(settings: ServeSettings) -> LoadedModel:
     """Load the checkpoint completely (blocking; run it off the event loop)."""
-    options = dict(device=settings.device, tile=settings.tile, tile_overlap=settings.tile_overlap)
+    options = dict(device=settings.device, tile=settings.tile, tile_overlap=settings.tile_overlap,
+                   memory_budget=window_budget(settings))
     for _ in range(3):  # a run's latest.pth may be replaced (atomically) while we read it
         key = model_key(settings)
         path = Path(key[0])
@@ -83,11 +87,25 @@ def load_model(settings: ServeSettings) -> LoadedModel:
         "metrics": metrics,
         "trial_id": trial_id,
         "device": str(upscaler.device),
+        "memory_budget_mb": replica_budget(settings) // 2**20,
         "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if settings.expose_paths:  # an operator's choice (e.g. a private deployment); off by default
         info["checkpoint_path"] = str(path)
     return LoadedModel(upscaler, info, key, path)
+
+
+def replica_budget(settings: ServeSettings) -> int:
+    """The replica's memory budget in bytes: ``memory_budget_mb``, else derived from the memory
+    (or the share of the node's CPUs) Ray gave the replica (``vsr_core.memory``)."""
+    budget = settings.memory_budget
+    return default_memory_budget(pick_device(settings.device)) if budget == "auto" else budget
+
+
+def window_budget(settings: ServeSettings) -> int:
+    """What the model may use: the replica's budget minus the decoded windows of one full batch
+    of requests, which the replica holds besides what the Upscaler allocates."""
+    return replica_budget(settings) - settings.max_batch_size * NUM_FRAMES * 3 * settings.max_pixels_per_frame
 
 
 def model_headers(loaded: LoadedModel) -> dict[str, str]:

@@ -24,8 +24,13 @@ class ServeSettings(BaseModel):
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1' ...")
     revision: str | None = Field(None, description="free-form; change it to reload a checkpoint overwritten in place")
     batch_size: int = Field(4, ge=1, description="windows per forward pass in video jobs")
-    tile: int = Field(0, ge=0, description="tile size in LR pixels for large frames (0 = no tiling)")
+    tile: int = Field(0, ge=0, description="largest tile side in LR pixels (0: as large as the memory budget "
+                      "allows; frames that fit it are not tiled)")
     tile_overlap: int = Field(32, ge=0)
+    memory_budget_mb: int | None = Field(
+        None, ge=1, description="most memory (MiB) a replica (and each chunk worker of a video job) may use; "
+        "frames are split into tiles and batches to fit. Default: the replica's ray_actor_options.memory, else "
+        "half the node's memory times the replica's share of its CPUs")
     max_batch_size: int = Field(8, ge=1, description="@serve.batch: max windows batched from concurrent requests")
     batch_wait_timeout_s: float = Field(0.01, ge=0, description="@serve.batch: max wait to fill a batch")
     max_batch_pixels: int = Field(
@@ -55,6 +60,11 @@ class ServeSettings(BaseModel):
     job_workers: int | None = Field(None, ge=1, description="chunk workers per job; default: as many as fit")
     job_cpus_per_worker: float = Field(1.0, gt=0, description="CPUs (= torch threads) of each chunk worker")
     job_gpus_per_worker: float = Field(0.0, ge=0, description="GPUs of each chunk worker")
+
+    @property
+    def memory_budget(self) -> int | str:
+        """For ``Upscaler(memory_budget=...)``: bytes, or "auto" (each process derives its own)."""
+        return self.memory_budget_mb * 2**20 if self.memory_budget_mb else "auto"
 
     def limits(self) -> dict[str, int]:
         return {

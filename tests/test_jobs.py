@@ -83,7 +83,7 @@ def server(ray_session, tmp_path_factory):
         try:
             if requests.get(srv.url + "/v1/model", headers=ALICE, timeout=5).status_code == 200:
                 break
-        except (requests.ConnectionError, requests.Timeout):  # not up yet, or a busy machine
+        except requests.RequestException:  # not up yet (a proxy may also time out while a replica starts)
             pass
         time.sleep(0.3)
     srv.root = root

@@ -1,6 +1,8 @@
 """Security: checkpoints never run code, servers bind to 127.0.0.1 unless told otherwise,
-Ray's dashboard keeps token auth, the HTTP API key is read and compared safely."""
+Ray's dashboard keeps token auth, the HTTP API key is read and compared safely, an unexpected
+error reaches the client as an id only. (What a running deployment reveals: test_serve_replicas.py.)"""
 import hmac
+import logging
 import os
 import pickle
 import re
@@ -10,11 +12,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
 import serve.__main__ as serve_main
 import serve.app as serve_app
 import serve.settings as serve_settings
+from serve.api import _install_error_handlers
 from vsr_core.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from vsr_core.memory import MemoryBudgetError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -184,3 +190,31 @@ def test_api_key_is_compared_in_constant_time(monkeypatch):
         assert owner(header, ["k3y"]) is None, header
     assert owner(None, []) == ""  # no key configured: everyone is the one anonymous owner
     assert owner("Bearer two", ["one", "two"]) == serve_settings.key_owner("two") != serve_settings.key_owner("one")
+
+
+def test_a_500_answers_with_an_error_id_and_logs_the_exception(caplog):
+    """An unexpected exception: the client gets an id, the replica's log the text and the id.
+    A frame over the memory budget is a 503 out_of_memory."""
+    secret = "/srv/secret-data/train_clip.mp4"
+    app = FastAPI()
+    _install_error_handlers(app)
+
+    @app.get("/boom")
+    async def boom():
+        raise RuntimeError(f"cannot open {secret}")
+
+    @app.get("/too-large")
+    async def too_large():
+        raise MemoryBudgetError("memory budget 600 MiB is too small for 1 window(s) of 1280x720 LR pixels")
+
+    client = TestClient(app, raise_server_exceptions=False)
+    over_budget = client.get("/too-large")  # a frame that cannot fit the memory budget
+    assert over_budget.status_code == 503 and over_budget.json()["error"] == "out_of_memory"
+    with caplog.at_level(logging.ERROR, logger="ray.serve"):
+        response = client.get("/boom")
+    assert response.status_code == 500 and response.json()["error"] == "internal_error"
+    assert secret not in response.text and "RuntimeError" not in response.text
+    error_id = response.json()["detail"].split("id ")[1].split(";")[0]
+    assert len(error_id) == 12
+    logged = "\n".join(record.getMessage() + str(record.exc_info and record.exc_info[1]) for record in caplog.records)
+    assert error_id in logged and secret in logged

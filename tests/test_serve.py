@@ -157,7 +157,7 @@ class Server:
                 last = requests.get(self.url + "/v1/model", timeout=5)
                 if last.status_code == 200 and last.json()["step"] == step:
                     return last.json()
-            except (requests.ConnectionError, requests.Timeout):  # not up yet, or a busy machine
+            except requests.RequestException:  # not up yet (a proxy may also time out while a replica starts)
                 pass
             time.sleep(0.2)
         pytest.fail(f"model step {step} not served after {timeout}s; last: {last and last.text}")

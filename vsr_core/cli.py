@@ -13,7 +13,8 @@ from vsr_core.video.plan import DEFAULT_CHUNK_FRAMES
 def _upscaler_from_args(args: argparse.Namespace):
     from vsr_core.inference import Upscaler
 
-    options = dict(device=args.device, batch_size=args.batch_size, tile=args.tile, tile_overlap=args.tile_overlap)
+    options = dict(device=args.device, batch_size=args.batch_size, tile=args.tile, tile_overlap=args.tile_overlap,
+                   memory_budget=args.memory_budget)
     if args.bicubic:
         return Upscaler.bicubic(**options)
     if not args.checkpoint:
@@ -26,8 +27,25 @@ def _add_inference_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bicubic", action="store_true", help="bicubic baseline through the same pipeline")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1 ...")
     parser.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
-    parser.add_argument("--tile", type=int, default=0, help="LR tile size for large frames (0 = whole frame)")
+    parser.add_argument("--tile", type=int, default=0, help="largest LR tile side (0: whole frames when they "
+                        "fit the memory budget, else tiles as large as fit)")
     parser.add_argument("--tile-overlap", type=int, default=32, help="tile overlap in LR pixels")
+    parser.add_argument("--memory-budget", type=_memory_budget, default="auto", metavar="MIB",
+                        help="most memory (MiB) the process may use: frames are split into tiles and batches "
+                        "to fit ('auto', the default: half this machine's memory, or a Ray worker's share; "
+                        "'off': no budget)")
+
+
+def _memory_budget(text: str) -> int | str | None:
+    if text in ("auto", "off"):
+        return None if text == "off" else text
+    try:
+        mib = float(text)
+    except ValueError:
+        mib = 0
+    if mib <= 0:
+        raise argparse.ArgumentTypeError(f"expected MiB > 0, 'auto' or 'off', got {text!r}")
+    return int(mib * 2**20)
 
 
 def _add_encoder_args(parser: argparse.ArgumentParser) -> None:
@@ -181,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (RuntimeError, ValueError, FileNotFoundError) as exc:
+    except (RuntimeError, ValueError, FileNotFoundError, MemoryError) as exc:  # MemoryError: over --memory-budget
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -32,6 +32,7 @@ from vsr_core.archs import CENTER, NUM_FRAMES, SCALE
 from vsr_core.checkpoint import model_from_checkpoint
 from vsr_core.data.degradation import bicubic_upsample
 from vsr_core.frames import autocast, pick_device, to_frames, to_tensor, to_uint8, window_indices
+from vsr_core.memory import MemoryPlanner, PassPlan, current_bytes, resolve_budget
 
 logger = logging.getLogger(__name__)
 
@@ -104,18 +105,27 @@ class Upscaler:
         batch_size: int = 4,
         tile: int = 0,
         tile_overlap: int = 32,
+        memory_budget: int | str | None = None,
     ):
+        """``memory_budget``: the most memory (bytes) the process may use while upscaling, or
+        "auto" for a safe default derived from this machine or Ray actor (see ``vsr_core.memory``);
+        each call then runs as many windows per pass as fit, in tiles when not even one whole
+        frame fits (``tile`` becomes an upper bound). None: no budget."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if tile and tile <= tile_overlap:
             raise ValueError(f"tile ({tile}) must be larger than tile_overlap ({tile_overlap}), or 0 for no tiling")
         self.device = pick_device(device) if isinstance(device, str) else device
         self.model = model.to(self.device).eval()
-        if self.device.type == "cpu":
-            tune_cpu_allocator()
+        allocator_cache = ALLOCATOR_CACHE_BYTES if self.device.type == "cpu" and tune_cpu_allocator() else 0
         self.batch_size = batch_size
         self.tile = tile
         self.tile_overlap = tile_overlap
+        self.memory_budget = memory_budget  # as given ("auto" is resolved again by each worker)
+        budget_bytes = resolve_budget(memory_budget, self.device)
+        self.memory = None if budget_bytes is None else MemoryPlanner(
+            self.model, budget_bytes, current_bytes(self.device), tile_overlap, max_tile=tile,
+            reserve_bytes=allocator_cache)  # freed blocks the tuned allocator keeps count as used
         self.checkpoint_info: dict | None = None  # set by from_checkpoint
 
     @classmethod
@@ -139,22 +149,33 @@ class Upscaler:
     def upscale_windows(self, windows: torch.Tensor) -> torch.Tensor:
         """[B,5,3,H,W] float in [0,1] -> [B,3,3H,3W] in [0,1] (on the Upscaler's device)."""
         windows = windows.to(self.device, non_blocking=True)
+        b, h, w = windows.shape[0], *windows.shape[-2:]
+        plan = self.memory.plan(b, h, w) if self.memory is not None else PassPlan(b, self.tile, self.tile)
+        if plan.windows >= b:
+            return self._upscale_pass(windows, plan.tile_height, plan.tile_width)
+        out = torch.empty(b, 3, h * SCALE, w * SCALE, device=self.device)
+        for i in range(0, b, plan.windows):
+            out[i : i + plan.windows] = self._upscale_pass(windows[i : i + plan.windows], plan.tile_height,
+                                                           plan.tile_width)
+        return out
+
+    def _upscale_pass(self, windows: torch.Tensor, tile_height: int, tile_width: int) -> torch.Tensor:
         h, w = windows.shape[-2:]
-        if not self.tile or (h <= self.tile and w <= self.tile):
+        if not tile_height or (h <= tile_height and w <= tile_width):
             return self._run_model(windows).clamp_(0, 1)
         out = torch.zeros(windows.shape[0], 3, h * SCALE, w * SCALE, device=self.device)
         weight_sum = torch.zeros(1, 1, h * SCALE, w * SCALE, device=self.device)
-        for y in _tile_starts(h, self.tile, self.tile_overlap):
-            for x in _tile_starts(w, self.tile, self.tile_overlap):
-                th, tw = min(self.tile, h), min(self.tile, w)
+        th, tw = min(tile_height, h), min(tile_width, w)
+        for y in _tile_starts(h, th, self.tile_overlap):
+            for x in _tile_starts(w, tw, self.tile_overlap):
                 pred = self._run_model(windows[..., y : y + th, x : x + tw])
                 wy = _blend_ramp(th, y, h, self.tile_overlap, self.device)
                 wx = _blend_ramp(tw, x, w, self.tile_overlap, self.device)
                 weight = wy[:, None] * wx[None, :]
                 ys, xs = slice(y * SCALE, (y + th) * SCALE), slice(x * SCALE, (x + tw) * SCALE)
-                out[..., ys, xs] += pred * weight
+                out[..., ys, xs] += pred.mul_(weight)
                 weight_sum[..., ys, xs] += weight
-        return (out / weight_sum).clamp_(0, 1)
+        return out.div_(weight_sum).clamp_(0, 1)  # in place: no second frame-sized tensor
 
     def upscale_window_uint8(self, frames: np.ndarray) -> np.ndarray:
         """One window as uint8 [5,H,W,3] -> the 3x center frame as uint8 [3H,3W,3]."""
@@ -163,10 +184,12 @@ class Upscaler:
     # --- streams -----------------------------------------------------------------
     def reuses_features(self, height: int, width: int) -> bool:
         """Whether ``stream`` extracts each frame's features once for frames of this size
-        (needs a model with ``extract_features``/``reconstruct_frames``, and no tiling)."""
+        (needs a model with ``extract_features``/``reconstruct_frames``, no tiling, and room in the
+        memory budget for the cached features of ``batch_size`` + 4 frames)."""
         model_ok = callable(getattr(self.model, "extract_features", None)) and callable(
             getattr(self.model, "reconstruct_frames", None))
-        return model_ok and (not self.tile or (height <= self.tile and width <= self.tile))
+        fits = self.memory is None or self.memory.fits_stream(self.batch_size, height, width)
+        return model_ok and fits and (not self.tile or (height <= self.tile and width <= self.tile))
 
     def stream(self, frames: Iterable[np.ndarray], prefetch: int = 0, *, first: int = 0,
                total: int | None = None, start: int | None = None, stop: int | None = None) -> Iterator[np.ndarray]:
@@ -245,10 +268,13 @@ class Upscaler:
                 n = total if total is not None else 2**62  # no reflection at an end not yet seen
                 if reuse:
                     out = self._upscale_reusing_features(centers, n, buffer, features)
-                else:
-                    windows = torch.stack([torch.stack([buffer[j] for j in window_indices(c, n)]) for c in centers])
-                    out = self.upscale_windows(windows)
-                yield from to_frames(out, first_dtype, in_place=True)
+                    yield from to_frames(out, first_dtype, in_place=True)
+                else:  # as many windows at a time as the memory budget holds
+                    step = len(centers) if self.memory is None else self.memory.windows_that_fit(
+                        first_shape[0], first_shape[1], len(centers))
+                    for part in (centers[i : i + step] for i in range(0, len(centers), step)):
+                        windows = torch.stack([torch.stack([buffer[j] for j in window_indices(c, n)]) for c in part])
+                        yield from to_frames(self.upscale_windows(windows), first_dtype, in_place=True)
                 next_out = batch_end
                 for j in [j for j in buffer if j < next_out - CENTER]:
                     del buffer[j]
@@ -298,6 +324,8 @@ def upscale_grouped(
     passes = []
     for shape, indices in groups.items():
         step = windows_per_pass(shape[1], shape[2], max_batch_pixels, len(indices))
+        if upscaler.memory is not None:
+            step = upscaler.memory.windows_that_fit(shape[1], shape[2], step)
         passes += [indices[k : k + step] for k in range(0, len(indices), step)]
     for indices in passes:
         try:
