@@ -79,8 +79,7 @@ class DataParallel:
         """DDP around ``model`` (its parameters are broadcast from rank 0 here). The optimizer and
         the checkpoints keep using ``model`` itself, so state-dict keys carry no ``module.`` prefix."""
         device_ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False,
-                                       gradient_as_bucket_view=True)
+        return DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)  # no buffers
 
     @staticmethod
     def micro_batch(wrapped: DistributedDataParallel, final: bool):
