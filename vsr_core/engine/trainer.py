@@ -256,24 +256,23 @@ class Trainer:
         finite, final_loss = True, None
         for m in range(cfg.accumulation_steps):
             lr_windows, gt = self._next_batch()  # consumed even after a bad micro-batch: keeps the data stream aligned
-            if not finite:
-                continue
+            if not finite and parallel is None:
+                continue  # data-parallel workers go on: DDP needs the same passes on every worker
             final = m == cfg.accumulation_steps - 1
             with parallel.micro_batch(self.train_model, final) if parallel else contextlib.nullcontext():
                 with autocast(self.device):
                     terms = combined_loss(self.train_model(lr_windows).float(), gt, self.perceptual,
                                           cfg.perceptual_weight)
-                if not torch.isfinite(terms.total):
-                    finite = False
-                    continue
-                sums += torch.stack([terms.l1, terms.perceptual, terms.total]).detach()
+                finite = finite and bool(torch.isfinite(terms.total))
+                if finite:
+                    sums += torch.stack([terms.l1, terms.perceptual, terms.total]).detach()
                 if final:  # its backward (the all-reduce, data-parallel) once the workers agree on the step
                     final_loss = terms.total
-                else:
+                elif finite or parallel:
                     self.scaler.scale(terms.total / cfg.accumulation_steps).backward()
         if parallel:
             finite, sums = parallel.agree(finite, sums, self.model)
-        if finite:
+        if final_loss is not None and (finite or parallel):  # a skipped step's gradients are dropped below
             self.scaler.scale(final_loss / cfg.accumulation_steps).backward()
 
         lr = self.lr
