@@ -3,6 +3,7 @@
     python tune/search.py                      # default sweep on the sample clips (~10 min on 2 CPU cores)
     python tune/search.py --address auto       # on a running cluster (ray start --head)
     python tune/search.py --name my_sweep --resume
+    python tune/search.py --address auto --workers-per-trial 4 --gpus-per-worker 1   # each trial on 4 GPUs (Ray Train)
     python -m tune.search ...                  # the same (`tune` is this repo's package: pip install -e .)
 
 At the end the best trial's best checkpoint is exported to <storage>/<name>/best/
