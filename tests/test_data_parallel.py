@@ -126,3 +126,22 @@ def test_lr_scaling_rules_and_the_effective_batch_text(clips, tmp_path):
         scaled_lr_exponent(-4, 2, "cubic")
     config = tiny_train_config(clips, tmp_path, batch_size=4, accumulation_steps=3)
     assert effective_batch_text(config, 2).startswith("effective batch 4 x 3 x 2 = 24")
+
+
+def test_tensorboard_states_the_effective_batch(clips, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = Trainer(tiny_train_config(clips, tmp_path / "run", batch_size=2, accumulation_steps=3))
+    trainer.tensorboard.close()
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
+    text = events.Tensors("Run/EffectiveBatch/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert text.startswith("effective batch 2 x 3 x 1 = 6 (BATCH_SIZE x ACCUMULATION_STEPS x workers)")
+
+
+def test_vsr_train_refuses_fewer_than_one_worker(clips, tmp_path, capsys):
+    from vsr_core import cli
+
+    config = tmp_path / "config.json"
+    tiny_train_config(clips, tmp_path / "run").save(config)
+    assert cli.main(["train", "--config", str(config), "--workers", "0"]) != 0
+    assert "--workers must be >= 1, got 0" in capsys.readouterr().err
