@@ -18,7 +18,7 @@ from ray import tune
 from vsr_core.checkpoint import save_checkpoint
 from vsr_core.config import TrainConfig
 from vsr_core.engine.distributed import scaled_lr_exponent
-from vsr_core.engine.on_ray import CHECKPOINT_FILE, report_metrics  # noqa: F401 - CHECKPOINT_FILE: search.py's
+from vsr_core.engine.on_ray import CHECKPOINT_FILE, diverged_metrics, report_metrics
 from vsr_core.engine.trainer import StepMetrics, Trainer, TrainingDiverged, TrainingHooks, ValidationMetrics
 
 SEARCHED_KEYS = ("LR_EXPONENT", "WEIGHT_DECAY")
@@ -70,8 +70,4 @@ def train_vsr(tune_config: dict[str, Any]) -> None:
     try:
         trainer.fit(hooks)
     except TrainingDiverged as exc:
-        # Report the divergence as a result (not an error): retrying would only diverge again.
-        metrics = report_metrics(trainer, hooks.last_step, trainer.last_validation)
-        metrics.update(convergence="Diverging ✗", diverged=True, error=str(exc))
-        metrics.setdefault("psnr", 0.0)  # worst possible, so searchers and ASHA rank it last
-        tune.report(metrics)
+        tune.report(diverged_metrics(trainer, hooks.last_step, exc))

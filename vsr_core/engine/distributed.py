@@ -10,8 +10,9 @@ with it, each worker
   N workers x BATCH_SIZE see exactly the samples of one process with N x BATCH_SIZE;
 - agrees with the others once per step, in one all-reduce of a few floats: a NaN/Inf loss on
   any worker skips the step on every worker (every worker still runs every forward and backward
-  pass of the step, so DDP's collective calls stay in step; the gradients are dropped), and the losses and the per-layer activity become their means over all workers (= over the
-  whole global batch, since every worker has the same batch size);
+  pass of the step, so DDP's collective calls stay in step; the gradients are dropped), and the
+  losses and the per-layer activity become their means over all workers (= over the whole
+  global batch, since every worker has the same batch size);
 - validates on rank 0 only, which hands its result (without the image) to the others, so every
   worker's hooks see the same metrics;
 - writes checkpoints and TensorBoard on rank 0 only (the weights are the same on every worker).

@@ -62,6 +62,14 @@ def report_metrics(trainer: Trainer, last_step: StepMetrics | None, validation: 
     return metrics
 
 
+def diverged_metrics(trainer: Trainer, last_step: StepMetrics | None, exc: TrainingDiverged) -> dict:
+    """The report of a run that diverged: a result, not an error (a retry would only diverge again)."""
+    metrics = report_metrics(trainer, last_step, trainer.last_validation)
+    metrics.update(convergence="Diverging ✗", diverged=True, error=str(exc))
+    metrics.setdefault("psnr", 0.0)  # worst possible, so searchers and ASHA rank it last
+    return metrics
+
+
 class TrainReportHooks(TrainingHooks):
     """In every worker: one ``ray.train.report`` per validation (all workers must report alike);
     rank 0 attaches the checkpoint. ``console``: rank 0's log lines (``vsr train --workers``)."""
@@ -116,11 +124,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     try:
         trainer.fit(hooks)
     except TrainingDiverged as exc:  # on every worker at the same step (the skips are agreed)
-        # A result, not an error: restarting the group would only diverge again.
-        metrics = report_metrics(trainer, hooks.last_step, trainer.last_validation)
-        metrics.update(convergence="Diverging ✗", diverged=True, error=str(exc))
-        metrics.setdefault("psnr", 0.0)  # worst possible, so searchers and ASHA rank it last
-        hooks.report(metrics)
+        hooks.report(diverged_metrics(trainer, hooks.last_step, exc))
 
 
 def fit_on_ray_train(config: TrainConfig, workers: int, *, storage_path: str, name: str,
@@ -140,9 +144,9 @@ def fit_on_ray_train(config: TrainConfig, workers: int, *, storage_path: str, na
     resources = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"config": config.to_dict(), "resume_from": resume_from, "resume_checkpoint": resume_checkpoint,
-                           "finetune_from": finetune_from, "log_dir": log_dir, "console": console,
-                           "announce_to": announce_to},
+        train_loop_config={"config": config.to_dict(), "resume_from": resume_from,
+                           "resume_checkpoint": resume_checkpoint, "finetune_from": finetune_from,
+                           "log_dir": log_dir, "console": console, "announce_to": announce_to},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
