@@ -33,7 +33,7 @@ from vsr_core.engine.hooks import StepMetrics, TrainingHooks, ValidationMetrics
 from vsr_core.engine.trainer import Trainer, TrainingDiverged
 
 CHECKPOINT_FILE = "checkpoint.pth"  # the engine's checkpoint inside a reported (Train or Tune) checkpoint folder
-KEEP_TRAIN_CHECKPOINTS = 3  # > 2: a report's checkpoint outlives its hand-over to Tune (see tune/trainable.py)
+KEEP_TRAIN_CHECKPOINTS = 3  # > 2: a report's checkpoint outlives its hand-over to Tune (tune/data_parallel.py)
 
 
 def report_metrics(trainer: Trainer, last_step: StepMetrics | None, validation: ValidationMetrics | None) -> dict:
