@@ -145,3 +145,14 @@ def test_vsr_train_refuses_fewer_than_one_worker(clips, tmp_path, capsys):
     tiny_train_config(clips, tmp_path / "run").save(config)
     assert cli.main(["train", "--config", str(config), "--workers", "0"]) != 0
     assert "--workers must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_a_data_parallel_trial_scales_its_lr_and_threads_by_the_rule(clips, tmp_path):
+    from tune.trainable import trial_config
+
+    base = tiny_train_config(clips, tmp_path / "base", lr_exponent=-4).to_dict()
+    one = trial_config({"base_config": base, "cpus_per_trial": 2}, tmp_path)
+    four = trial_config({"base_config": base, "cpus_per_trial": 2, "workers_per_trial": 4, "cpus_per_worker": 3,
+                         "lr_scaling": "sqrt"}, tmp_path)
+    assert one.lr_exponent == -4 and one.num_threads == 2
+    assert four.learning_rate == pytest.approx(2e-4) and four.num_threads == 3
