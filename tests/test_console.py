@@ -96,7 +96,7 @@ def full_state(**changes) -> ConsoleState:
         loss_trends={"L1": Trend.FALLING, "Perceptual": Trend.STABLE, "Total": Trend.FALLING},
         status="Plateauing ⚠", activity=activity, activity_trends=[Trend.RISING] * 30,
         validation=ValidationMetrics(1000, 28.41, 0.8412, 0.02, 27.90), next_validation=1250, next_checkpoint=5000,
-        preset="full", device="cpu", output_dir="runs/demo", config_path="cfg.json",
+        preset="full", device="cpu", output_dir="runs/demo", config_path="cfg.json", batch=(4, 3, 2),
     )
     values.update(changes)
     return ConsoleState(**values)
@@ -105,7 +105,7 @@ def full_state(**changes) -> ConsoleState:
 def test_render_text_shows_every_part_of_the_console():
     text = render_text(full_state(), width=110)
     assert "Step 1234/100000" in text and "ETA 3:12:45" in text and "12.3 samples/s" in text
-    assert "LR 9.99e-05" in text
+    assert "LR 9.99e-05" in text and "batch 4x3x2=24" in text  # the effective batch: 2 data-parallel workers
     assert re.search(r"L1\s+0\.04230\s+⬇", text) and re.search(r"Perceptual\s+0\.12340\s+═", text)
     assert re.search(r"Total\s+0\.05470\s+⬇", text) and "Plateauing ⚠" in text
     assert "PSNR 28.41 dB" in text and "SSIM 0.8412" in text and "bicubic PSNR 27.90 dB" in text
@@ -122,7 +122,7 @@ def test_render_text_shows_every_part_of_the_console():
 def test_plain_line_has_step_losses_lr_speed_status_and_cold_count():
     line = format_plain_line(full_state())
     assert line.startswith("step 1234/100000 | L1 0.04230 ⬇ Perceptual 0.12340 ═ Total 0.05470 ⬇ | lr 9.99e-05")
-    assert "12.3 samples/s | Plateauing ⚠ | cold layers 5/30 | ETA 3:12:45" in line
+    assert "12.3 samples/s (batch 4x3x2=24) | Plateauing ⚠ | cold layers 5/30 | ETA 3:12:45" in line
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -432,7 +432,7 @@ def test_plain_mode_when_stdout_is_not_a_terminal(clips, tmp_path):
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert re.search(r"^step 1/4 \| L1 \d\.\d{5} . Perceptual 0\.00000 ═ Total \d\.\d{5} . \| lr \d\.\d\de-0\d \| "
-                     r"[\d.]+ samples/s \| Warming up \| cold layers \d/2 \| ETA", out, re.M)
+                     r"[\d.]+ samples/s \(batch \dx\dx1=\d+\) \| Warming up \| cold layers \d/2 \| ETA", out, re.M)
     assert re.search(r"^step 4/4 \|", out, re.M)
     assert re.search(r"^step 2: validation Y-PSNR \d+\.\d\d dB", out, re.M)
     assert re.search(r"^step 4: saved .*latest\.pth$", out, re.M) and "done: step 4" in out

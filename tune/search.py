@@ -3,6 +3,7 @@
     python tune/search.py                      # default sweep on the sample clips (~10 min on 2 CPU cores)
     python tune/search.py --address auto       # on a running cluster (ray start --head)
     python tune/search.py --name my_sweep --resume
+    python tune/search.py --address auto --workers-per-trial 4 --gpus-per-worker 1   # each trial on 4 GPUs (Ray Train)
     python -m tune.search ...                  # the same (`tune` is this repo's package: pip install -e .)
 
 At the end the best trial's best checkpoint is exported to <storage>/<name>/best/
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BASE_CONFIG = REPO_ROOT / "configs" / "sweep_base.json"
 METRIC, MODE = "psnr", "max"
+# A data-parallel trial only waits on its Ray Train run, whose workers hold the CPUs/GPUs; Tune needs a
+# non-empty request, so it asks for a token share of one CPU.
+DATA_PARALLEL_TRIAL_CPUS = 0.01
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,7 +62,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="best checkpoints kept per trial (by PSNR); 0 keeps all, which makes resuming after a killed "
                    "driver safe (see README)")
     p.add_argument("--seed", type=int, default=0, help="seed of the searcher and of every trial's training")
+    add_data_parallel_args(p)
     return p.parse_args(argv)
+
+
+def add_data_parallel_args(p: argparse.ArgumentParser) -> None:
+    from vsr_core.engine.distributed import LR_SCALING_RULES
+
+    group = p.add_argument_group("data-parallel trials (Ray Train; see README)")
+    group.add_argument("--workers-per-trial", type=int, default=1, metavar="N",
+                       help="train each trial on N Ray Train workers (DDP); 1 = one process per trial, no Ray Train")
+    group.add_argument("--cpus-per-worker", type=float, default=1, help="with N > 1: CPUs per worker")
+    group.add_argument("--gpus-per-worker", type=float, default=0, help="with N > 1: GPUs per worker (e.g. 1)")
+    group.add_argument("--lr-scaling", choices=LR_SCALING_RULES, default="none",
+                       help="with N > 1: scale each trial's LR by N (linear) or sqrt(N) (sqrt); the searched and "
+                       "summarised LR stays the unscaled one")
+
+
+def data_parallel_space(args: argparse.Namespace) -> dict[str, Any]:
+    """What a trial needs to run as a Ray Train run (nothing when it is one process)."""
+    if args.workers_per_trial < 1:
+        raise ValueError(f"--workers-per-trial must be >= 1, got {args.workers_per_trial}")
+    if args.workers_per_trial == 1:
+        return {}
+    return {"workers_per_trial": args.workers_per_trial, "cpus_per_worker": args.cpus_per_worker,
+            "gpus_per_worker": args.gpus_per_worker, "lr_scaling": args.lr_scaling,
+            "train_storage_path": args.storage_path, "train_max_failures": args.max_failures}
 
 
 def base_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -182,7 +211,8 @@ def build_tuner(args: argparse.Namespace, base: dict[str, Any], experiment_path:
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our CLIReporter table instead of Tune's default output
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # FailFast prints one line per failure instead
-    trainable = tune.with_resources(train_vsr, {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
+    trainable = tune.with_resources(train_vsr, {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
+                                    if args.workers_per_trial == 1 else {"cpu": DATA_PARALLEL_TRIAL_CPUS})
     if args.resume or tune.Tuner.can_restore(experiment_path):
         print(f"resuming experiment {experiment_path} (finished trials are not re-run)")
         return tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
@@ -192,6 +222,7 @@ def build_tuner(args: argparse.Namespace, base: dict[str, Any], experiment_path:
     param_space = {
         "base_config": base,
         "cpus_per_trial": args.cpus_per_trial,
+        **data_parallel_space(args),
         "LR_EXPONENT": tune.uniform(math.log10(args.lr_range[0]), math.log10(args.lr_range[1])),
         "WEIGHT_DECAY": tune.loguniform(*args.wd_range),
     }
@@ -316,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         base = base_config(args)
+        data_parallel_space(args)  # checks the data-parallel flags
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

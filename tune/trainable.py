@@ -3,6 +3,9 @@
 Each validation becomes one ``tune.report`` carrying the losses, PSNR/SSIM, per-layer
 activity, cold-layer count, convergence status and temporal weights, plus a checkpoint
 in the engine's format. A restarted trial resumes from ``tune.get_checkpoint()``.
+
+With ``workers_per_trial`` > 1 the trial is a Ray Train run of that many workers
+(``tune/data_parallel.py``) reporting the same metrics and checkpoints; with 1 it is this process.
 """
 from __future__ import annotations
 
@@ -10,15 +13,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import ray
 from ray import tune
 
 from vsr_core.checkpoint import save_checkpoint
 from vsr_core.config import TrainConfig
-from vsr_core.engine.health import layer_name
+from vsr_core.engine.distributed import scaled_lr_exponent
+from vsr_core.engine.on_ray import CHECKPOINT_FILE, diverged_metrics, report_metrics
 from vsr_core.engine.trainer import StepMetrics, Trainer, TrainingDiverged, TrainingHooks, ValidationMetrics
 
-CHECKPOINT_FILE = "checkpoint.pth"
 SEARCHED_KEYS = ("LR_EXPONENT", "WEIGHT_DECAY")
 
 
@@ -26,35 +28,13 @@ def trial_config(tune_config: dict[str, Any], trial_dir: Path) -> TrainConfig:
     """The base train config + the sampled hyperparameters, writing into the trial folder."""
     values = {**tune_config["base_config"], **{k: tune_config[k] for k in SEARCHED_KEYS if k in tune_config}}
     values["OUTPUT_DIR"] = str(trial_dir / "run")
-    values["NUM_THREADS"] = max(1, int(tune_config.get("cpus_per_trial", 1)))
+    workers = tune_config.get("workers_per_trial", 1)
+    values["NUM_THREADS"] = max(1, int(tune_config.get("cpus_per_worker" if workers > 1 else "cpus_per_trial", 1)))
+    values["LR_EXPONENT"] = scaled_lr_exponent(values["LR_EXPONENT"], workers, tune_config.get("lr_scaling", "none"))
     # Tune keeps the checkpoints (reported at each validation); latest.pth only at the end.
     values["SAVE_STEP_EVERY"] = values.get("MAX_STEPS", TrainConfig.max_steps)
     values["MILESTONE_EVERY"] = 0
     return TrainConfig.from_dict(values)
-
-
-def report_metrics(trainer: Trainer, last_step: StepMetrics | None, validation: ValidationMetrics | None) -> dict:
-    health = trainer.health()
-    metrics: dict[str, Any] = {
-        "step": trainer.step,
-        "node_id": ray.get_runtime_context().get_node_id(),
-        "lr": trainer.lr,
-        "convergence": health["convergence"],
-        "cold_layers": health["cold_layers"],
-        "skipped_steps": trainer.skipped_steps,
-    }
-    if last_step is not None:
-        metrics.update(loss_l1=last_step.loss_l1, loss_perceptual=last_step.loss_perceptual,
-                       loss_total=last_step.loss_total, samples_per_s=last_step.samples_per_s)
-    if validation is not None:
-        metrics.update(psnr=validation.psnr, ssim=validation.ssim, val_l1=validation.l1,
-                       bicubic_psnr=validation.bicubic_psnr)
-    for name, value in trainer.model.frame_stats.items():
-        metrics[f"temporal_weight/{name}"] = value
-    activity = trainer.activity_history[-1] if trainer.activity_history else trainer.model.layer_activity()
-    for i, value in enumerate(activity):
-        metrics[f"layer/{layer_name(i)}"] = value
-    return metrics
 
 
 class TuneReportHooks(TrainingHooks):
@@ -77,6 +57,10 @@ def train_vsr(tune_config: dict[str, Any]) -> None:
     config = trial_config(tune_config, trial_dir)
     resume_from = None
     checkpoint = tune.get_checkpoint()
+    if tune_config.get("workers_per_trial", 1) > 1:
+        from tune.data_parallel import run_data_parallel_trial
+
+        return run_data_parallel_trial(config, tune_config, trial_dir, checkpoint)
     if checkpoint is not None:  # a retried or restored trial continues where it was
         local = trial_dir / "resume"
         checkpoint.to_directory(str(local))
@@ -86,8 +70,4 @@ def train_vsr(tune_config: dict[str, Any]) -> None:
     try:
         trainer.fit(hooks)
     except TrainingDiverged as exc:
-        # Report the divergence as a result (not an error): retrying would only diverge again.
-        metrics = report_metrics(trainer, hooks.last_step, trainer.last_validation)
-        metrics.update(convergence="Diverging ✗", diverged=True, error=str(exc))
-        metrics.setdefault("psnr", 0.0)  # worst possible, so searchers and ASHA rank it last
-        tune.report(metrics)
+        tune.report(diverged_metrics(trainer, hooks.last_step, exc))

@@ -24,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vsr_core.archs import CENTER, SCALE
+from vsr_core.config import TrainConfig
 from vsr_core.data.degradation import bicubic_downsample
 from vsr_core.data.samples import DEFAULT_TRAIN_CLIP, DEFAULT_VAL_CLIP, sample_clip
 from vsr_core.data.video_io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, VideoReadError, iter_frames
@@ -191,16 +192,44 @@ class WindowPatchDataset(Dataset):
 
 
 class ContinuingSampler(Sampler[int]):
-    """Yields sample indices start, start+1, ... without end (training runs by steps, not epochs)."""
+    """Yields sample indices start, start+1, ... without end (training runs by steps, not epochs).
 
-    def __init__(self, start: int = 0):
-        self.start = start
+    Data-parallel training (``workers`` > 1): the stream is cut into global micro-batches of
+    ``workers * batch_size`` samples and worker ``rank`` takes its own ``batch_size`` slice of each,
+    so the workers together see exactly the samples one process with ``workers * batch_size``
+    windows per micro-batch would, in the same steps. ``start`` counts samples of all workers."""
+
+    def __init__(self, start: int = 0, batch_size: int = 1, rank: int = 0, workers: int = 1):
+        if not 0 <= rank < workers:
+            raise ValueError(f"rank must be in [0, {workers}), got {rank}")
+        self.start, self.batch_size, self.rank, self.workers = start, batch_size, rank, workers
 
     def __iter__(self) -> Iterator[int]:
-        g = self.start
+        if self.workers == 1:
+            g = self.start
+            while True:
+                yield g
+                g += 1
+        stride = self.workers * self.batch_size
+        g = self.start + self.rank * self.batch_size
         while True:
-            yield g
-            g += 1
+            yield from range(g, g + self.batch_size)
+            g += stride
+
+
+def training_loader(config: TrainConfig, start: int, pin_memory: bool = False, rank: int = 0,
+                    workers: int = 1) -> DataLoader:
+    """The endless training DataLoader from global sample ``start`` on (``rank``'s share when ``workers`` > 1)."""
+    dataset = WindowPatchDataset(training_clips(config.train_data, config.max_frames_per_clip), config.patch_size,
+                                 config.num_patches, config.seed)
+    return DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        sampler=ContinuingSampler(start, config.batch_size, rank, workers),
+        num_workers=config.num_workers,  # one endless iterator per fit: no persistent_workers needed
+        prefetch_factor=4 if config.num_workers > 0 else None,
+        pin_memory=pin_memory,
+    )
 
 
 def training_clips(paths: Sequence[str], max_frames: int = 0) -> list[np.ndarray]:

@@ -5,11 +5,13 @@ import argparse
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from vsr_core.checkpoint import load_checkpoint
 from vsr_core.config import ConfigError, TrainConfig, parse_value
 from vsr_core.engine.console import LiveConsole, PlainConsole
+from vsr_core.engine.distributed import LR_SCALING_RULES, effective_batch_text, scaled_lr_exponent
 from vsr_core.engine.trainer import Trainer, TrainingHooks
 
 
@@ -69,12 +71,16 @@ class StopOnInterrupt:
 
 def cmd_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.set, args.resume)
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    if args.workers > 1:
+        return train_on_ray(args, config)
     trainer = Trainer(config, resume_from=args.resume, finetune_from=args.finetune_from)
     run_config = trainer.output_dir / "train_config.json"
     config.save(run_config)
     print(f"training {config.preset} on {trainer.device} -> {trainer.output_dir} "
-          f"(lr {config.learning_rate:.1e}, wd {config.weight_decay}, batch {config.batch_size}x"
-          f"{config.accumulation_steps}, phase {trainer.training_phase}, from step {trainer.step})", flush=True)
+          f"(lr {config.learning_rate:.1e}, wd {config.weight_decay}, {effective_batch_text(config, 1)}, "
+          f"phase {trainer.training_phase}, from step {trainer.step})", flush=True)
     console = make_console(trainer, Path(args.config) if args.config else run_config, args.plain)
     latest = trainer.output_dir / "latest.pth"
     try:
@@ -94,6 +100,45 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def train_on_ray(args: argparse.Namespace, config: TrainConfig) -> int:
+    """``--workers N``: one data-parallel run of N Ray Train workers (see ``engine.on_ray``). Rank 0 prints
+    the log lines and writes OUTPUT_DIR (latest.pth, tensorboard/); Ray Train keeps the checkpoint of each
+    validation in OUTPUT_DIR/ray_train_<time> and restarts a failed group from the last one."""
+    import ray
+    import ray.train
+
+    from vsr_core.engine.on_ray import CHECKPOINT_FILE, fit_on_ray_train
+
+    if not args.resume:  # a resumed run goes on with its checkpoint's LR (already scaled) unless --set changes it
+        config = config.replace(lr_exponent=scaled_lr_exponent(config.lr_exponent, args.workers, args.lr_scaling))
+    output = Path(config.output_dir).resolve()  # the workers may run in other folders
+    config = config.replace(output_dir=str(output))
+    output.mkdir(parents=True, exist_ok=True)
+    config.save(output / "train_config.json")
+    print(f"training {config.preset} on {args.workers} Ray Train workers -> {output} (lr {config.learning_rate:.1e}, "
+          f"wd {config.weight_decay}, {effective_batch_text(config, args.workers)})", flush=True)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=args.address)
+    try:
+        result = fit_on_ray_train(
+            # a new name per launch: Ray Train would otherwise continue the previous run found under the same one
+            config, args.workers, storage_path=str(output), name=time.strftime("ray_train_%Y%m%d-%H%M%S"),
+            cpus_per_worker=args.cpus_per_worker,
+            gpus_per_worker=args.gpus_per_worker, max_failures=args.max_failures, console=True,
+            resume_from=str(Path(args.resume).resolve()) if args.resume else None,
+            finetune_from=str(Path(args.finetune_from).resolve()) if args.finetune_from else None)
+    except ray.train.TrainingFailedError as exc:
+        print(f"error: the training run failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if started:
+            ray.shutdown()
+    reported = f"; last reported checkpoint {result.checkpoint.path}/{CHECKPOINT_FILE}" if result.checkpoint else ""
+    print(f"done: step {(result.metrics or {}).get('step')}, checkpoint {output / 'latest.pth'}{reported}", flush=True)
+    return 0
+
+
 def add_train_parser(sub) -> None:
     train = sub.add_parser("train", help="train one run (the Option B loop)")
     train.add_argument("--config", help="train_config.json (the seed's keys plus the rest; see README); "
@@ -105,4 +150,14 @@ def add_train_parser(sub) -> None:
     train.add_argument("--finetune-from", help="start from a checkpoint's weights with a fresh optimizer")
     train.add_argument("--plain", action="store_true",
                        help="plain log lines even in a terminal (no live console, no keys)")
+    parallel = train.add_argument_group("data-parallel training on Ray Train (see README)")
+    parallel.add_argument("--workers", type=int, default=1, metavar="N",
+                          help="train on N Ray Train workers (DDP); 1 = this process, no Ray")
+    parallel.add_argument("--cpus-per-worker", type=float, default=1, help="CPUs per worker (torch threads follow)")
+    parallel.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs per worker (1 on a GPU cluster)")
+    parallel.add_argument("--lr-scaling", choices=LR_SCALING_RULES, default="none",
+                          help="scale the LR with N at launch: linear (x N) or sqrt (x sqrt N); default none")
+    parallel.add_argument("--max-failures", type=int, default=2,
+                          help="restarts of the worker group (after a lost worker) from the last checkpoint")
+    parallel.add_argument("--address", help="a running Ray cluster ('auto'); default: start a local Ray")
     train.set_defaults(func=cmd_train)

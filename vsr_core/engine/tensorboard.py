@@ -34,5 +34,25 @@ class TensorBoardLogger:
             self.writer.add_image("Validation/LR_bicubic|Output|GT", torch.from_numpy(image), step, dataformats="HWC")
         self.writer.flush()
 
+    def log_text(self, tag: str, text: str) -> None:
+        self.writer.add_text(tag, text, 0)
+
     def close(self) -> None:
         self.writer.close()
+
+
+class NullTensorBoard(TensorBoardLogger):
+    """Writes nothing: the other workers of a data-parallel group (rank 0 writes the logs)."""
+
+    def __init__(self) -> None:
+        pass
+
+    def log_training(self, *args) -> None: ...
+
+    def log_layers(self, *args) -> None: ...
+
+    def log_validation(self, *args) -> None: ...
+
+    def log_text(self, *args) -> None: ...
+
+    def close(self) -> None: ...

@@ -8,9 +8,11 @@ One optimizer step = ACCUMULATION_STEPS micro-batches of BATCH_SIZE windows: L1 
 PERCEPTUAL_WEIGHT x VGG19 perceptual loss, AdamW, the cosine LR schedule of ``schedule``,
 fp16 autocast + GradScaler on CUDA (fp32 on CPU). A step whose loss is NaN/Inf is skipped
 (no update) and counted; MAX_BAD_STEPS in a row stop the run with ``TrainingDiverged``.
+With a ``DataParallel`` the same loop runs in each worker of a data-parallel group (see ``distributed``).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -20,18 +22,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from vsr_core.archs import VSRPPPv2
 from vsr_core.checkpoint import LATEST_NAME, load_checkpoint, remove_stale_temp_files, save_checkpoint
 from vsr_core.config import TrainConfig
-from vsr_core.data.datasets import ContinuingSampler, WindowPatchDataset, training_clips
+from vsr_core.data.datasets import training_loader
+from vsr_core.engine.distributed import DataParallel, effective_batch_text
 from vsr_core.frames import autocast, pick_device
 from vsr_core.engine.health import convergence_status, health_summary
 from vsr_core.engine.hooks import StepMetrics, TrainingHooks, ValidationMetrics
 from vsr_core.engine.requests import ApplyConfig, Command, Request, RequestQueue
 from vsr_core.engine.schedule import ETA_MIN, make_scheduler, retarget  # noqa: F401 - ETA_MIN: part of the API
-from vsr_core.engine.tensorboard import TensorBoardLogger
+from vsr_core.engine.tensorboard import NullTensorBoard, TensorBoardLogger
 from vsr_core.engine.validation import Validator
 from vsr_core.losses import PerceptualLoss, combined_loss
 
@@ -61,18 +63,23 @@ class Trainer:
         resume_from: str | Path | None = None,
         finetune_from: str | Path | None = None,
         log_dir: str | Path | None = None,
+        parallel: DataParallel | None = None,
     ):
         if resume_from and finetune_from:
             raise ValueError("give either resume_from (continue a run) or finetune_from (new run from weights)")
         self.config = config
+        self.parallel = parallel  # None: one process, today's path with no process group
+        self.workers = parallel.world_size if parallel else 1
+        self.is_main = parallel is None or parallel.is_main  # rank 0 writes checkpoints and TensorBoard
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         seed_everything(config.seed)
         self.device = pick_device(config.device)
         self.use_amp = self.device.type == "cuda"
         self.output_dir = Path(config.output_dir)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temp_files(self.output_dir)  # left by a process killed mid-write
+        if self.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temp_files(self.output_dir)  # left by a process killed mid-write
 
         self.model = VSRPPPv2.from_preset(config.preset).to(self.device)
         self.perceptual = None
@@ -90,6 +97,7 @@ class Trainer:
         elif finetune_from:
             self.model.load_state_dict(load_checkpoint(finetune_from, self.device)["model_state_dict"])
             self.training_phase = "finetune"
+        self.train_model = parallel.wrap(self.model) if parallel else self.model  # what train_step runs
 
         self.skipped_steps = 0
         self.consecutive_bad_steps = 0
@@ -98,14 +106,21 @@ class Trainer:
         self.last_validation: ValidationMetrics | None = None
         self._validator = Validator(self.device)
         self._batches = None
-        self.tensorboard = TensorBoardLogger(log_dir or self.output_dir / "tensorboard")
+        self.tensorboard = TensorBoardLogger(log_dir or self.output_dir / "tensorboard") if self.is_main \
+            else NullTensorBoard()
+        self.tensorboard.log_text("Run/EffectiveBatch", f"{effective_batch_text(config, self.workers)}, "
+                                  f"LR {config.learning_rate:.3g}")
         self.requests = RequestQueue()  # posted by hooks and other threads, taken by fit between steps
         self.paused = self.stop_requested = self._fitting = False  # changed only by fit
 
     # --- state ------------------------------------------------------------------------
     @property
+    def samples_per_step(self) -> int:  # the effective batch, all workers together
+        return self.config.effective_batch_size * self.workers
+
+    @property
     def samples_seen(self) -> int:
-        return self.step * self.config.accumulation_steps * self.config.batch_size
+        return self.step * self.samples_per_step
 
     @property
     def epoch(self) -> int:
@@ -206,62 +221,59 @@ class Trainer:
     def _next(self, every: int) -> int:
         return min((self.step // every + 1) * every, self.config.max_steps)
 
-    def validation_due(self) -> bool:
-        """Whether fit validates at the current step boundary (a multiple of VAL_STEP_EVERY, or the last step)."""
+    def validation_due(self) -> bool:  # at this step boundary: a multiple of VAL_STEP_EVERY, or the last step
         return self._due(self.config.val_step_every)
 
     def checkpoint_due(self) -> bool:
         return self._due(self.config.save_step_every)
 
-    def next_validation_step(self) -> int:
-        """The step after which fit validates next (not counting one due now); the last step at the latest."""
+    def next_validation_step(self) -> int:  # the next one after any due now; the last step at the latest
         return self._next(self.config.val_step_every)
 
     def next_checkpoint_step(self) -> int:
         return self._next(self.config.save_step_every)
 
     def save(self, path: str | Path | None = None) -> Path:
-        """Atomically write ``latest.pth`` (or ``path``)."""
-        path = save_checkpoint(self.checkpoint_dict(), path or self.output_dir / LATEST_NAME)
-        return path
+        """Atomically write ``latest.pth`` (or ``path``); in a data-parallel group only rank 0 writes."""
+        path = Path(path or self.output_dir / LATEST_NAME)
+        return save_checkpoint(self.checkpoint_dict(), path) if self.is_main else path
 
     # --- data ---------------------------------------------------------------------------
     def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._batches is None:
-            cfg = self.config
-            dataset = WindowPatchDataset(
-                training_clips(cfg.train_data, cfg.max_frames_per_clip), cfg.patch_size, cfg.num_patches, cfg.seed
-            )
-            loader = DataLoader(
-                dataset,
-                batch_size=cfg.batch_size,
-                sampler=ContinuingSampler(self.samples_seen),  # resume continues the same data stream
-                num_workers=cfg.num_workers,  # one endless iterator per fit: no persistent_workers needed
-                prefetch_factor=4 if cfg.num_workers > 0 else None,
-                pin_memory=self.device.type == "cuda",
-            )
-            self._batches = iter(loader)
+        if self._batches is None:  # resume continues the same data stream, at samples_seen
+            rank = self.parallel.rank if self.parallel else 0
+            self._batches = iter(training_loader(self.config, self.samples_seen, self.device.type == "cuda",
+                                                 rank, self.workers))
         lr_windows, gt = next(self._batches)
         return lr_windows.to(self.device, non_blocking=True), gt.to(self.device, non_blocking=True)
 
     # --- one optimizer step ---------------------------------------------------------------
     def train_step(self) -> StepMetrics:
-        cfg = self.config
-        self.model.train()
+        cfg, parallel = self.config, self.parallel
+        self.train_model.train()
         start = time.perf_counter()
         sums = torch.zeros(3, device=self.device)
-        finite = True
-        for _ in range(cfg.accumulation_steps):
+        finite, final_loss = True, None
+        for m in range(cfg.accumulation_steps):
             lr_windows, gt = self._next_batch()  # consumed even after a bad micro-batch: keeps the data stream aligned
-            if not finite:
-                continue
-            with autocast(self.device):
-                terms = combined_loss(self.model(lr_windows).float(), gt, self.perceptual, cfg.perceptual_weight)
-            if not torch.isfinite(terms.total):
-                finite = False
-                continue
-            self.scaler.scale(terms.total / cfg.accumulation_steps).backward()
-            sums += torch.stack([terms.l1, terms.perceptual, terms.total]).detach()
+            if not finite and parallel is None:
+                continue  # data-parallel workers go on: DDP needs the same passes on every worker
+            final = m == cfg.accumulation_steps - 1
+            with parallel.micro_batch(self.train_model, final) if parallel else contextlib.nullcontext():
+                with autocast(self.device):
+                    terms = combined_loss(self.train_model(lr_windows).float(), gt, self.perceptual,
+                                          cfg.perceptual_weight)
+                finite = finite and bool(torch.isfinite(terms.total))
+                if finite:
+                    sums += torch.stack([terms.l1, terms.perceptual, terms.total]).detach()
+                if final:  # its backward (the all-reduce, data-parallel) once the workers agree on the step
+                    final_loss = terms.total
+                elif finite or parallel:
+                    self.scaler.scale(terms.total / cfg.accumulation_steps).backward()
+        if parallel:
+            finite, sums = parallel.agree(finite, sums, self.model)
+        if final_loss is not None and (finite or parallel):  # a skipped step's gradients are dropped below
+            self.scaler.scale(final_loss / cfg.accumulation_steps).backward()
 
         lr = self.lr
         if finite:
@@ -291,27 +303,27 @@ class Trainer:
             loss_perceptual=perceptual,
             loss_total=total,
             lr=lr,
-            samples_per_s=cfg.effective_batch_size / elapsed,
+            samples_per_s=self.samples_per_step / elapsed,
             skipped=not finite,
             skipped_steps=self.skipped_steps,
         )
 
     # --- validation -------------------------------------------------------------------------
     def validate(self) -> ValidationMetrics:
-        """Y-PSNR/SSIM and L1 on the validation clips (see ``Validator``). Inside ``fit`` (from a hook)
-        use ``request_validation``."""
+        """Y-PSNR/SSIM and L1 on the validation clips (``Validator``); inside ``fit`` use request_validation."""
         self._refuse_inside_fit("validate", "request_validation")
         return self._validate()
 
     def _validate(self) -> ValidationMetrics:
-        metrics = self._validator(self.model, self.config, self.step)
+        metrics = self._validator(self.model, self.config, self.step) if self.is_main else None
+        if self.parallel:  # computed once, on rank 0; every worker's hooks see the same metrics
+            metrics = self.parallel.share(metrics)
         self.tensorboard.log_validation(self.step, metrics.psnr, metrics.ssim, metrics.l1, metrics.image)
         self.last_validation = metrics
         return metrics
 
     # --- observability -------------------------------------------------------------------------
-    def health(self) -> dict:
-        """Convergence status, cold layers, temporal weights: for the console, logs and Tune."""
+    def health(self) -> dict:  # convergence status, cold layers, temporal weights: console, logs, Tune
         summary = health_summary(list(self.activity_history), list(self.loss_history))
         summary["temporal_weights"] = self.model.frame_stats
         return summary

@@ -60,6 +60,12 @@ def format_setting(value: Any) -> str:
     return json.dumps(value) if isinstance(value, bool) else str(value)
 
 
+def _batch(state: ConsoleState) -> str:
+    """The effective batch: BATCH_SIZE x ACCUMULATION_STEPS x workers."""
+    b, a, n = state.batch
+    return f"{b}x{a}x{n}={b * a * n}"
+
+
 def _header(state: ConsoleState) -> Panel:
     fraction = state.step / state.max_steps if state.max_steps else 0.0
     top = Table.grid(padding=(0, 1), expand=True)
@@ -77,7 +83,8 @@ def _header(state: ConsoleState) -> Panel:
         ("LR ", "dim"), (f"{state.lr:.2e}", "bold"), "   ",
         ("epoch ", "dim"), str(state.epoch), "   ",
         ("elapsed ", "dim"), _clock(state.elapsed_s), "   ",
-        ("skipped steps ", "dim"), (str(state.skipped_steps), "red" if state.skipped_steps else ""),
+        ("skipped steps ", "dim"), (str(state.skipped_steps), "red" if state.skipped_steps else ""), "   ",
+        ("batch ", "dim"), _batch(state),
     )
     title = f"VSR+++ v2 training · {state.preset} · {state.device} · {state.phase} · {state.output_dir}"
     badge = Text()  # first, so a long output_dir cannot push it out of the title
@@ -262,5 +269,6 @@ def format_plain_line(state: ConsoleState) -> str:
     losses = " ".join(f"{name} {_loss(state.losses.get(name, math.nan))} "
                       f"{state.loss_trends.get(name, Trend.STABLE).arrow}" for name in LOSS_NAMES)
     sps = _speed(state.samples_per_s)
-    return (f"step {state.step}/{state.max_steps} | {losses} | lr {state.lr:.2e} | {sps} samples/s | "
+    return (f"step {state.step}/{state.max_steps} | {losses} | lr {state.lr:.2e} | {sps} samples/s "
+            f"(batch {_batch(state)}) | "
             f"{state.status} | cold layers {len(state.cold)}/{len(state.activity)} | ETA {_clock(state.eta_s)}")

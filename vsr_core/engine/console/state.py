@@ -36,6 +36,7 @@ class ConsoleState:
     epoch: int = 0
     lr: float = 0.0
     samples_per_s: float | None = None
+    batch: tuple[int, int, int] = (1, 1, 1)  # BATCH_SIZE, ACCUMULATION_STEPS, workers: the effective batch
     elapsed_s: float = 0.0
     eta_s: float | None = None
     skipped_steps: int = 0
@@ -131,6 +132,7 @@ class ConsoleRecorder(TrainingHooks):
             epoch=trainer.epoch,
             lr=trainer.lr,
             samples_per_s=self.samples_per_s,
+            batch=(cfg.batch_size, cfg.accumulation_steps, trainer.workers),
             elapsed_s=time.monotonic() - self._start,
             eta_s=self._eta(trainer),
             skipped_steps=trainer.skipped_steps,

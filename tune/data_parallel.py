@@ -1,0 +1,85 @@
+"""A data-parallel trial: the trial launches a Ray Train run (``vsr_core.engine.on_ray``) and passes
+its reports on to Tune.
+
+The Ray Train workers report to their controller (rank 0's checkpoint persisted under the trial's
+storage, in ``ray_train/``); a controller callback hands each report (metrics + checkpoint) to
+this trial through a one-slot queue, and the trial calls ``tune.report`` with them, as a
+single-process trial would, so Tune's checkpoint management, ASHA, the searcher and the export
+of the best checkpoint work unchanged. A lost worker is restarted by Ray Train from its last
+checkpoint (``max_failures`` of the sweep); a trial that fails anyway is retried by Tune from the
+last checkpoint Tune kept (``tune.get_checkpoint()``).
+
+When Tune stops the trial (ASHA, or its last step reached), its actor is ended at once, and the Train
+run with it; but the workers' placement group belongs to the whole Ray job and would keep their
+CPUs/GPUs until the sweep ends, starving later trials. So rank 0 announces the group's placement
+group to the trial, and the trial removes it when Tune stops it.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+from ray.train import UserCallback
+from ray.util import remove_placement_group
+from ray.util.queue import Empty, Queue
+
+from vsr_core.config import TrainConfig
+from vsr_core.engine.on_ray import fit_on_ray_train
+
+POLL_S = 1.0
+
+
+class HandReportsToTrial(UserCallback):
+    """Runs on the Ray Train controller: every report (all workers' metrics agree; rank 0's are taken)
+    with its persisted checkpoint goes into the trial's queue. ``put`` waits while the previous
+    report is still in the queue, so reports reach Tune in order and none is dropped."""
+
+    def __init__(self, queue: Queue):
+        self.queue = queue
+
+    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        self.queue.put(("report", metrics[0], checkpoint))
+
+
+def run_data_parallel_trial(config: TrainConfig, tune_config: dict[str, Any], trial_dir: Path,
+                            checkpoint: tune.Checkpoint | None) -> None:
+    """Train ``config`` on ``workers_per_trial`` Ray Train workers; report to Tune as they report."""
+    storage = tune_config.get("train_storage_path")  # the sweep's storage (shared or a URI); else the trial folder
+    storage = f"{storage.rstrip('/')}/{tune.get_context().get_experiment_name()}/{trial_dir.name}" if storage \
+        else str(trial_dir)
+    queue: Queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
+    outcome: dict[str, BaseException] = {}
+
+    def fit() -> None:
+        try:
+            fit_on_ray_train(
+                config, tune_config["workers_per_trial"], storage_path=storage, name="ray_train",
+                cpus_per_worker=tune_config.get("cpus_per_worker", 1),
+                gpus_per_worker=tune_config.get("gpus_per_worker", 0),
+                max_failures=tune_config.get("train_max_failures", 2), resume_checkpoint=checkpoint,
+                log_dir=str(trial_dir / "tensorboard"), callbacks=[HandReportsToTrial(queue)], announce_to=queue)
+        except BaseException as exc:  # raised in the trial below
+            outcome["error"] = exc
+
+    runner = threading.Thread(target=fit, name="ray-train-run", daemon=True)
+    runner.start()
+    placement_group = None
+    while runner.is_alive() or not queue.empty():
+        try:
+            kind, *item = queue.get(timeout=POLL_S)
+        except Empty:
+            continue
+        if kind == "placement_group":
+            placement_group = item[0]
+            continue
+        metrics, reported = item
+        try:
+            tune.report(metrics, checkpoint=tune.Checkpoint(reported.path, reported.filesystem) if reported else None)
+        except SystemExit:  # Tune stops this trial: release the workers' CPUs/GPUs now
+            if placement_group is not None:
+                remove_placement_group(placement_group)
+            raise
+    if "error" in outcome:
+        raise outcome["error"]
