@@ -156,6 +156,7 @@ class JobApi:
                                f"{max_frames} (use POST /v1/jobs for long videos)")
             options = {"device": settings.device, "batch_size": settings.batch_size, "tile": settings.tile,
                        "tile_overlap": settings.tile_overlap, "chunk_frames": settings.job_chunk_frames,
+                       "precision": settings.precision, "backend": settings.backend,
                        "workers": settings.job_workers, "cpus_per_worker": settings.job_cpus_per_worker,
                        "gpus_per_worker": settings.job_gpus_per_worker}
             record = jobs.JobRecord(job_id, owner, source, name, str(loaded.path), options,

@@ -185,7 +185,9 @@ class JobRunner:
         options = record.options
         upscaler = Upscaler.from_checkpoint(record.checkpoint, device=options["device"],
                                             batch_size=options["batch_size"], tile=options["tile"],
-                                            tile_overlap=options["tile_overlap"])
+                                            tile_overlap=options["tile_overlap"],
+                                            precision=options.get("precision", "auto"),  # older records: defaults
+                                            backend=options.get("backend", "torch"))
         pool = RayPool(workers=options["workers"], num_cpus=options["cpus_per_worker"],
                        num_gpus=options["gpus_per_worker"])
         last_write = 0.0

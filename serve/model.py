@@ -35,7 +35,7 @@ def model_key(settings: ServeSettings) -> tuple:
     path = resolve_checkpoint_path(settings.checkpoint).resolve()
     stat = path.stat()
     return (str(path), stat.st_mtime_ns, stat.st_size, settings.revision, settings.device, settings.tile,
-            settings.tile_overlap)
+            settings.tile_overlap, settings.precision, settings.backend)
 
 
 def _file_id(path: Path) -> str:
@@ -59,7 +59,10 @@ def _best_metrics(path: Path) -> tuple[dict | None, str | None]:
 
 def load_model(settings: ServeSettings) -> LoadedModel:
     """Load the checkpoint completely (blocking; run it off the event loop)."""
-    options = dict(device=settings.device, tile=settings.tile, tile_overlap=settings.tile_overlap)
+    # Windows come in every size, one or a few at a time: a compile per size would stall them.
+    window_backend = "torch" if settings.backend == "torch-compile" else settings.backend
+    options = dict(device=settings.device, tile=settings.tile, tile_overlap=settings.tile_overlap,
+                   precision=settings.precision, backend=window_backend)
     for _ in range(3):  # a run's latest.pth may be replaced (atomically) while we read it
         key = model_key(settings)
         path = Path(key[0])
@@ -83,6 +86,9 @@ def load_model(settings: ServeSettings) -> LoadedModel:
         "metrics": metrics,
         "trial_id": trial_id,
         "device": str(upscaler.device),
+        "precision": upscaler.precision,
+        "backend": settings.backend,  # video jobs
+        "window_backend": upscaler.backend,
         "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if settings.expose_paths:  # an operator's choice (e.g. a private deployment); off by default

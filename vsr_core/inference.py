@@ -29,9 +29,10 @@ import torch
 from torch import nn
 
 from vsr_core.archs import CENTER, NUM_FRAMES, SCALE
+from vsr_core.backends import BACKEND_PRECISIONS, check_backend, make_runner
 from vsr_core.checkpoint import model_from_checkpoint
 from vsr_core.data.degradation import bicubic_upsample
-from vsr_core.frames import autocast, pick_device, to_tensor, to_uint8, window_indices
+from vsr_core.frames import autocast, pick_device, resolve_precision, to_tensor, to_uint8, window_indices
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +105,8 @@ class Upscaler:
         batch_size: int = 4,
         tile: int = 0,
         tile_overlap: int = 32,
+        precision: str = "auto",
+        backend: str = "torch",
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -116,6 +119,11 @@ class Upscaler:
         self.batch_size = batch_size
         self.tile = tile
         self.tile_overlap = tile_overlap
+        # precision: what was asked ("auto" is resolved again by each process that runs the
+        # model, e.g. a chunk worker on another node); self.precision: what runs here.
+        self.backend, self.requested_precision = check_backend(backend), precision
+        self.precision = resolve_precision(precision, self.device, allowed=BACKEND_PRECISIONS[backend])
+        self.runner = make_runner(backend, self.model, self.device, self.precision)
         self.checkpoint_info: dict | None = None  # set by from_checkpoint
 
     @classmethod
@@ -128,12 +136,11 @@ class Upscaler:
 
     @classmethod
     def bicubic(cls, **options) -> "Upscaler":
-        return cls(BicubicBaseline(), **options)
+        return cls(BicubicBaseline(), **{"precision": "fp32", **options})  # the exact reference
 
     # --- tensors -----------------------------------------------------------------
     def _run_model(self, windows: torch.Tensor) -> torch.Tensor:
-        with autocast(self.device):
-            return self.model(windows).float()
+        return self.runner(windows)
 
     @torch.inference_mode()
     def upscale_windows(self, windows: torch.Tensor) -> torch.Tensor:
@@ -166,7 +173,7 @@ class Upscaler:
         (needs a model with ``extract_features``/``reconstruct_frames``, and no tiling)."""
         model_ok = callable(getattr(self.model, "extract_features", None)) and callable(
             getattr(self.model, "reconstruct_frames", None))
-        return model_ok and (not self.tile or (height <= self.tile and width <= self.tile))
+        return model_ok and self.runner.reuses_features and (not self.tile or (height <= self.tile and width <= self.tile))
 
     def stream(self, frames: Iterable[np.ndarray], prefetch: int = 0, *, first: int = 0,
                total: int | None = None, start: int | None = None, stop: int | None = None) -> Iterator[np.ndarray]:
@@ -267,11 +274,11 @@ class Upscaler:
         (or chunk of a video) first reads it."""
         windows = [window_indices(c, num_frames) for c in centers]
         for j in sorted({j for window in windows for j in window} - features.keys()):
-            with autocast(self.device):
+            with autocast(self.device, self.precision):
                 features[j] = self.model.extract_features(frames[j].to(self.device, non_blocking=True)[None, None])[0]
         slots = [torch.cat([features[window[k]] for window in windows]) for k in range(NUM_FRAMES)]
         center = torch.stack([frames[c] for c in centers]).to(self.device, non_blocking=True)
-        with autocast(self.device):
+        with autocast(self.device, self.precision):
             out = self.model.reconstruct_frames(slots, center).float()
         return out.clamp_(0, 1)
 

@@ -6,7 +6,7 @@ running trainer only by requests (``request_*``) that ``fit`` takes between step
 
 One optimizer step = ACCUMULATION_STEPS micro-batches of BATCH_SIZE windows: L1 +
 PERCEPTUAL_WEIGHT x VGG19 perceptual loss, AdamW, the cosine LR schedule of ``schedule``,
-fp16 autocast + GradScaler on CUDA (fp32 on CPU). A step whose loss is NaN/Inf is skipped
+fp16 autocast + GradScaler on CUDA, fp32 on CPU (PRECISION: bf16 autocast is an option). A step whose loss is NaN/Inf is skipped
 (no update) and counted; MAX_BAD_STEPS in a row stop the run with ``TrainingDiverged``.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from vsr_core.archs import VSRPPPv2
 from vsr_core.checkpoint import LATEST_NAME, load_checkpoint, remove_stale_temp_files, save_checkpoint
 from vsr_core.config import TrainConfig
 from vsr_core.data.datasets import ContinuingSampler, WindowPatchDataset, training_clips
-from vsr_core.frames import autocast, pick_device
+from vsr_core.frames import autocast, pick_device, resolve_precision
 from vsr_core.engine.health import convergence_status, health_summary
 from vsr_core.engine.hooks import StepMetrics, TrainingHooks, ValidationMetrics
 from vsr_core.engine.requests import ApplyConfig, Command, Request, RequestQueue
@@ -69,7 +69,8 @@ class Trainer:
             torch.set_num_threads(config.num_threads)
         seed_everything(config.seed)
         self.device = pick_device(config.device)
-        self.use_amp = self.device.type == "cuda"
+        self.precision = resolve_precision(config.precision, self.device, training=True)
+        self.use_amp = self.precision == "fp16"  # fp16 needs the GradScaler; bf16 has fp32's range
         self.output_dir = Path(config.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temp_files(self.output_dir)  # left by a process killed mid-write
@@ -96,7 +97,7 @@ class Trainer:
         self.loss_history: deque[float] = deque(maxlen=HISTORY_LENGTH)
         self.activity_history: deque[list[float]] = deque(maxlen=HISTORY_LENGTH)
         self.last_validation: ValidationMetrics | None = None
-        self._validator = Validator(self.device)
+        self._validator = Validator(self.device, self.precision)
         self._batches = None
         self.tensorboard = TensorBoardLogger(log_dir or self.output_dir / "tensorboard")
         self.requests = RequestQueue()  # posted by hooks and other threads, taken by fit between steps
@@ -255,7 +256,7 @@ class Trainer:
             lr_windows, gt = self._next_batch()  # consumed even after a bad micro-batch: keeps the data stream aligned
             if not finite:
                 continue
-            with autocast(self.device):
+            with autocast(self.device, self.precision):
                 terms = combined_loss(self.model(lr_windows).float(), gt, self.perceptual, cfg.perceptual_weight)
             if not torch.isfinite(terms.total):
                 finite = False

@@ -107,6 +107,7 @@ def upscale_file(
     chunk_frames = round_chunk_frames(chunk_frames, upscaler.batch_size)
     chunks = plan_chunks(timestamps, chunk_frames)
     options = {"batch_size": upscaler.batch_size, "tile": upscaler.tile, "tile_overlap": upscaler.tile_overlap,
+               "precision": upscaler.precision, "backend": upscaler.backend,
                "max_frames": max_frames, "output_kind": work.suffix or "frames"}
     work.open(plan_record(source, storage.size(source) if not Path(source).is_dir() else 0, total, chunk_frames,
                           model_fingerprint(upscaler.model), options), resume)
