@@ -33,7 +33,8 @@ def _add_inference_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile", type=int, default=0, help="LR tile size for large frames (0 = whole frame)")
     parser.add_argument("--tile-overlap", type=int, default=32, help="tile overlap in LR pixels")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS,
-                        help="auto: fp16 on CUDA; on a CPU bf16 where it has native bf16 and measured faster, else fp32")
+                        help="auto: fp16 on CUDA; on a CPU bf16 where it has native bf16 and measured faster, "
+                        "else fp32")
     parser.add_argument("--backend", default="torch", choices=BACKENDS,
                         help="torch (eager), torch-compile (compiles once per frame size: for long videos), "
                         "onnxruntime (fp32)")

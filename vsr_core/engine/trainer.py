@@ -6,8 +6,8 @@ running trainer only by requests (``request_*``) that ``fit`` takes between step
 
 One optimizer step = ACCUMULATION_STEPS micro-batches of BATCH_SIZE windows: L1 +
 PERCEPTUAL_WEIGHT x VGG19 perceptual loss, AdamW, the cosine LR schedule of ``schedule``,
-fp16 autocast + GradScaler on CUDA, fp32 on CPU (PRECISION: bf16 autocast is an option). A step whose loss is NaN/Inf is skipped
-(no update) and counted; MAX_BAD_STEPS in a row stop the run with ``TrainingDiverged``.
+fp16 autocast + GradScaler on CUDA, fp32 on CPU (PRECISION: bf16 autocast is an option). A step
+whose loss is NaN/Inf is skipped (no update) and counted; MAX_BAD_STEPS in a row stop the run with ``TrainingDiverged``.
 """
 from __future__ import annotations
 
