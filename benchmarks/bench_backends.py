@@ -12,9 +12,17 @@ channels-last conv at 180x320 in fp32 and under bf16 autocast, both measured in 
 between the model cases), and the first call's time (export / compile included). Then
 ``vsr upscale`` (decode + model + H.264 encode) for the small preset, with the default
 (``auto``) precision against fp32, and what ``auto`` resolved to on this machine.
+
+The other kind of CPU, in a child process: oneDNN limited to AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2``,
+no bf16 instructions, as on an AVX2-only CPU): the conv peak and the small preset in fp32 and
+bf16, and what ``auto`` picks there.
 """
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -134,7 +142,44 @@ def end_to_end(report: Report, num_frames: int, repeats: int, auto: str) -> dict
     return {"frames": num_frames, "frames_per_s": fps}
 
 
+def emulated_child() -> None:
+    """Run with ONEDNN_MAX_CPU_ISA=AVX2: conv peaks and the small preset, fp32 vs bf16; JSON out."""
+    peak_candidates, peak_flops = conv_peak_candidates()
+    model = random_model("small")
+    frames = synthetic_frames(4, HEIGHT, WIDTH)
+    upscalers = {p: Upscaler(model, device="cpu", batch_size=4, precision=p) for p in ("fp32", "bf16")}
+    candidates = dict(peak_candidates)
+    candidates.update({f"small {p}": (lambda u=u: list(u.stream(iter(frames)))) for p, u in upscalers.items()})
+    timings = measure(candidates, repeats=2, warmup=1)
+    print(json.dumps({
+        "auto": resolve_precision("auto", torch.device("cpu")), "bf16_speedup_measured": cpu_bf16_speedup(),
+        "conv_peak_gflops": {k.split()[1]: peak_flops / timings[k].median / 1e9 for k in peak_candidates},
+        "small_frames_per_s": {k.split()[1]: len(frames) / timings[k].median for k in timings if k.startswith("small")},
+        "timings": {k: t.to_dict() for k, t in timings.items()}}))
+
+
+def without_native_bf16(report: Report) -> dict:
+    with tempfile.TemporaryDirectory() as cache:  # a fresh precision measurement for that "CPU"
+        env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "VSR_CACHE_DIR": cache}
+        env.pop("VSR_PRECISION", None)
+        proc = subprocess.run([sys.executable, __file__, "--emulated-child"], capture_output=True, text=True,
+                              env=env, timeout=3600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"child failed: {proc.stderr[-2000:]}")
+    child = json.loads(proc.stdout.strip().splitlines()[-1])
+    peak, fps = child["conv_peak_gflops"], child["small_frames_per_s"]
+    report.add("no native bf16 (oneDNN AVX2): conv peak bf16", peak["bf16"], "GFLOP/s", "its fp32 conv peak",
+               peak["bf16"] / peak["fp32"], note=f"fp32 {peak['fp32']:.0f} GFLOP/s")
+    report.add(f"no native bf16 (oneDNN AVX2): small {HEIGHT}x{WIDTH} b4 bf16", fps["bf16"], "frames/s",
+               "its fp32", fps["bf16"] / fps["fp32"], note=f"fp32 {fps['fp32']:.2f} frames/s")
+    report.add("no native bf16 (oneDNN AVX2): auto precision", child["bf16_speedup_measured"], "x",
+               note=f"-> {child['auto']}")
+    return child
+
+
 def main(argv=None) -> None:
+    if argv is None and sys.argv[1:] == ["--emulated-child"]:
+        return emulated_child()
     args = parse_args(__doc__, argv)
     full = args.full
     report = Report("backends", "full" if full else "quick")
@@ -156,8 +201,9 @@ def main(argv=None) -> None:
         report.add(f"{case['preset']}: fastest / the default (torch, auto = {auto})", margin, "x",
                    note=f"fastest: {fastest}; noise (largest spread) {case['noise']:.2f}: {verdict}")
     e2e = end_to_end(report, 96 if full else 48, 3 if full else 2, auto)
+    emulated = without_native_bf16(report)
     report.details = {"auto_precision": auto, "bf16_speedup_measured": speedup, "native_bf16": native_bf16(),
-                      "cases": results, "end_to_end": e2e}
+                      "cases": results, "end_to_end": e2e, "without_native_bf16": emulated}
     print(f"wrote {report.write()}")
 
 

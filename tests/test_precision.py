@@ -97,3 +97,20 @@ def test_bf16_matches_fp32_within_0_05_db_on_a_trained_small_model(tmp_path):
     assert abs(difference) <= 0.05
     outputs = {name: s[1][1] for name, s in scores.items()}  # the first frame's upscaled image
     assert not np.array_equal(outputs["fp32"], outputs["bf16"])  # bf16 really ran
+
+
+def test_auto_picks_fp32_where_bf16_is_emulated(tmp_path):
+    """oneDNN limited to AVX2 (no bf16 instructions, like an AVX2-only CPU): bf16 is emulated and
+    slow, and ``auto`` must measure that and choose fp32 (the flags alone would say bf16 here)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "VSR_CACHE_DIR": str(tmp_path)}
+    env.pop(PRECISION_ENV, None)
+    code = ("import torch; from vsr_core.frames import resolve_precision, cpu_bf16_speedup; "
+            "print(resolve_precision('auto', torch.device('cpu')), cpu_bf16_speedup())")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).parent.parent, check=True).stdout.split()
+    assert out[0] == "fp32", out
+    assert float(out[1]) < 1.0  # measured: emulated bf16 is several times slower than fp32

@@ -127,7 +127,10 @@ def _machine_key() -> str:
     except OSError:
         pass
     flags = sorted((cpu_flags() or set()) & set(NATIVE_BF16_FLAGS))
-    return f"{model or processor() or machine()}|{','.join(flags)}|torch {torch.__version__}"
+    # oneDNN can be told to use fewer instructions than the CPU has (e.g. ONEDNN_MAX_CPU_ISA=AVX2):
+    # then bf16 is emulated and slow, whatever the flags say
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "all"
+    return f"{model or processor() or machine()}|{','.join(flags)}|torch {torch.__version__}|isa {isa}"
 
 
 def cpu_bf16_speedup() -> float:
