@@ -125,3 +125,13 @@ def test_torch_compile_compiles_once_per_frame_size():
     expected = np.stack(list(Upscaler(model, device="cpu", batch_size=2, precision="fp32").stream(iter(clip))))
     assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
     assert list(compiled.runner.compile_seconds) == [(2, 12, 16)]
+
+
+def test_inference_pauses_the_activity_bookkeeping():
+    model = random_model("tiny", seed=7)
+    with torch.no_grad():
+        model(torch.rand(1, 5, 3, 8, 8))  # a training-like forward records the activity
+    before = model.layer_activity()
+    Upscaler(model, device="cpu", precision="fp32").upscale_windows(torch.rand(1, 5, 3, 9, 11))
+    assert model.layer_activity() == before  # not overwritten by the inference pass
+    assert all(block.track_activity for block in model.heavy_blocks)  # and switched back on

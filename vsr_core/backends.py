@@ -14,6 +14,7 @@ Every runner maps windows [B,5,3,H,W] in [0,1] to float32 [B,3,3H,3W] on the Ups
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
@@ -43,8 +44,18 @@ class TorchRunner:
     def __init__(self, model: nn.Module, device: torch.device, precision: str):
         self.model, self.device, self.precision = model, device, precision
 
+    def context(self) -> contextlib.ExitStack:
+        """Where the model runs: the precision's autocast, the layer-activity bookkeeping paused
+        (it describes training batches; at inference it is only a cost)."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(autocast(self.device, self.precision))
+        paused = getattr(self.model, "activity_tracking_paused", None)
+        if paused is not None:
+            stack.enter_context(paused())
+        return stack
+
     def __call__(self, windows: torch.Tensor) -> torch.Tensor:
-        with autocast(self.device, self.precision):
+        with self.context():
             return self.model(windows).float()
 
 

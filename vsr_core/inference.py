@@ -32,7 +32,7 @@ from vsr_core.archs import CENTER, NUM_FRAMES, SCALE
 from vsr_core.backends import BACKEND_PRECISIONS, check_backend, make_runner
 from vsr_core.checkpoint import model_from_checkpoint
 from vsr_core.data.degradation import bicubic_upsample
-from vsr_core.frames import autocast, pick_device, resolve_precision, to_tensor, to_uint8, window_indices
+from vsr_core.frames import pick_device, resolve_precision, to_tensor, to_uint8, window_indices
 
 logger = logging.getLogger(__name__)
 
@@ -274,11 +274,11 @@ class Upscaler:
         (or chunk of a video) first reads it."""
         windows = [window_indices(c, num_frames) for c in centers]
         for j in sorted({j for window in windows for j in window} - features.keys()):
-            with autocast(self.device, self.precision):
+            with self.runner.context():
                 features[j] = self.model.extract_features(frames[j].to(self.device, non_blocking=True)[None, None])[0]
         slots = [torch.cat([features[window[k]] for window in windows]) for k in range(NUM_FRAMES)]
         center = torch.stack([frames[c] for c in centers]).to(self.device, non_blocking=True)
-        with autocast(self.device, self.precision):
+        with self.runner.context():
             out = self.model.reconstruct_frames(slots, center).float()
         return out.clamp_(0, 1)
 
