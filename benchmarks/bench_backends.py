@@ -98,7 +98,8 @@ def run_preset(report: Report, preset: str, num_frames: int, batch_size: int, re
         report.add(f"{label}: {name}", fps[name], "frames/s", "torch fp32", fps[name] / reference,
                    note=f"{gflops:.0f} GFLOP/s = {gflops / best:.2f} of the best conv peak ({best:.0f}), "
                    f"{gflops / peak.get(precision, peak['fp32']):.2f} of the {precision} peak; spread "
-                   f"{timing.spread:.2f}; first call {first[name]:.1f} s")
+                   f"{timing.spread:.2f}; best run {num_frames / min(timing.seconds):.2f} frames/s; "
+                   f"first call {first[name]:.1f} s")
     for name, seconds in first.items():
         steady = num_frames / fps[name]
         report.add(f"{label}: {name} first call (export/compile)", seconds, "s", "a steady call",
