@@ -114,3 +114,19 @@ def test_auto_picks_fp32_where_bf16_is_emulated(tmp_path):
                          cwd=Path(__file__).parent.parent, check=True).stdout.split()
     assert out[0] == "fp32", out
     assert float(out[1]) < 1.0  # measured: emulated bf16 is several times slower than fp32
+
+
+def test_training_in_bf16_is_an_option(tmp_path, no_env):
+    from conftest import tiny_train_config
+    from vsr_core.config import ConfigError, TrainConfig
+    from vsr_core.engine.trainer import Trainer
+
+    clips = write_clips(tmp_path)
+    with pytest.raises(ConfigError, match="PRECISION must be one of"):
+        TrainConfig.from_dict({"PRECISION": "half"})
+    assert Trainer(tiny_train_config(clips, tmp_path / "auto")).precision == "fp32"  # auto on a CPU
+    trainer = Trainer(tiny_train_config(clips, tmp_path / "bf16", precision="bf16", max_steps=2, val_step_every=2))
+    assert trainer.precision == "bf16" and not trainer.scaler.is_enabled()
+    trainer.fit()
+    assert trainer.step == 2 and trainer.skipped_steps == 0
+    assert trainer.last_validation is not None and np.isfinite(trainer.last_validation.psnr)
