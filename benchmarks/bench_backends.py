@@ -181,7 +181,8 @@ def without_native_bf16(report: Report) -> dict:
 def main(argv=None) -> None:
     if argv is None and sys.argv[1:] == ["--emulated-child"]:
         return emulated_child()
-    args = parse_args(__doc__, argv)
+    args = parse_args(__doc__, argv, extra=lambda parser: parser.add_argument(
+        "--presets", nargs="+", default=["small", "full"], choices=["small", "full"], help="model presets to run"))
     full = args.full
     report = Report("backends", "full" if full else "quick")
     header("backends", full)
@@ -191,7 +192,7 @@ def main(argv=None) -> None:
                "bf16/fp32 speed of a 64-ch conv, 1 thread, cached per machine)")
     cases = [("small", 16 if full else 8, 4, 5 if full else 3, ["fp32", "bf16"] if full else [auto]),
              ("full", 4 if full else 2, 4 if full else 2, 3 if full else 2, ["fp32", "bf16"] if full else [])]
-    results = [run_preset(report, *case) for case in cases]
+    results = [run_preset(report, *case) for case in cases if case[0] in args.presets]
     for case in results:  # does anything beat the default by more than the noise?
         fps = case["frames_per_s"]
         default = f"torch {auto}"
