@@ -119,11 +119,13 @@ class Upscaler:
         self.batch_size = batch_size
         self.tile = tile
         self.tile_overlap = tile_overlap
-        # precision: what was asked ("auto" is resolved again by each process that runs the
-        # model, e.g. a chunk worker on another node); self.precision: what runs here.
-        self.backend, self.requested_precision = check_backend(backend), precision
-        self.precision = resolve_precision(precision, self.device, allowed=BACKEND_PRECISIONS[backend])
+        # requested_precision: what was asked ("auto" is resolved again by each process that runs
+        # the model, e.g. a chunk worker on another node); precision and backend: what runs here
+        # (the bicubic baseline always runs on torch).
+        self.requested_precision = precision
+        self.precision = resolve_precision(precision, self.device, allowed=BACKEND_PRECISIONS[check_backend(backend)])
         self.runner = make_runner(backend, self.model, self.device, self.precision)
+        self.backend = self.runner.name
         self.checkpoint_info: dict | None = None  # set by from_checkpoint
 
     @classmethod
