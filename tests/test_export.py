@@ -111,7 +111,7 @@ def test_onnxruntime_backend_matches_torch(small):
     got = np.stack(list(ort.stream(iter(clip))))
     expected = np.stack(list(reference.stream(iter(clip))))
     assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
-    with pytest.raises(ValueError, match="precision 'bf16'"):
+    with pytest.raises(ValueError, match="precision 'bf16' is not available with the onnxruntime backend"):
         Upscaler(small, device="cpu", backend="onnxruntime", precision="bf16")
     with pytest.raises(ValueError, match="backend"):
         Upscaler(small, device="cpu", backend="tensorrt")

@@ -159,7 +159,7 @@ def cpu_bf16_speedup() -> float:
 
 
 def resolve_precision(precision: str, device: torch.device, *, training: bool = False,
-                      allowed: tuple[str, ...] = PRECISIONS) -> str:
+                      allowed: tuple[str, ...] = PRECISIONS, where: str = "here") -> str:
     """The precision a forward pass runs in: ``fp32``, ``bf16`` or ``fp16``.
 
     ``auto`` (or ``$VSR_PRECISION`` when ``auto`` is asked for and it is set): fp16 on CUDA;
@@ -167,7 +167,8 @@ def resolve_precision(precision: str, device: torch.device, *, training: bool = 
     ``BF16_MIN_SPEEDUP`` x faster than fp32 (``cpu_bf16_speedup``, once per machine), else
     fp32. Training asks with ``training=True``: there ``auto`` is fp16 on CUDA and fp32 on a
     CPU (bf16 training is an explicit choice). ``allowed`` are the precisions the caller (a
-    backend) can run; ``auto`` then falls back to fp32, an explicit other choice is an error.
+    backend) can run; ``auto`` then falls back to fp32, an explicit other choice is an error that
+    names ``where``.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
@@ -177,7 +178,7 @@ def resolve_precision(precision: str, device: torch.device, *, training: bool = 
             raise ValueError(f"${PRECISION_ENV} must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     if precision != "auto":
         if precision not in allowed:
-            raise ValueError(f"precision {precision!r} is not available here; choose one of {', '.join(allowed)}")
+            raise ValueError(f"precision {precision!r} is not available {where}; choose one of {', '.join(allowed)}")
         return precision
     if device.type == "cuda":
         choice = "fp16"

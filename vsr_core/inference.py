@@ -123,7 +123,8 @@ class Upscaler:
         # the model, e.g. a chunk worker on another node); precision and backend: what runs here
         # (the bicubic baseline always runs on torch).
         self.requested_precision = precision
-        self.precision = resolve_precision(precision, self.device, allowed=BACKEND_PRECISIONS[check_backend(backend)])
+        self.precision = resolve_precision(precision, self.device, allowed=BACKEND_PRECISIONS[check_backend(backend)],
+                                           where=f"with the {backend} backend")
         self.runner = make_runner(backend, self.model, self.device, self.precision)
         self.backend = self.runner.name
         self.checkpoint_info: dict | None = None  # set by from_checkpoint
