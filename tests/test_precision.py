@@ -51,6 +51,7 @@ def test_auto_rule(no_env, monkeypatch):
         assert resolve_precision("auto", CPU, allowed=("fp32",)) == "fp32"  # e.g. the onnxruntime backend
     monkeypatch.setenv(PRECISION_ENV, "fp16")
     assert resolve_precision("auto", CPU) == "fp16" and resolve_precision("bf16", CPU) == "bf16"
+    assert resolve_precision("auto", CPU, allowed=("fp32",)) == "fp32"  # the machine's choice, where it runs
     monkeypatch.setenv(PRECISION_ENV, "half")
     with pytest.raises(ValueError, match=PRECISION_ENV):
         resolve_precision("auto", CPU)

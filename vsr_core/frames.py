@@ -67,10 +67,11 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PRECISION_ENV = "VSR_PRECISION"  # what "auto" means on this machine, when set (e.g. fp32 for the test suite)
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # CPU flags of native bf16 arithmetic (x86: AVX-512 BF16, AMX; Arm: the BF16 extension). Without
-# them oneDNN emulates bf16 and a conv under bf16 autocast ran ~10x slower than fp32 (AVX2 CPU).
+# them oneDNN emulates bf16: a conv under bf16 autocast ran 5x slower than fp32 with oneDNN limited
+# to AVX2, ~10x on an AVX2-only CPU.
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
-# bf16 must beat fp32 by this much in the start-up measurement: one 2-second measurement on a
-# shared machine moves by ~10%, and a 20% gain on one conv is still a gain on the whole model.
+# bf16 must beat fp32 by this much in the start-up measurement: a best-of-20 measurement on a
+# busy machine moves by ~10%, and a 20% gain on one conv is still a gain on the whole model.
 BF16_MIN_SPEEDUP = 1.2
 
 
@@ -173,12 +174,14 @@ def resolve_precision(precision: str, device: torch.device, *, training: bool = 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     if precision == "auto":
-        precision = os.environ.get(PRECISION_ENV, "auto") or "auto"
-        if precision not in PRECISIONS:
-            raise ValueError(f"${PRECISION_ENV} must be one of {', '.join(PRECISIONS)}; got {precision!r}")
-    if precision != "auto":
-        if precision not in allowed:
-            raise ValueError(f"precision {precision!r} is not available {where}; choose one of {', '.join(allowed)}")
+        machine_choice = os.environ.get(PRECISION_ENV, "auto") or "auto"
+        if machine_choice not in PRECISIONS:
+            raise ValueError(f"${PRECISION_ENV} must be one of {', '.join(PRECISIONS)}; got {machine_choice!r}")
+        if machine_choice != "auto":  # what auto means here; fp32 where the caller cannot run it
+            return machine_choice if machine_choice in allowed else "fp32"
+    elif precision not in allowed:
+        raise ValueError(f"precision {precision!r} is not available {where}; choose one of {', '.join(allowed)}")
+    else:
         return precision
     if device.type == "cuda":
         choice = "fp16"
