@@ -55,8 +55,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
 
     upscaler = _upscaler_from_args(args)
     pool = _ray_pool_from_args(args) if args.ray else None
-    where = f"on {pool.size()} Ray workers" if pool else \
-        f"on {upscaler.device}, {upscaler.precision}, {upscaler.backend}"
+    where = f"on {pool.size()} Ray workers, precision {upscaler.requested_precision} (as each worker resolves it), " \
+        f"{upscaler.backend}" if pool else f"on {upscaler.device}, {upscaler.precision}, {upscaler.backend}"
     print(f"upscaling {args.input} {where}", flush=True)
     bar = tqdm(total=None, unit="frame", desc="upscale", dynamic_ncols=True)
 
