@@ -164,6 +164,7 @@ class JobApi:
             options = {"device": settings.device, "batch_size": settings.batch_size, "tile": settings.tile,
                        "tile_overlap": settings.tile_overlap, "memory_budget": settings.memory_budget,
                        "chunk_frames": settings.job_chunk_frames,
+                       "precision": settings.precision, "backend": settings.backend,
                        "workers": settings.job_workers, "cpus_per_worker": settings.job_cpus_per_worker,
                        "gpus_per_worker": settings.job_gpus_per_worker, **video_options}
             record = jobs.JobRecord(job_id, owner, source, name, str(loaded.path), options,

@@ -223,7 +223,9 @@ class JobRunner:
         upscaler = Upscaler.from_checkpoint(record.checkpoint, device=options["device"],
                                             batch_size=options["batch_size"], tile=options["tile"],
                                             tile_overlap=options["tile_overlap"],
-                                            memory_budget=options.get("memory_budget"))  # for each chunk worker
+                                            memory_budget=options.get("memory_budget"),  # for each chunk worker
+                                            precision=options.get("precision", "auto"),  # older records: defaults
+                                            backend=options.get("backend", "torch"))
         pool = RayPool(workers=options["workers"], num_cpus=options["cpus_per_worker"],
                        num_gpus=options["gpus_per_worker"])
         last_write = 0.0

@@ -38,7 +38,7 @@ def model_key(settings: ServeSettings) -> tuple:
     stat = path.stat()
     return (str(path), stat.st_mtime_ns, stat.st_size, settings.revision, settings.device, settings.tile,
             settings.tile_overlap, settings.memory_budget_mb, settings.max_batch_size, settings.max_pixels_per_frame,
-            settings.expose_paths)  # /v1/model's description changes with it
+            settings.precision, settings.backend, settings.expose_paths)  # /v1/model's description changes with it
 
 
 def _file_id(path: Path) -> str:
@@ -62,7 +62,10 @@ def _best_metrics(path: Path) -> tuple[dict | None, str | None]:
 
 def load_model(settings: ServeSettings) -> LoadedModel:
     """Load the checkpoint completely (blocking; run it off the event loop)."""
+    # Windows come in every size, one or a few at a time: a compile per size would stall them.
+    window_backend = "torch" if settings.backend == "torch-compile" else settings.backend
     options = dict(device=settings.device, tile=settings.tile, tile_overlap=settings.tile_overlap,
+                   precision=settings.precision, backend=window_backend,
                    memory_budget=window_budget(settings))
     for _ in range(3):  # a run's latest.pth may be replaced (atomically) while we read it
         key = model_key(settings)
@@ -88,6 +91,9 @@ def load_model(settings: ServeSettings) -> LoadedModel:
         "trial_id": trial_id,
         "device": str(upscaler.device),
         "memory_budget_mb": replica_budget(settings) // 2**20,
+        "precision": upscaler.precision,
+        "backend": settings.backend,  # video jobs
+        "window_backend": upscaler.backend,
         "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if settings.expose_paths:  # an operator's choice (e.g. a private deployment); off by default

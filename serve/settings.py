@@ -7,7 +7,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from vsr_core.backends import BACKENDS
+from vsr_core.frames import PRECISIONS
 
 API_KEY_ENV = "VSR_API_KEY"
 DEFAULT_JOBS_DIR = "~/.cache/vsr/jobs"
@@ -24,6 +27,11 @@ class ServeSettings(BaseModel):
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1' ...")
     revision: str | None = Field(None, description="free-form; change it to reload a checkpoint overwritten in place")
     batch_size: int = Field(4, ge=1, description="windows per forward pass in video jobs")
+    precision: str = Field(
+        "auto", description="auto: fp16 on CUDA; on a CPU bf16 where it has native bf16 and measured faster, else fp32")
+    backend: str = Field(
+        "torch", description="how the model runs; torch-compile applies to video jobs only (a compile per frame "
+        "size costs tens of seconds), windows then run on torch")
     tile: int = Field(0, ge=0, description="largest tile side in LR pixels (0: as large as the memory budget "
                       "allows; frames that fit it are not tiled)")
     tile_overlap: int = Field(32, ge=0)
@@ -65,6 +73,20 @@ class ServeSettings(BaseModel):
     def memory_budget(self) -> int | str:
         """For ``Upscaler(memory_budget=...)``: bytes, or "auto" (each process derives its own)."""
         return self.memory_budget_mb * 2**20 if self.memory_budget_mb else "auto"
+
+    @field_validator("precision")
+    @classmethod
+    def _known_precision(cls, value: str) -> str:
+        if value not in PRECISIONS:
+            raise ValueError(f"must be one of {', '.join(PRECISIONS)}")
+        return value
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if value not in BACKENDS:
+            raise ValueError(f"must be one of {', '.join(BACKENDS)}")
+        return value
 
     def limits(self) -> dict[str, int]:
         return {

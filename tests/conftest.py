@@ -1,8 +1,14 @@
+import os
+
 import numpy as np
 import pytest
 import torch
 
 torch.set_num_threads(2)
+# The suite's numeric references are fp32 (tolerances of 1e-4 and 1 gray level), so "auto"
+# means fp32 here, in this process and in the ones it starts (CLI, Ray workers); bf16, fp16,
+# the auto rule and the backends are tested explicitly (test_precision.py, test_backends.py).
+os.environ.setdefault("VSR_PRECISION", "fp32")
 
 
 def make_clip(num_frames: int = 9, height: int = 24, width: int = 30, seed: int = 0) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The ``vsr`` command: upscale, evaluate, train."""
+"""The ``vsr`` command: upscale, evaluate, train, export."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +6,10 @@ import sys
 
 from tqdm import tqdm
 
+from vsr_core.backends import BACKENDS
 from vsr_core.engine.cli import add_train_parser
+from vsr_core.export import FORMATS
+from vsr_core.frames import PRECISIONS
 from vsr_core.video.plan import DEFAULT_CHUNK_FRAMES
 
 
@@ -14,7 +17,7 @@ def _upscaler_from_args(args: argparse.Namespace):
     from vsr_core.inference import Upscaler
 
     options = dict(device=args.device, batch_size=args.batch_size, tile=args.tile, tile_overlap=args.tile_overlap,
-                   memory_budget=args.memory_budget)
+                   memory_budget=args.memory_budget, precision=args.precision, backend=args.backend)
     if args.bicubic:
         return Upscaler.bicubic(**options)
     if not args.checkpoint:
@@ -30,6 +33,12 @@ def _add_inference_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile", type=int, default=0, help="largest LR tile side (0: whole frames when they "
                         "fit the memory budget, else tiles as large as fit)")
     parser.add_argument("--tile-overlap", type=int, default=32, help="tile overlap in LR pixels")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="auto: fp16 on CUDA; on a CPU bf16 where it has native bf16 and measured faster, "
+                        "else fp32")
+    parser.add_argument("--backend", default="torch", choices=BACKENDS,
+                        help="torch (eager), torch-compile (compiles once per frame size: for long videos), "
+                        "onnxruntime (fp32)")
     parser.add_argument("--memory-budget", type=_memory_budget, default="auto", metavar="MIB",
                         help="most memory (MiB) the process may use: frames are split into tiles and batches "
                         "to fit ('auto', the default: half this machine's memory, or a Ray worker's share; "
@@ -78,8 +87,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     encoder = EncoderSettings(args.codec, args.crf, args.preset, args.pix_fmt)  # checked before the model loads
     upscaler = _upscaler_from_args(args)
     pool = _ray_pool_from_args(args) if args.ray else None
-    where = f"on {pool.size()} Ray workers" if pool else \
-        f"on {upscaler.device}"
+    where = f"on {pool.size()} Ray workers, precision {upscaler.requested_precision} (as each worker resolves it), " \
+        f"{upscaler.backend}" if pool else f"on {upscaler.device}, {upscaler.precision}, {upscaler.backend}"
     print(f"upscaling {args.input} {where}", flush=True)
     _say_if_matroska(args.input, args.output)
     bar = tqdm(total=None, unit="frame", desc="upscale", dynamic_ncols=True)
@@ -152,6 +161,35 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from vsr_core.checkpoint import model_from_checkpoint
+    from vsr_core.export import checkpoint_metadata, export_file, ort_session
+
+    model, checkpoint = model_from_checkpoint(args.checkpoint)
+    metadata = checkpoint_metadata(checkpoint)
+    export_file(model, args.output, args.format, metadata)
+    # the file against the model it came from, at a size it was not traced with
+    windows = torch.rand(2, 5, 3, 17, 31, generator=torch.Generator().manual_seed(0))
+    model = model.float().eval()
+    model.set_activity_tracking(False)
+    with torch.inference_mode():
+        expected = model(windows).numpy()
+    if args.format == "onnx":
+        session = ort_session(args.output)
+        got = session.run(None, {session.get_inputs()[0].name: windows.numpy()})[0]
+        runtime = "onnxruntime"
+    else:
+        got = torch.export.load(args.output).module()(windows).detach().numpy()
+        runtime = "torch.export.load"
+    diff = float(np.abs(got - expected).max())
+    print(f"wrote {args.output} ({args.format}; {metadata['preset']} preset, step {metadata['step']}; dynamic batch, "
+          f"height and width); {runtime} vs PyTorch at 2x5x3x17x31: max abs difference {diff:.2e}")
+    return 0 if diff <= 1e-4 else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vsr", description="VSR+++ v2 3x video super-resolution")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -190,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--crop", type=int, default=None, help="evaluate a centered HR crop of this size")
     _add_inference_args(ev)
     ev.set_defaults(func=cmd_evaluate)
+
+    ex = sub.add_parser("export", help="export the model for ONNX Runtime, TensorRT, ... (dynamic batch, H, W)")
+    ex.add_argument("output", help="the file to write, e.g. model.onnx")
+    ex.add_argument("--checkpoint", required=True, help="checkpoint file, training run folder, or a best/ folder")
+    ex.add_argument("--format", default="onnx", choices=FORMATS, help="onnx, or pt2 (a torch.export program)")
+    ex.set_defaults(func=cmd_export)
 
     add_train_parser(sub)
     return parser

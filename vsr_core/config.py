@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from vsr_core.archs import PRESETS
+from vsr_core.frames import PRECISIONS
 
 VGG_WEIGHT_CHOICES = ("imagenet", "random")
 
@@ -54,6 +55,7 @@ class TrainConfig:
     max_bad_steps: int = 20  # stop after this many consecutive NaN/Inf-loss steps
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (fp16 + GradScaler on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     num_workers: int = 2  # DataLoader worker processes
     num_threads: int = 0  # torch CPU threads (0 = torch's default)
 
@@ -128,6 +130,8 @@ class TrainConfig:
             raise ConfigError(f"VGG_WEIGHTS must be one of {list(VGG_WEIGHT_CHOICES)}, got {self.vgg_weights!r}")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"DEVICE must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"PRECISION must be one of {list(PRECISIONS)}, got {self.precision!r}")
         if self.val_crop and self.val_crop % 3:
             raise ConfigError(f"VAL_CROP must be a multiple of 3 (or 0), got {self.val_crop}")
 

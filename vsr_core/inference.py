@@ -29,9 +29,10 @@ import torch
 from torch import nn
 
 from vsr_core.archs import CENTER, NUM_FRAMES, SCALE
+from vsr_core.backends import BACKEND_PRECISIONS, check_backend, make_runner
 from vsr_core.checkpoint import model_from_checkpoint
 from vsr_core.data.degradation import bicubic_upsample
-from vsr_core.frames import autocast, pick_device, to_frames, to_tensor, to_uint8, window_indices
+from vsr_core.frames import pick_device, resolve_precision, to_frames, to_tensor, to_uint8, window_indices
 from vsr_core.memory import MemoryPlanner, PassPlan, current_bytes, resolve_budget
 
 logger = logging.getLogger(__name__)
@@ -106,6 +107,8 @@ class Upscaler:
         tile: int = 0,
         tile_overlap: int = 32,
         memory_budget: int | str | None = None,
+        precision: str = "auto",
+        backend: str = "torch",
     ):
         """``memory_budget``: the most memory (bytes) the process may use while upscaling, or
         "auto" for a safe default derived from this machine or Ray actor (see ``vsr_core.memory``);
@@ -126,6 +129,14 @@ class Upscaler:
         self.memory = None if budget_bytes is None else MemoryPlanner(
             self.model, budget_bytes, current_bytes(self.device), tile_overlap, max_tile=tile,
             reserve_bytes=allocator_cache)  # freed blocks the tuned allocator keeps count as used
+        # requested_precision: what was asked ("auto" is resolved again by each process that runs
+        # the model, e.g. a chunk worker on another node); precision and backend: what runs here
+        # (the bicubic baseline always runs on torch).
+        self.requested_precision = precision
+        self.precision = resolve_precision(precision, self.device, allowed=BACKEND_PRECISIONS[check_backend(backend)],
+                                           where=f"with the {backend} backend")
+        self.runner = make_runner(backend, self.model, self.device, self.precision)
+        self.backend = self.runner.name
         self.checkpoint_info: dict | None = None  # set by from_checkpoint
 
     @classmethod
@@ -138,12 +149,11 @@ class Upscaler:
 
     @classmethod
     def bicubic(cls, **options) -> "Upscaler":
-        return cls(BicubicBaseline(), **options)
+        return cls(BicubicBaseline(), **{"precision": "fp32", **options})  # the exact reference
 
     # --- tensors -----------------------------------------------------------------
     def _run_model(self, windows: torch.Tensor) -> torch.Tensor:
-        with autocast(self.device):
-            return self.model(windows).float()
+        return self.runner(windows)
 
     @torch.inference_mode()
     def upscale_windows(self, windows: torch.Tensor) -> torch.Tensor:
@@ -189,7 +199,8 @@ class Upscaler:
         model_ok = callable(getattr(self.model, "extract_features", None)) and callable(
             getattr(self.model, "reconstruct_frames", None))
         fits = self.memory is None or self.memory.fits_stream(self.batch_size, height, width)
-        return model_ok and fits and (not self.tile or (height <= self.tile and width <= self.tile))
+        return (model_ok and fits and self.runner.reuses_features
+                and (not self.tile or (height <= self.tile and width <= self.tile)))
 
     def stream(self, frames: Iterable[np.ndarray], prefetch: int = 0, *, first: int = 0,
                total: int | None = None, start: int | None = None, stop: int | None = None) -> Iterator[np.ndarray]:
@@ -294,11 +305,11 @@ class Upscaler:
         (or chunk of a video) first reads it."""
         windows = [window_indices(c, num_frames) for c in centers]
         for j in sorted({j for window in windows for j in window} - features.keys()):
-            with autocast(self.device):
+            with self.runner.context():
                 features[j] = self.model.extract_features(frames[j].to(self.device, non_blocking=True)[None, None])[0]
         slots = [torch.cat([features[window[k]] for window in windows]) for k in range(NUM_FRAMES)]
         center = torch.stack([frames[c] for c in centers]).to(self.device, non_blocking=True)
-        with autocast(self.device):
+        with self.runner.context():
             out = self.model.reconstruct_frames(slots, center).float()
         return out.clamp_(0, 1)
 

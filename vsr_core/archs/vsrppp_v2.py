@@ -31,7 +31,8 @@ conv outputs (autograd-safe: a conv does not keep its output for the backward pa
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -154,6 +155,19 @@ class VSRPPPv2(nn.Module):
         for block in self.heavy_blocks:
             block.track_activity = enabled
             block.last_activity = None
+
+    @contextlib.contextmanager
+    def activity_tracking_paused(self) -> Iterator[None]:
+        """No activity bookkeeping inside (inference: one pass over every block's hidden tensor
+        less), the previous setting and the last recorded values back afterwards."""
+        saved = [block.track_activity for block in self.heavy_blocks]
+        for block in self.heavy_blocks:
+            block.track_activity = False
+        try:
+            yield
+        finally:
+            for block, enabled in zip(self.heavy_blocks, saved):
+                block.track_activity = enabled
 
     def layer_activity(self) -> list[float]:
         """Activity in [0,1] of every HeavyBlock on the last forward pass (NaN if not tracked)."""

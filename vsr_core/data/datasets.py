@@ -31,11 +31,11 @@ from vsr_core.config import TrainConfig
 from vsr_core.data.degradation import bicubic_downsample
 from vsr_core.data.samples import DEFAULT_TRAIN_CLIP, DEFAULT_VAL_CLIP, sample_clip
 from vsr_core.data.video_io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, VideoReadError, iter_frames
-from vsr_core.frames import window_indices
+from vsr_core.frames import cache_root, window_indices
 
 
 def frame_cache_dir() -> Path:
-    return Path(os.environ.get("VSR_CACHE_DIR", Path.home() / ".cache" / "vsr_core")) / "frames"
+    return cache_root() / "frames"
 
 
 def expand_sources(paths: Sequence[str], default_sample: str) -> list[Path]:

@@ -78,7 +78,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     trainer = Trainer(config, resume_from=args.resume, finetune_from=args.finetune_from)
     run_config = trainer.output_dir / "train_config.json"
     config.save(run_config)
-    print(f"training {config.preset} on {trainer.device} -> {trainer.output_dir} "
+    print(f"training {config.preset} on {trainer.device} ({trainer.precision}) -> {trainer.output_dir} "
           f"(lr {config.learning_rate:.1e}, wd {config.weight_decay}, {effective_batch_text(config, 1)}, "
           f"phase {trainer.training_phase}, from step {trainer.step})", flush=True)
     console = make_console(trainer, Path(args.config) if args.config else run_config, args.plain)

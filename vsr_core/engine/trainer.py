@@ -6,8 +6,8 @@ running trainer only by requests (``request_*``) that ``fit`` takes between step
 
 One optimizer step = ACCUMULATION_STEPS micro-batches of BATCH_SIZE windows: L1 +
 PERCEPTUAL_WEIGHT x VGG19 perceptual loss, AdamW, the cosine LR schedule of ``schedule``,
-fp16 autocast + GradScaler on CUDA (fp32 on CPU). A step whose loss is NaN/Inf is skipped
-(no update) and counted; MAX_BAD_STEPS in a row stop the run with ``TrainingDiverged``.
+fp16 autocast + GradScaler on CUDA, fp32 on CPU (PRECISION: bf16 autocast is an option). A step
+whose loss is NaN/Inf is skipped (no update) and counted; MAX_BAD_STEPS in a row stop the run with ``TrainingDiverged``.
 With a ``DataParallel`` the same loop runs in each worker of a data-parallel group (see ``distributed``).
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from vsr_core.checkpoint import LATEST_NAME, load_checkpoint, remove_stale_temp_
 from vsr_core.config import TrainConfig
 from vsr_core.data.datasets import training_loader
 from vsr_core.engine.distributed import DataParallel, effective_batch_text
-from vsr_core.frames import autocast, pick_device
+from vsr_core.frames import autocast, pick_device, resolve_precision
 from vsr_core.engine.health import convergence_status, health_summary
 from vsr_core.engine.hooks import StepMetrics, TrainingHooks, ValidationMetrics
 from vsr_core.engine.requests import ApplyConfig, Command, Request, RequestQueue
@@ -75,7 +75,8 @@ class Trainer:
             torch.set_num_threads(config.num_threads)
         seed_everything(config.seed)
         self.device = pick_device(config.device)
-        self.use_amp = self.device.type == "cuda"
+        self.precision = resolve_precision(config.precision, self.device, training=True)
+        self.use_amp = self.precision == "fp16"  # fp16 needs the GradScaler; bf16 has fp32's range
         self.output_dir = Path(config.output_dir)
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -104,7 +105,7 @@ class Trainer:
         self.loss_history: deque[float] = deque(maxlen=HISTORY_LENGTH)
         self.activity_history: deque[list[float]] = deque(maxlen=HISTORY_LENGTH)
         self.last_validation: ValidationMetrics | None = None
-        self._validator = Validator(self.device)
+        self._validator = Validator(self.device, self.precision)
         self._batches = None
         self.tensorboard = TensorBoardLogger(log_dir or self.output_dir / "tensorboard") if self.is_main \
             else NullTensorBoard()
@@ -260,7 +261,7 @@ class Trainer:
                 continue  # data-parallel workers go on: DDP needs the same passes on every worker
             final = m == cfg.accumulation_steps - 1
             with parallel.micro_batch(self.train_model, final) if parallel else contextlib.nullcontext():
-                with autocast(self.device):
+                with autocast(self.device, self.precision):
                     terms = combined_loss(self.train_model(lr_windows).float(), gt, self.perceptual,
                                           cfg.perceptual_weight)
                 finite = finite and bool(torch.isfinite(terms.total))

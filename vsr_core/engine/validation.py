@@ -23,13 +23,13 @@ def _frames(source: Path, config: TrainConfig):
 
 
 class Validator:
-    def __init__(self, device: torch.device):
-        self.device = device
+    def __init__(self, device: torch.device, precision: str = "fp32"):
+        self.device, self.precision = device, precision
         self._bicubic_psnr: float | None = None
 
     def __call__(self, model: torch.nn.Module, config: TrainConfig, step: int) -> ValidationMetrics:
         """Validate ``model`` (handed back in training mode) as of ``step``."""
-        upscaler = Upscaler(model, device=self.device, batch_size=config.batch_size)
+        upscaler = Upscaler(model, device=self.device, batch_size=config.batch_size, precision=self.precision)
         sources = validation_sources(config.val_data)
         per_clip, image = {}, None
         for source in sources:

@@ -161,6 +161,7 @@ def upscale_file(
     chunks = plan_chunks(clip, chunk_frames, first if preview is not None else 0,
                          stop if preview is not None else total)
     options = {"batch_size": upscaler.batch_size, "tile": upscaler.tile, "tile_overlap": upscaler.tile_overlap,
+               "precision": upscaler.precision, "backend": upscaler.backend,
                "max_frames": max_frames, "preview": list(preview) if preview else None,
                "output_kind": Path(output).suffix.lower() if is_video else "frames",
                "encoder": settings.as_dict() if settings else None, "color": info.color.as_dict()}

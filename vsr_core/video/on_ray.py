@@ -120,7 +120,8 @@ def run_chunks_on_ray(
         return
     device = "auto" if pool.num_gpus > 0 else "cpu"
     options = dict(device=device, batch_size=upscaler.batch_size, tile=upscaler.tile,
-                   tile_overlap=upscaler.tile_overlap, memory_budget=upscaler.memory_budget)
+                   tile_overlap=upscaler.tile_overlap, memory_budget=upscaler.memory_budget,
+                   precision=upscaler.requested_precision, backend=upscaler.backend)
     model_ref = ray.put(_portable_model(upscaler.model))
     worker_class = ray.remote(ChunkWorker).options(
         num_cpus=pool.num_cpus, num_gpus=pool.num_gpus, max_restarts=pool.max_restarts,

@@ -86,7 +86,8 @@ def _header(state: ConsoleState) -> Panel:
         ("skipped steps ", "dim"), (str(state.skipped_steps), "red" if state.skipped_steps else ""), "   ",
         ("batch ", "dim"), _batch(state),
     )
-    title = f"VSR+++ v2 training · {state.preset} · {state.device} · {state.phase} · {state.output_dir}"
+    parts = (state.preset, state.device, state.precision, state.phase, state.output_dir)
+    title = " · ".join(["VSR+++ v2 training", *(part for part in parts if part)])
     badge = Text()  # first, so a long output_dir cannot push it out of the title
     if state.stopping:
         badge = Text("■ STOPPING ", style="bold red")

@@ -52,6 +52,7 @@ class ConsoleState:
     last_checkpoint: tuple[int, str] | None = None  # (step, path)
     preset: str = ""
     device: str = ""
+    precision: str = ""
     output_dir: str = ""
     phase: str = "pretrain"
     config_path: str = ""
@@ -148,6 +149,7 @@ class ConsoleRecorder(TrainingHooks):
             last_checkpoint=self.last_checkpoint,
             preset=cfg.preset,
             device=str(trainer.device),
+            precision=getattr(trainer, "precision", ""),
             output_dir=str(trainer.output_dir),
             phase=trainer.training_phase,
             config_path=str(self.config_path),
