@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, replace
 
 import av
 import numpy as np
-from av.video.reformatter import ColorRange, Colorspace, Interpolation
+from av.video.reformatter import ColorRange, Colorspace, Interpolation, VideoReformatter
 
 # Exact conversions: accurate rounding and full chroma interpolation (a flat colour survives
 # YUV -> RGB -> YUV within rounding; the default bilinear path is off by up to 2 LSB).
@@ -122,41 +122,64 @@ def tags_of(codec_context, width: int, height: int) -> ColorTags:
                      depth, chroma, guessed)
 
 
-def to_rgb(frame: av.VideoFrame, tags: ColorTags, deep: bool = True) -> np.ndarray:
+def to_rgb(frame: av.VideoFrame, tags: ColorTags, deep: bool = True,
+           reformatter: VideoReformatter | None = None, orientation: "Orientation | None" = None) -> np.ndarray:
     """A decoded frame -> HxWx3 RGB (uint8, or uint16 for deep input when ``deep``), with the
-    input's matrix and range (not swscale's BT.601 default), upright (display rotation applied)."""
+    input's matrix and range (not swscale's BT.601 default), upright (display rotation applied).
+    For a whole video pass one ``reformatter`` and the first frame's ``orientation``: a
+    conversion context per frame (``frame.to_ndarray``'s) holds ~20 MB per HD frame until garbage
+    collection, and reading a frame's side data keeps the frame alive until then too."""
     rgb_format = tags.rgb_format if deep else "rgb24"
+    reformatter = reformatter or VideoReformatter()
     if frame.format.name.startswith(("gbr", "rgb")):
-        rgb = frame.to_ndarray(format=rgb_format, interpolation=ACCURATE)
+        rgb = reformatter.reformat(frame, format=rgb_format, interpolation=ACCURATE)
     else:
-        rgb = frame.to_ndarray(format=rgb_format, src_colorspace=MATRICES[tags.matrix][1],
-                               src_color_range=ColorRange(tags.range), interpolation=ACCURATE)
-    return upright(rgb, frame)
+        rgb = reformatter.reformat(frame, format=rgb_format, src_colorspace=MATRICES[tags.matrix][1],
+                                   src_color_range=ColorRange(tags.range), interpolation=ACCURATE)
+    return (orientation or Orientation.of(frame)).apply(rgb.to_ndarray())
 
 
-def upright(rgb: np.ndarray, frame: av.VideoFrame) -> np.ndarray:
-    """``rgb`` as the frame's display matrix shows it: quarter turns and mirroring (phones; front
-    cameras). The matrix maps stored (x, y) to shown (a*x + c*y, b*x + d*y) plus a shift."""
-    matrix = next((bytes(sd) for sd in frame.side_data if str(sd.type).endswith("DISPLAYMATRIX")), None)
-    if matrix is None or len(matrix) < 36:
-        return rgb
-    a, b, _, c, d = (int(np.sign(v)) for v in struct.unpack("<5i", matrix[:20]))
-    if a == d == 0 and b and c:  # a quarter turn: x and y swap
-        out = np.swapaxes(rgb, 0, 1)
-        out = out[:, ::-1] if c < 0 else out
-        out = out[::-1] if b < 0 else out
-    elif b == c == 0 and a and d:
-        out = rgb[:, ::-1] if a < 0 else rgb
-        out = out[::-1] if d < 0 else out
-    else:  # not a multiple of 90 degrees: the nearest quarter turn
-        out = np.rot90(rgb, round(frame.rotation / 90) % 4)
-    return out if out is rgb else np.ascontiguousarray(out)
+@dataclass(frozen=True)
+class Orientation:
+    """A frame's display matrix as signs: it maps stored (x, y) to shown (a*x + c*y, b*x + d*y)
+    plus a shift; quarter turns and mirroring (phones; front cameras). Constant for a video."""
+
+    a: int = 1
+    b: int = 0
+    c: int = 0
+    d: int = 1
+    rotation: float = 0.0
+
+    @classmethod
+    def of(cls, frame: av.VideoFrame) -> "Orientation":
+        matrix = next((bytes(sd) for sd in frame.side_data if str(sd.type).endswith("DISPLAYMATRIX")), None)
+        if matrix is None or len(matrix) < 36:
+            return cls()
+        a, b, _, c, d = (int(np.sign(v)) for v in struct.unpack("<5i", matrix[:20]))
+        return cls(a, b, c, d, float(frame.rotation))
+
+    def apply(self, rgb: np.ndarray) -> np.ndarray:
+        """``rgb`` as the display matrix shows it."""
+        a, b, c, d = self.a, self.b, self.c, self.d
+        if (a, b, c, d) == (1, 0, 0, 1):
+            return rgb
+        if a == d == 0 and b and c:  # a quarter turn: x and y swap
+            out = np.swapaxes(rgb, 0, 1)
+            out = out[:, ::-1] if c < 0 else out
+            out = out[::-1] if b < 0 else out
+        elif b == c == 0 and a and d:
+            out = rgb[:, ::-1] if a < 0 else rgb
+            out = out[::-1] if d < 0 else out
+        else:  # not a multiple of 90 degrees: the nearest quarter turn
+            out = np.rot90(rgb, round(self.rotation / 90) % 4)
+        return out if out is rgb else np.ascontiguousarray(out)
 
 
-def from_rgb(rgb: np.ndarray, tags: ColorTags, pix_fmt: str) -> av.VideoFrame:
-    """HxWx3 RGB (uint8 or uint16) -> a ``pix_fmt`` frame converted and tagged with ``tags``."""
+def from_rgb(rgb: np.ndarray, tags: ColorTags, pix_fmt: str, reformatter: VideoReformatter | None = None) -> av.VideoFrame:
+    """HxWx3 RGB (uint8 or uint16) -> a ``pix_fmt`` frame converted and tagged with ``tags``
+    (one ``reformatter`` per video, as in ``to_rgb``)."""
     source = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb48le" if rgb.dtype == np.uint16 else "rgb24")
-    frame = source.reformat(format=pix_fmt, dst_colorspace=MATRICES[tags.matrix][1],
+    frame = (reformatter or VideoReformatter()).reformat(source, format=pix_fmt, dst_colorspace=MATRICES[tags.matrix][1],
                             dst_color_range=ColorRange(tags.range), interpolation=ACCURATE)
     frame.color_primaries, frame.color_trc = tags.primaries, tags.transfer
     return frame

@@ -21,6 +21,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+from av.video.reformatter import VideoReformatter
 import imageio.v3 as iio
 import numpy as np
 from PIL import Image
@@ -28,6 +29,7 @@ from PIL import Image
 from vsr_core import storage
 from vsr_core.data.video_color import (
     ColorTags,
+    Orientation,
     UnsupportedColorError,
     from_rgb,
     guess_matrix,
@@ -179,6 +181,7 @@ def iter_timed_frames(path, start_pts: int | None = None, count: int | None = No
     with open_container(path) as container:
         stream = container.streams.video[0]
         color = _color_of(stream, path)
+        reformatter, orientation = VideoReformatter(), None
         try:
             if start_pts is not None:
                 container.seek(start_pts, stream=stream, backward=True, any_frame=False)
@@ -189,7 +192,8 @@ def iter_timed_frames(path, start_pts: int | None = None, count: int | None = No
                         continue
                     if produced == 0 and pts != start_pts:
                         raise VideoReadError(f"{path}: no frame at pts {start_pts} (the next is at {pts})")
-                yield pts, to_rgb(frame, color, deep)
+                orientation = orientation or Orientation.of(frame)  # once: the side data keeps a frame alive
+                yield pts, to_rgb(frame, color, deep, reformatter, orientation)
                 produced += 1
                 if count is not None and produced >= count:
                     return
@@ -249,6 +253,7 @@ class FrameWriter:
         self.color = color
         self.settings: EncoderSettings | None = None
         self._container = None
+        self._reformatter = VideoReformatter()  # one conversion context for the whole video
         self._stream = None
         if self.is_video:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -280,7 +285,7 @@ class FrameWriter:
             return
         if self._container is None:
             self._open(frame)
-        video_frame = from_rgb(frame, self.color, self.settings.pix_fmt)
+        video_frame = from_rgb(frame, self.color, self.settings.pix_fmt, self._reformatter)
         video_frame.pts = self.count if pts is None else pts
         video_frame.time_base = self.time_base
         self._mux(self._stream.encode(video_frame))
