@@ -43,7 +43,8 @@ from vsr_core.netutil import free_port  # noqa: E402,F401 (test_reliability_serv
 pytestmark = pytest.mark.ray
 
 APP_NAME = "vsr"
-LIMITS = {"max_body_bytes": 512 * 1024, "max_pixels_per_frame": 64 * 64, "max_video_frames": 12}
+LIMITS = {"max_body_bytes": 512 * 1024, "max_pixels_per_frame": 64 * 64, "max_video_frames": 12,
+          "max_stream_frames": 12, "stream_idle_timeout_s": 3.0}
 H, W = 24, 30
 
 
