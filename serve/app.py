@@ -21,7 +21,7 @@ Endpoints (all errors are JSON ``{"error": CODE, "detail": MESSAGE}``)::
 With API keys configured ($VSR_API_KEY, or user_config ``api_key_file``: one key per line) the
 /v1 endpoints need ``Authorization: Bearer <key>`` (else 401) and each key sees its own jobs only.
 
-Windows run on this replica's one model thread, batched across requests with ``@serve.batch``;
+Windows run on this replica's one model thread, batched across requests and streams (serve.batching);
 video jobs run on other processes (``serve.jobs``), so a window never waits for a video.
 ``reconfigure`` hot-swaps the model: the new checkpoint is loaded completely (off the event
 loop), then one reference is replaced; requests already running finish on the old model.
@@ -45,6 +45,7 @@ from fastapi.responses import FileResponse, Response
 from PIL import Image
 from ray import serve as ray_serve  # the top-level folder is also called `serve`
 
+from serve.batching import ModelQueue
 from serve.job_api import JobApi
 from serve.api import (
     AUTH_ERROR,
@@ -69,7 +70,6 @@ from serve.model import LoadedModel, load_model, model_headers, model_key, repli
 from serve.page import IMAGE_TYPES, bicubic_png, page_response
 from serve.settings import ServeSettings, authorized_owner, load_api_keys, settings_from
 from serve.stream import StreamStats, serve_stream
-from vsr_core.inference import upscale_grouped
 
 logger = logging.getLogger("ray.serve")
 
@@ -88,7 +88,7 @@ class VSRUpscaler:
         self._reconfigure_lock = asyncio.Lock()
         # One model thread: forward passes never compete for the replica's CPUs, and
         # the event loop stays free to accept, decode and batch requests.
-        self._model_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vsr-model")
+        self._model_queue = ModelQueue(ThreadPoolExecutor(max_workers=1, thread_name_prefix="vsr-model"))
         self._threads_from_cpus = replica_cpus()
         self._set_threads(None)
         self._jobs = JobApi(lambda: self._settings)
@@ -123,8 +123,8 @@ class VSRUpscaler:
                 logger.exception("reconfigure failed; still serving %s", self._loaded.path)
                 return
             Image.MAX_IMAGE_PIXELS = settings.max_pixels_per_frame  # PIL's own bomb guard (ours is stricter)
-            self._upscale_batch.set_max_batch_size(settings.max_batch_size)
-            self._upscale_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+            self._model_queue.configure(settings.max_batch_size, settings.batch_wait_timeout_s,
+                                        settings.max_batch_pixels)
             self._set_threads(settings.num_threads)
             self._settings = settings
             self._api_keys = api_keys
@@ -155,19 +155,12 @@ class VSRUpscaler:
         return loaded
 
     # --- windows ---------------------------------------------------------------------------
-    @ray_serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _upscale_batch(self, windows: list[np.ndarray]) -> list[tuple[Any, int, LoadedModel | None, float]]:
-        """-> (3x frame or its pass's exception, windows in that pass, the model, seconds of the batch)"""
-        loaded = self._loaded  # the whole batch runs on one model, even across a swap
+    async def _upscale_window(self, window: np.ndarray) -> tuple[Any, int, LoadedModel | None, float]:
+        """-> (3x frame or its pass's exception, windows in that pass, the model, seconds of the pass)"""
+        loaded = self._loaded  # the window runs on this model, even across a swap
         if loaded is None:
-            error = ApiError(503, "model_not_loaded", "no model is loaded yet")
-            return [(error, 0, None, 0.0)] * len(windows)
-        started = time.perf_counter()
-        outputs = await asyncio.get_running_loop().run_in_executor(
-            self._model_executor, upscale_grouped, loaded.upscaler, windows, self._settings.max_batch_pixels
-        )
-        seconds = time.perf_counter() - started
-        return [(output, batch, loaded, seconds) for output, batch in outputs]
+            return ApiError(503, "model_not_loaded", "no model is loaded yet"), 0, None, 0.0
+        return await self._model_queue.upscale(loaded, window)
 
     @api.post("/v1/upscale", response_class=Response, summary="Upscale the center frame of a 5-frame window by 3x",
               responses={200: {"content": FRAME_TYPES, "description": "the 3x center frame (as Accept asks)"},
@@ -179,7 +172,7 @@ class VSRUpscaler:
         times = [time.perf_counter()]
         window = await window_from(request, self._settings.max_body_bytes, self._settings.max_pixels_per_frame)
         times.append(time.perf_counter())
-        output, batch, loaded, model_s = await self._upscale_batch(window)
+        output, batch, loaded, model_s = await self._upscale_window(window)
         if isinstance(output, BaseException):
             raise output
         times.append(time.perf_counter())
@@ -191,7 +184,7 @@ class VSRUpscaler:
 
     @api.websocket("/v1/stream")
     async def stream(self, websocket: WebSocket) -> None:
-        await serve_stream(websocket, self._settings, self._api_keys, self._upscale_batch, self._streams)
+        await serve_stream(websocket, self._settings, self._api_keys, self._upscale_window, self._streams)
 
     # --- videos (serve.job_api) ------------------------------------------------------------------
     @api.post("/v1/jobs", status_code=202, summary="Upscale a whole video on the cluster (returns a job id)",

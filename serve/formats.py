@@ -3,13 +3,14 @@
 ``/v1/upscale`` negotiates with the ``Accept`` header; ``WS /v1/stream`` names the format in
 its header message (``"output": "png" | "jpeg" | "webp" | "raw"``)::
 
-    image/png           lossless; zlib level 1 (a 1920x1080 frame: ~6x faster than Pillow's
-                        default level 6, ~15% larger; see benchmarks/README.md)
-    image/jpeg          lossy, quality 95 (the smallest and, after raw, the fastest)
-    image/webp          lossy, quality 90, Pillow's fastest method (0)
+    image/png           lossless; zlib level 1 with the run-length strategy: on a 1920x1080 frame
+                        ~4x faster than Pillow's default (level 6) for ~3% more bytes
+    image/webp          lossless, libwebp's fastest method: faster than that PNG and ~20% smaller
+    image/jpeg          lossy, quality 95: the smallest and, after .npy, the fastest by far
     application/x-npy   the uint8 [3H,3W,3] array in NumPy's .npy format: no encoding at all
     raw (stream only)   the same bytes without the .npy header (the size is in the header)
 
+The encoding times are measured by benchmarks/bench_serve.py (see benchmarks/README.md).
 Without ``Accept`` (or with ``*/*``) the answer is PNG, as before negotiation existed.
 """
 from __future__ import annotations
@@ -23,10 +24,11 @@ PNG, JPEG, WEBP, NPY = "image/png", "image/jpeg", "image/webp", "application/x-n
 RAW = "raw"
 DEFAULT = PNG
 #: media type -> Pillow save options (NPY and RAW are written without Pillow)
+Z_RLE = 3  # zlib's run-length strategy (Pillow passes it as compress_type)
 _PILLOW = {
-    PNG: {"format": "PNG", "compress_level": 1},
+    PNG: {"format": "PNG", "compress_level": 1, "compress_type": Z_RLE},
     JPEG: {"format": "JPEG", "quality": 95},
-    WEBP: {"format": "WEBP", "quality": 90, "method": 0},
+    WEBP: {"format": "WEBP", "lossless": True, "method": 0, "quality": 0},  # quality: effort when lossless
 }
 HTTP_TYPES = (PNG, JPEG, WEBP, NPY)  # in the order of preference when the client has none
 #: the stream's names for its output formats

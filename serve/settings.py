@@ -26,8 +26,10 @@ class ServeSettings(BaseModel):
     batch_size: int = Field(4, ge=1, description="windows per forward pass in video jobs")
     tile: int = Field(0, ge=0, description="tile size in LR pixels for large frames (0 = no tiling)")
     tile_overlap: int = Field(32, ge=0)
-    max_batch_size: int = Field(8, ge=1, description="@serve.batch: max windows batched from concurrent requests")
-    batch_wait_timeout_s: float = Field(0.01, ge=0, description="@serve.batch: max wait to fill a batch")
+    max_batch_size: int = Field(8, ge=1, description="most windows (from concurrent requests and streams) in one "
+                                "forward pass (serve.batching)")
+    batch_wait_timeout_s: float = Field(0.01, ge=0, description="longest wait for more windows "
+                                        "before a pass, counted from the oldest waiting window")
     max_batch_pixels: int = Field(
         1280 * 720, ge=1, description="most LR pixels (windows x H x W) per forward pass; bigger batches are split "
         "(bounds memory; one window always runs, however large)")

@@ -20,8 +20,7 @@ Frames computed before the error are still sent first.
 The windows reflect at the borders exactly as ``vsr_core.frames.window_indices`` does for
 ``vsr upscale``: the first window is frames [2,1,0,1,2]; only at end-of-stream is the clip's
 length known and the last two windows reflect at the last frame. The session holds the last
-5 frames. Its windows go through the replica's ``@serve.batch`` with the ``/v1/upscale``
-traffic, at most ``max_batch_size`` of them in flight per stream (then the server stops
+5 frames. Its windows are batched with the ``/v1/upscale`` traffic (serve.batching), at most ``max_batch_size`` of them in flight per stream (then the server stops
 reading and TCP slows the client down).
 
 Auth: ``Authorization: Bearer KEY`` on the handshake (programs), or ``"token"`` in the header
@@ -173,7 +172,7 @@ class StreamStats:
 @dataclass
 class _Timing:
     decode_s: float = 0.0
-    wait_s: float = 0.0  # in @serve.batch: queued, batched and run
+    wait_s: float = 0.0  # in serve.batching: queued, batched and run
     model_s: float = 0.0  # of that: the forward passes (shared with their batch)
     encode_s: float = 0.0
     started: float = field(default_factory=time.perf_counter)
