@@ -1,7 +1,7 @@
 """5. Serve at realistic sizes: ``POST /v1/upscale`` with 8 concurrent HTTP clients (5 PNG
 frames in, the 3x frame back as PNG, WebP, JPEG or .npy by ``Accept``) and one ``WS /v1/stream``
 (raw frames in; raw, PNG or JPEG out), against the in-process ``Upscaler`` on the same frames,
-measured in the same run and interleaved round by round (direct, HTTP, direct, stream, ...).
+measured in the same run, interleaved: a direct run before and after every served run.
 
 References: for the window endpoint ``upscale_grouped`` on the same 8 windows (the replica's own
 computation, split by the same ``max_batch_pixels``); for the stream ``Upscaler.stream`` over the
@@ -203,6 +203,7 @@ def main(argv=None) -> None:
         parser.add_argument("--num-cpus", type=float, default=float(os.cpu_count() or 1),
                             help="CPUs (= torch threads) of the replica; default: all")
         parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (direct, HTTP, stream)")
+        parser.add_argument("--size", help="only this LR size, e.g. 360x640")
 
     args = common.parse_args(__doc__, argv, extra)
     report = Report("serve", "full" if args.full else "quick")
@@ -214,6 +215,8 @@ def main(argv=None) -> None:
     cases = [("small", (180, 320), 16, 16), ("small", (360, 640), 16, 12)]
     if args.full:
         cases += [("full", (180, 320), 8, 6), ("full", (360, 640), 8, 6)]
+    if args.size:
+        cases = [case for case in cases if f"{case[1][0]}x{case[1][1]}" == args.size]
     report.details = {"encoders": encoder_timings(report, realistic_frame(1080, 1920)), "cases": {},
                       "replica_cpus": args.num_cpus, "torch_threads_direct": torch.get_num_threads()}
     runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH"))
@@ -246,41 +249,59 @@ def run_case(report: Report, checkpoint: Path, preset: str, height: int, width: 
     load_clients(url + "/v1/upscale", bodies, ACCEPTS["npy"], CLIENTS)  # warm-up: kernels for this size
     run_stream(url, clip[:4], "raw")
     upscale_grouped(direct, windows, MAX_BATCH_PIXELS)
+    # Direct runs bracket every served run (D H D H ... D S D S ... D): each ratio is against the
+    # mean of the direct runs just before and after it, so a burst of load from other jobs on a
+    # shared machine hits the served run and its reference alike.
     rounds: list[dict] = []
     for _ in range(args.rounds):
-        r: dict = {"load": load_average()}
-        start = time.perf_counter()
-        upscale_grouped(direct, windows, MAX_BATCH_PIXELS)
-        r["direct_windows_per_s"] = len(windows) / (time.perf_counter() - start)
-        r["http"] = {name: load_clients(url + "/v1/upscale", bodies, accept, n_requests)
-                     for name, accept in ACCEPTS.items()}
-        start = time.perf_counter()
-        count = sum(1 for _ in direct.stream(iter(clip)))
-        r["direct_stream_fps"] = count / (time.perf_counter() - start)
-        r["stream"] = {output: run_stream(url, clip, output) for output in STREAM_OUTPUTS}
+        r: dict = {"load": load_average(), "http": {}, "stream": {}}
+
+        def direct_windows() -> float:
+            start = time.perf_counter()
+            upscale_grouped(direct, windows, MAX_BATCH_PIXELS)
+            return len(windows) / (time.perf_counter() - start)
+
+        def direct_stream() -> float:
+            start = time.perf_counter()
+            count = sum(1 for _ in direct.stream(iter(clip)))
+            return count / (time.perf_counter() - start)
+
+        before = direct_windows()
+        for name, accept in ACCEPTS.items():
+            r["http"][name] = load_clients(url + "/v1/upscale", bodies, accept, n_requests)
+            after = direct_windows()
+            r["http"][name]["direct_per_s"] = (before + after) / 2
+            before = after
+        before = direct_stream()
+        for output in STREAM_OUTPUTS:
+            r["stream"][output] = run_stream(url, clip, output)
+            after = direct_stream()
+            r["stream"][output]["direct_per_s"] = (before + after) / 2
+            before = after
         rounds.append(r)
-        print(f"  {label} round: direct {r['direct_windows_per_s']:.3f} windows/s, stream "
-              f"{r['direct_stream_fps']:.3f} fps, load {r['load']}", flush=True)
+        print(f"  {label} round done, load {r['load']} -> {load_average()}", flush=True)
 
     def median(values):
         return statistics.median(values)
 
-    direct_windows = median([r["direct_windows_per_s"] for r in rounds])
-    direct_fps = median([r["direct_stream_fps"] for r in rounds])
-    report.add(f"{label}: direct upscale_grouped, 8 windows", direct_windows, "windows/s")
+    direct_windows_all = [r["http"][n]["direct_per_s"] for r in rounds for n in ACCEPTS]
+    direct_fps_all = [r["stream"][o]["direct_per_s"] for r in rounds for o in STREAM_OUTPUTS]
+    report.add(f"{label}: direct upscale_grouped, 8 windows", median(direct_windows_all), "windows/s",
+               note=f"min {min(direct_windows_all):.3g}, max {max(direct_windows_all):.3g}")
     for name in ACCEPTS:
-        ratio = median([r["http"][name]["per_s"] / r["direct_windows_per_s"] for r in rounds])
-        last = rounds[-1]["http"][name]
-        report.add(f"{label}: HTTP {CLIENTS} clients, 5 PNG in, {name} out",
-                   median([r["http"][name]["per_s"] for r in rounds]), "req/s", "direct upscale_grouped", ratio,
+        runs = [r["http"][name] for r in rounds]
+        last = runs[-1]
+        report.add(f"{label}: HTTP {CLIENTS} clients, 5 PNG in, {name} out", median([x["per_s"] for x in runs]),
+                   "req/s", "direct upscale_grouped", median([x["per_s"] / x["direct_per_s"] for x in runs]),
                    note=f"p50 {last['p50_s']:.1f} s, batch {last['mean_batch']:.1f}; "
                         f"{fmt_breakdown(last['breakdown_s'])}")
-    report.add(f"{label}: direct Upscaler.stream ({len(clip)} frames)", direct_fps, "frames/s")
+    report.add(f"{label}: direct Upscaler.stream ({len(clip)} frames)", median(direct_fps_all), "frames/s",
+               note=f"min {min(direct_fps_all):.3g}, max {max(direct_fps_all):.3g}")
     for output in STREAM_OUTPUTS:
-        ratio = median([r["stream"][output]["per_s"] / r["direct_stream_fps"] for r in rounds])
-        report.add(f"{label}: WS stream, raw in, {output} out", median([r["stream"][output]["per_s"] for r in rounds]),
-                   "frames/s", "direct Upscaler.stream", ratio,
-                   note=f"per frame: {fmt_breakdown(rounds[-1]['stream'][output]['breakdown_s'])}")
+        runs = [r["stream"][output] for r in rounds]
+        report.add(f"{label}: WS stream, raw in, {output} out", median([x["per_s"] for x in runs]), "frames/s",
+                   "direct Upscaler.stream", median([x["per_s"] / x["direct_per_s"] for x in runs]),
+                   note=f"per frame: {fmt_breakdown(runs[-1]['breakdown_s'])}")
     report.details["cases"][label] = {"requests_per_format": n_requests, "stream_frames": n_frames, "rounds": rounds}
     report.write()  # partial results survive a slow --full case
 

@@ -158,7 +158,7 @@ class Server:
                 last = requests.get(self.url + "/v1/model", timeout=5)
                 if last.status_code == 200 and last.json()["step"] == step:
                     return last.json()
-            except requests.ConnectionError:
+            except requests.RequestException:  # not up yet, or a busy machine answering slowly
                 pass
             time.sleep(0.2)
         pytest.fail(f"model step {step} not served after {timeout}s; last: {last and last.text}")

@@ -153,6 +153,29 @@ def test_stream_limits_frames_and_idle_time(server):
     assert LIMITS["stream_idle_timeout_s"] - 0.5 <= waited < 20
 
 
+def test_client_streams_a_video_file(server, upscalers, tmp_path):
+    from serve.client import main
+    from vsr_core.data.video_io import FrameWriter, read_frames
+
+    clip_path = tmp_path / "clip.mp4"
+    with FrameWriter(clip_path, fps=25) as writer:
+        for frame in make_clip(6, H, W, seed=34):
+            writer.write(frame)
+    main(["--url", server.url, "stream", str(clip_path), str(tmp_path / "out"), "--format", "jpeg"])
+    main(["--url", server.url, "stream", str(clip_path), str(tmp_path / "out.mp4"), "--output-format", "raw"])
+    decoded = read_frames(clip_path)  # what the client sent (JPEG-compressed on the way)
+    jpegs = np.stack([np.asarray(Image.open(io.BytesIO(_jpeg(f))).convert("RGB")) for f in decoded])
+    expected = np.stack(list(upscalers["a"].stream(iter(jpegs))))
+    assert max_diff(read_frames(tmp_path / "out"), expected) <= 1
+    assert len(read_frames(tmp_path / "out.mp4")) == len(decoded)
+
+
+def _jpeg(frame: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
 def test_stream_client_reports_the_error(server):
     frames = [make_clip(1, H, W)[0], make_clip(1, H + 1, W)[0]]
     with pytest.raises(StreamFailed, match="wrong_frame_size"):
