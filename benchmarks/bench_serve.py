@@ -206,7 +206,7 @@ def main(argv=None) -> None:
         parser.add_argument("--size", help="only this LR size, e.g. 360x640")
 
     args = common.parse_args(__doc__, argv, extra)
-    report = Report("serve", "full" if args.full else "quick")
+    report = Report("serve", ("full" if args.full else "quick") + (f"-{args.size}" if args.size else ""))
     header("serve", args.full)
     import ray
     from ray import serve
