@@ -1,17 +1,26 @@
-"""5. Serve: requests/s and p50/p99 latency of ``POST /v1/upscale`` (multipart, 5 PNG frames
--> PNG) for 1 and 8 concurrent HTTP clients on 127.0.0.1, with ``@serve.batch`` batching
-(max_batch_size 8) and without it (max_batch_size 1, i.e. every request alone), against
-direct in-process inference on the same windows (``Upscaler.upscale_window_uint8`` one
-by one, and ``upscale_windows`` on batches of 8), measured in the same run.
+"""5. Serve at realistic sizes: ``POST /v1/upscale`` with 8 concurrent HTTP clients (5 PNG
+frames in, the 3x frame back as PNG, WebP, JPEG or .npy by ``Accept``) and one ``WS /v1/stream``
+(raw frames in; raw, PNG or JPEG out), against the in-process ``Upscaler`` on the same frames,
+measured in the same run, interleaved: a direct run before and after every served run.
 
-The app is serve.app (``build_app``), deployed on a local Ray with one replica of
-``--num-cpus`` CPUs (= its torch threads); the HTTP clients run in this process.
+References: for the window endpoint ``upscale_grouped`` on the same 8 windows (the replica's own
+computation, split by the same ``max_batch_pixels``); for the stream ``Upscaler.stream`` over the
+same frames (what ``vsr upscale`` runs, with feature reuse). Where the time goes comes from the
+replica itself (``Server-Timing`` of each response; the stream's end message): decode, batch
+(queued + forward pass), model (the pass), encode; transport = client latency - the rest. The
+1920x1080 encoders are timed alone in this process too.
+
+Quick: the small preset at 180x320 and 360x640 LR. ``--full``: also the full preset (slow on a
+CPU: few windows). The app is serve.app (``build_app``) on a local Ray, one replica of
+``--num-cpus`` CPUs (= its torch threads); the clients run in this process.
 """
 from __future__ import annotations
 
 import importlib
 import io
+import json
 import os
+import threading
 import statistics
 import tempfile
 import time
@@ -21,90 +30,121 @@ from pathlib import Path
 import common
 import numpy as np
 import torch
+from PIL import Image
 
 from bench_inference import synthetic_frames
 from bench_pipeline import save_model_checkpoint
-from common import ROOT, Report, header, measure
-from vsr_core.frames import to_tensor, to_uint8
-from vsr_core.inference import Upscaler
-from vsr_core.netutil import free_port  # noqa: E402
+from common import ROOT, Report, header, load_average
+from vsr_core.inference import Upscaler, upscale_grouped
+from vsr_core.netutil import free_port
 
 APP_NAME = "vsr-bench"
-
+CLIENTS = 8
+MAX_BATCH_PIXELS = 1280 * 720  # the app's default: 4 windows of 360x640 per forward pass
+ACCEPTS = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg", "npy": "application/x-npy"}
+STREAM_OUTPUTS = ("raw", "png", "jpeg")
 
 
 def png_bytes(frame: np.ndarray) -> bytes:
-    from PIL import Image
-
     buffer = io.BytesIO()
-    Image.fromarray(frame).save(buffer, format="PNG")
+    Image.fromarray(frame).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[k]
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
-def load_clients(url: str, bodies: list[list[bytes]], clients: int, requests_total: int) -> dict:
-    """``requests_total`` POSTs from ``clients`` threads (each with its own session)."""
+def server_timing(header_value: str) -> dict[str, float]:
+    """'decode;dur=1.2, batch;dur=3' -> {"decode": 0.0012, "batch": 0.003} (seconds)."""
+    parts = {}
+    for part in header_value.split(","):
+        name, _, value = part.strip().partition(";dur=")
+        parts[name] = float(value) / 1e3
+    return parts
+
+
+def load_clients(url: str, bodies: list[list[bytes]], accept: str, requests_total: int) -> dict:
+    """``requests_total`` POSTs of 5 PNG frames from CLIENTS threads; the answers are received, not decoded."""
     import requests
 
-    def worker(index: int) -> tuple[list[float], list[int]]:
+    def worker(index: int) -> list[tuple[float, dict, int]]:
         session = requests.Session()
-        latencies, batches = [], []
-        for k in range(index, requests_total, clients):
+        results = []
+        for k in range(index, requests_total, CLIENTS):
             files = [("frames", (f"{i}.png", blob, "image/png")) for i, blob in enumerate(bodies[k % len(bodies)])]
             start = time.perf_counter()
-            response = session.post(url, files=files, timeout=300)
-            latencies.append(time.perf_counter() - start)
+            response = session.post(url, files=files, headers={"Accept": accept}, timeout=1800)
+            latency = time.perf_counter() - start
             if response.status_code != 200:
                 raise RuntimeError(f"HTTP {response.status_code}: {response.text[:300]}")
-            batches.append(int(response.headers.get("X-VSR-Batch", "1")))
+            results.append((latency, server_timing(response.headers["Server-Timing"]),
+                            int(response.headers.get("X-VSR-Batch", "1"))))
         session.close()
-        return latencies, batches
+        return results
 
     start = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        results = list(pool.map(worker, range(clients)))
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        results = [r for rs in pool.map(worker, range(CLIENTS)) for r in rs]
     wall = time.perf_counter() - start
-    latencies = [x for lat, _ in results for x in lat]
-    batches = [x for _, b in results for x in b]
-    return {"requests_per_s": requests_total / wall, "p50_s": percentile(latencies, 50),
-            "p99_s": percentile(latencies, 99), "mean_batch": statistics.mean(batches), "wall_s": wall,
-            "requests": requests_total}
+    latencies = [lat for lat, _, _ in results]
+    mean = {name: statistics.mean(t[name] for _, t, _ in results) for name in ("decode", "batch", "model", "encode")}
+    mean["transport"] = statistics.mean(lat - t["decode"] - t["batch"] - t["encode"] for lat, t, _ in results)
+    return {"per_s": requests_total / wall, "p50_s": percentile(latencies, 50), "p99_s": percentile(latencies, 99),
+            "mean_batch": statistics.mean(b for _, _, b in results), "breakdown_s": mean, "requests": requests_total}
 
 
-def http_overhead(url: str, count: int) -> dict:
-    import requests
+def run_stream(url: str, clip: list[np.ndarray], output: str) -> dict:
+    """One stream of raw frames (sent from a thread, as serve/client.py does); the answers
+    are received, not decoded."""
+    from websockets.sync.client import connect
 
-    session = requests.Session()
-    latencies = []
-    for _ in range(count):
-        start = time.perf_counter()
-        session.get(url, timeout=60).raise_for_status()
-        latencies.append(time.perf_counter() - start)
-    return {"requests_per_s": count / sum(latencies), "p50_s": percentile(latencies, 50),
-            "p99_s": percentile(latencies, 99), "mean_batch": 0.0, "requests": count}
+    height, width = clip[0].shape[:2]
+    start = time.perf_counter()
+    with connect(url.replace("http", "ws", 1) + "/v1/stream", max_size=None, open_timeout=60) as ws:
+        ws.send(json.dumps({"width": width, "height": height, "format": "raw", "output": output}))
+        assert json.loads(ws.recv(60))["type"] == "ready"
+        received = 0
+
+        def send_all() -> None:
+            for frame in clip:
+                ws.send(frame.tobytes())
+            ws.send(json.dumps({"type": "end"}))
+
+        sender = threading.Thread(target=send_all, daemon=True)
+        sender.start()
+        while True:
+            message = ws.recv(1800)
+            if isinstance(message, bytes):
+                received += 1
+                continue
+            end = json.loads(message)
+            break
+        sender.join()
+    wall = time.perf_counter() - start
+    if end.get("type") != "end" or received != len(clip):
+        raise RuntimeError(f"stream ended with {end} after {received} frames")
+    timing = end["timing"]
+    return {"per_s": len(clip) / wall, "frames": len(clip),
+            "breakdown_s": {name: timing[f"{name}_ms"] / 1e3 for name in ("decode", "batch", "model", "encode")}}
 
 
-def deploy(checkpoint: Path, num_cpus: float, max_batch_size: int, port: int) -> str:
+def deploy(checkpoint: Path, num_cpus: float, port: int) -> str:
     import requests
     from ray import serve
 
     serve_app = importlib.import_module("serve.app")  # this project's serve/, not ray.serve
-
     app = serve_app.build_app({"checkpoint": str(checkpoint), "device": "cpu", "num_cpus": num_cpus,
-                               "num_replicas": 1, "max_batch_size": max_batch_size, "batch_wait_timeout_s": 0.01})
+                               "num_replicas": 1, "max_batch_size": CLIENTS, "batch_wait_timeout_s": 0.01,
+                               "max_batch_pixels": MAX_BATCH_PIXELS, "max_body_bytes": 256 * 1024**2})
     serve.run(app, name=APP_NAME, route_prefix="/")
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
+    deadline = time.time() + 300
     while time.time() < deadline:
         try:
             info = requests.get(url + "/v1/model", timeout=5)
-            if info.status_code == 200 and info.json().get("batching", {}).get("max_batch_size",
-                                                                                max_batch_size) == max_batch_size:
+            if info.status_code == 200 and info.json()["checkpoint_id"] == checkpoint_id(checkpoint):
                 return url
         except requests.ConnectionError:
             pass
@@ -112,89 +152,158 @@ def deploy(checkpoint: Path, num_cpus: float, max_batch_size: int, port: int) ->
     raise RuntimeError(f"the app did not come up at {url}")
 
 
+def checkpoint_id(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def encoder_timings(report: Report, frame: np.ndarray) -> dict:
+    """The 1920x1080 encoders alone (median of 3), including Pillow's default PNG (level 6)."""
+    from serve.formats import encode_frame
+
+    candidates = {f"{name}": (lambda media=media: encode_frame(frame, media)) for name, media in ACCEPTS.items()}
+    candidates["png, Pillow default (level 6)"] = lambda: png_default(frame)
+    results = {}
+    for name, fn in candidates.items():
+        times, size = [], 0
+        for _ in range(3):
+            start = time.perf_counter()
+            size = len(fn())
+            times.append(time.perf_counter() - start)
+        results[name] = {"seconds": statistics.median(times), "bytes": size}
+    reference = results["png"]["seconds"]
+    for name, r in results.items():
+        report.add(f"encode {frame.shape[1]}x{frame.shape[0]}: {name}", 1e3 * r["seconds"], "ms", "png (level 1, RLE)",
+                   r["seconds"] / reference, note=f"{r['bytes'] / 1e6:.2f} MB")
+    return results
+
+
+def png_default(frame: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def realistic_frame(height: int, width: int) -> np.ndarray:
+    """A frame of the sample video scaled to height x width (synthetic noise compresses unlike video)."""
+    from vsr_core.data.samples import DEFAULT_TRAIN_CLIP, sample_clip
+    from vsr_core.data.video_io import iter_frames
+
+    frame = next(iter(iter_frames(sample_clip(DEFAULT_TRAIN_CLIP))))
+    return np.asarray(Image.fromarray(frame).resize((width, height), Image.BICUBIC))
+
+
+def fmt_breakdown(b: dict[str, float]) -> str:
+    return ", ".join(f"{name} {1e3 * value:.0f}" for name, value in b.items()) + " ms"
+
+
 def main(argv=None) -> None:
     def extra(parser):
         parser.add_argument("--num-cpus", type=float, default=float(os.cpu_count() or 1),
                             help="CPUs (= torch threads) of the replica; default: all")
+        parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (direct, HTTP, stream)")
+        parser.add_argument("--size", help="only this LR size, e.g. 360x640")
 
     args = common.parse_args(__doc__, argv, extra)
-    full = args.full
-    report = Report("serve", "full" if full else "quick")
-    header("serve", full)
-    try:
-        importlib.import_module("serve.app")
-    except Exception as exc:  # noqa: BLE001 - the app is work in progress elsewhere
-        report.skip(f"serve/app.py is not importable yet ({type(exc).__name__}: {exc})")
-        report.write()
-        return
-
+    report = Report("serve", ("full" if args.full else "quick") + (f"-{args.size}" if args.size else ""))
+    header("serve", args.full)
     import ray
     from ray import serve
 
-    preset = "small"
-    height, width = (180, 320) if full else (64, 64)
-    n_single, n_multi = (40, 128) if full else (24, 64)
-    windows = [np.stack(synthetic_frames(5, height, width, seed=s)) for s in range(8)]
-    bodies = [[png_bytes(frame) for frame in window] for window in windows]
-
-    with tempfile.TemporaryDirectory(prefix="vsr-bench-serve-") as tmp:
-        checkpoint = save_model_checkpoint(preset, Path(tmp) / "model.pth")
-        # direct, in this process, same weights and windows
-        direct = Upscaler.from_checkpoint(checkpoint, device="cpu")
-        batch = to_tensor(np.stack(windows))
-        direct_paths = {
-            "direct, one window": lambda: [direct.upscale_window_uint8(w) for w in windows],
-            "direct, batch of 8": lambda: to_uint8(direct.upscale_windows(batch)),
-        }
-        # measured before and after the HTTP runs (pooled), so that both see the machine alike
-        timings = measure(direct_paths, repeats=3, warmup=1)
-
-        port = free_port()
-        runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH"))
-                                                                   if p)}}
-        ray.init(num_cpus=max(2, int(args.num_cpus)), include_dashboard=False, log_to_driver=False,
-                 runtime_env=runtime_env)
-        results = {}
+    # (preset, LR size, windows requests per format, stream frames)
+    cases = [("small", (180, 320), 16, 16), ("small", (360, 640), 16, 12)]
+    if args.full:
+        cases += [("full", (180, 320), 8, 6), ("full", (360, 640), 8, 6)]
+    if args.size:
+        cases = [case for case in cases if f"{case[1][0]}x{case[1][1]}" == args.size]
+    report.details = {"encoders": encoder_timings(report, realistic_frame(1080, 1920)), "cases": {},
+                      "replica_cpus": args.num_cpus, "torch_threads_direct": torch.get_num_threads()}
+    runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH"))
+                                                               if p)}}
+    port = free_port()
+    ray.init(num_cpus=max(2, int(args.num_cpus)), include_dashboard=False, log_to_driver=False,
+             runtime_env=runtime_env)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        with tempfile.TemporaryDirectory(prefix="vsr-bench-serve-") as tmp:
+            for preset, (height, width), n_requests, n_frames in cases:
+                checkpoint = save_model_checkpoint(preset, Path(tmp) / f"{preset}.pth")
+                run_case(report, checkpoint, preset, height, width, n_requests, n_frames, args, port)
+    finally:
         try:
-            serve.start(http_options={"host": "127.0.0.1", "port": port})
-            for batching, max_batch in (("@serve.batch (max 8)", 8), ("no batching (max 1)", 1)):
-                base = deploy(checkpoint, args.num_cpus, max_batch, port)
-                url = base + "/v1/upscale"
-                load_clients(url, bodies, 2, 4)  # warm-up
-                if max_batch == 8:  # the HTTP + proxy + replica round trip without a model
-                    results[("GET /healthz", 1)] = http_overhead(base + "/healthz", 50)
-                for clients, total in ((1, n_single), (8, n_multi)):
-                    results[(batching, clients)] = load_clients(url, bodies, clients, total)
+            serve.shutdown()
         finally:
-            try:
-                serve.shutdown()
-            finally:
-                ray.shutdown()
-        for name, timing in measure(direct_paths, repeats=3, warmup=1).items():
-            timings[name].seconds.extend(timing.seconds)
-        direct_single = len(windows) / timings["direct, one window"].median
-        direct_batch = len(windows) / timings["direct, batch of 8"].median
-        label = f"{preset} {height}x{width}"
-        report.add(f"{label}: direct upscale_window_uint8, 1 at a time", direct_single, "windows/s",
-                   note=f"latency {1e3 * timings['direct, one window'].median / len(windows):.0f} ms")
-        report.add(f"{label}: direct upscale_windows, batches of 8", direct_batch, "windows/s", "direct 1 at a time",
-                   direct_batch / direct_single)
-        for (batching, clients), r in results.items():
-            if batching.startswith("GET"):
-                report.add(f"HTTP round trip, {batching} (no model)", 1e3 * r["p50_s"], "ms p50",
-                           note=f"p99 {1e3 * r['p99_s']:.0f} ms")
-                continue
-            reference, ref_name = (direct_single, "direct 1 at a time") if clients == 1 else (
-                direct_batch, "direct batches of 8")
-            report.add(f"{label}: HTTP {clients} client{'s' if clients > 1 else ''}, {batching}",
-                       r["requests_per_s"], "req/s", ref_name, r["requests_per_s"] / reference,
-                       note=f"p50 {1e3 * r['p50_s']:.0f} ms, p99 {1e3 * r['p99_s']:.0f} ms, "
-                            f"mean batch {r['mean_batch']:.1f}")
-        report.details = {"preset": preset, "size": [height, width], "replica_cpus": args.num_cpus,
-                          "torch_threads_direct": torch.get_num_threads(),
-                          "direct": {k: t.to_dict() for k, t in timings.items()},
-                          "http": {f"{b}, {c} clients": r for (b, c), r in results.items()}}
+            ray.shutdown()
     print(f"wrote {report.write()}")
+
+
+def run_case(report: Report, checkpoint: Path, preset: str, height: int, width: int, n_requests: int,
+             n_frames: int, args, port: int) -> None:
+    label = f"{preset} {height}x{width}"
+    windows = [np.stack(synthetic_frames(5, height, width, seed=s)) for s in range(CLIENTS)]
+    bodies = [[png_bytes(frame) for frame in window] for window in windows]
+    clip = synthetic_frames(n_frames, height, width, seed=99)
+    direct = Upscaler.from_checkpoint(checkpoint, device="cpu")
+    url = deploy(checkpoint, args.num_cpus, port)
+    load_clients(url + "/v1/upscale", bodies, ACCEPTS["npy"], CLIENTS)  # warm-up: kernels for this size
+    run_stream(url, clip[:4], "raw")
+    upscale_grouped(direct, windows, MAX_BATCH_PIXELS)
+    # Direct runs bracket every served run (D H D H ... D S D S ... D): each ratio is against the
+    # mean of the direct runs just before and after it, so a burst of load from other jobs on a
+    # shared machine hits the served run and its reference alike.
+    rounds: list[dict] = []
+    for _ in range(args.rounds):
+        r: dict = {"load": load_average(), "http": {}, "stream": {}}
+
+        def direct_windows() -> float:
+            start = time.perf_counter()
+            upscale_grouped(direct, windows, MAX_BATCH_PIXELS)
+            return len(windows) / (time.perf_counter() - start)
+
+        def direct_stream() -> float:
+            start = time.perf_counter()
+            count = sum(1 for _ in direct.stream(iter(clip)))
+            return count / (time.perf_counter() - start)
+
+        before = direct_windows()
+        for name, accept in ACCEPTS.items():
+            r["http"][name] = load_clients(url + "/v1/upscale", bodies, accept, n_requests)
+            after = direct_windows()
+            r["http"][name]["direct_per_s"] = (before + after) / 2
+            before = after
+        before = direct_stream()
+        for output in STREAM_OUTPUTS:
+            r["stream"][output] = run_stream(url, clip, output)
+            after = direct_stream()
+            r["stream"][output]["direct_per_s"] = (before + after) / 2
+            before = after
+        rounds.append(r)
+        print(f"  {label} round done, load {r['load']} -> {load_average()}", flush=True)
+
+    def median(values):
+        return statistics.median(values)
+
+    direct_windows_all = [r["http"][n]["direct_per_s"] for r in rounds for n in ACCEPTS]
+    direct_fps_all = [r["stream"][o]["direct_per_s"] for r in rounds for o in STREAM_OUTPUTS]
+    report.add(f"{label}: direct upscale_grouped, 8 windows", median(direct_windows_all), "windows/s",
+               note=f"min {min(direct_windows_all):.3g}, max {max(direct_windows_all):.3g}")
+    for name in ACCEPTS:
+        runs = [r["http"][name] for r in rounds]
+        last = runs[-1]
+        report.add(f"{label}: HTTP {CLIENTS} clients, 5 PNG in, {name} out", median([x["per_s"] for x in runs]),
+                   "req/s", "direct upscale_grouped", median([x["per_s"] / x["direct_per_s"] for x in runs]),
+                   note=f"p50 {last['p50_s']:.1f} s, batch {last['mean_batch']:.1f}; "
+                        f"{fmt_breakdown(last['breakdown_s'])}")
+    report.add(f"{label}: direct Upscaler.stream ({len(clip)} frames)", median(direct_fps_all), "frames/s",
+               note=f"min {min(direct_fps_all):.3g}, max {max(direct_fps_all):.3g}")
+    for output in STREAM_OUTPUTS:
+        runs = [r["stream"][output] for r in rounds]
+        report.add(f"{label}: WS stream, raw in, {output} out", median([x["per_s"] for x in runs]), "frames/s",
+                   "direct Upscaler.stream", median([x["per_s"] / x["direct_per_s"] for x in runs]),
+                   note=f"per frame: {fmt_breakdown(runs[-1]['breakdown_s'])}")
+    report.details["cases"][label] = {"requests_per_format": n_requests, "stream_frames": n_frames, "rounds": rounds}
+    report.write()  # partial results survive a slow --full case
 
 
 if __name__ == "__main__":

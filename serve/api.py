@@ -21,8 +21,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartParser
 from starlette.requests import ClientDisconnect
 
-from vsr_core.archs import NUM_FRAMES
+from serve.formats import HTTP_TYPES, NotAcceptable, negotiate
 from serve.settings import API_KEY_ENV
+from vsr_core.archs import NUM_FRAMES
 from vsr_core.image_io import (
     ImageTooLargeError,
     InvalidImageError,
@@ -211,6 +212,23 @@ async def window_from(request: Request, max_body_bytes: int, max_pixels: int) ->
                            "application/octet-stream")
 
 
+def response_type(request: Request) -> str:
+    """The media type the 3x frame goes back in (``serve.formats.negotiate``); 406 if none fits."""
+    try:
+        return negotiate(request.headers.get("accept"))
+    except NotAcceptable as exc:
+        raise ApiError(406, "not_acceptable", str(exc)) from None
+
+
+def server_timing(times: list[float], model_s: float) -> str:
+    """A ``Server-Timing`` header from the perf_counter readings after reading + decoding the
+    window, after its batch and after encoding: where a request's time went on the replica
+    ("batch" includes waiting for the batch to fill and the model thread; "model" is the pass)."""
+    names = ("decode", "batch", "encode")
+    parts = [f"{name};dur={1e3 * (end - start):.1f}" for name, start, end in zip(names, times, times[1:])]
+    return ", ".join(parts + [f"model;dur={1e3 * model_s:.1f}"])
+
+
 # --- OpenAPI descriptions of the raw bodies (the handlers parse them themselves) ---------
 def _error(text: str, example: str = "...") -> dict:
     return {"description": text, "content": {JSON: {"example": {"error": example, "detail": "..."}}}}
@@ -219,6 +237,7 @@ def _error(text: str, example: str = "...") -> dict:
 ERRORS = {
     400: _error("bad input (wrong frame count, mismatched sizes, not an image or video, truncated file ...)"),
     413: _error("body, frame or clip too large"),
+    406: _error("no acceptable response format (Accept)", "not_acceptable"),
     415: _error("unsupported Content-Type or image format"),
     503: _error("no model loaded"),
 }
@@ -226,6 +245,7 @@ AUTH_ERROR = {401: _error("missing or wrong API key (when the server has one)", 
 JOB_ERRORS = {404: _error("no such job (or another API key's)", "not_found"),
               507: _error("the server's job storage is full", "insufficient_storage")}
 _BINARY = {"type": "string", "format": "binary"}
+FRAME_TYPES = {media: {"schema": _BINARY} for media in HTTP_TYPES}
 WINDOW_BODY = {"requestBody": {"required": True, "content": {
     MULTIPART: {"schema": {"type": "object", "required": ["frames"], "properties": {"frames": {
         "type": "array", "items": _BINARY, "minItems": NUM_FRAMES, "maxItems": NUM_FRAMES,

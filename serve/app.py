@@ -3,7 +3,9 @@
 Endpoints (all errors are JSON ``{"error": CODE, "detail": MESSAGE}``)::
 
     POST   /v1/upscale            5 frames (multipart "frames", PNG/JPEG) or one .npy [5,H,W,3] uint8
-                                  -> the 3x center frame, image/png
+                                  -> the 3x center frame as PNG, or as the Accept header asks (serve.formats)
+    WS     /v1/stream             a live video, each frame sent once -> its 3x frames, 2 frames behind
+                                  (serve.stream has the protocol)
     POST   /v1/jobs               a video (upload, or {"source": path/URI} under job_source_roots)
                                   -> 202 {"id": ...}: upscaled on the Ray cluster by the video engine
     GET    /v1/jobs[/{id}]        state, frames done / total, fps, ETA
@@ -19,7 +21,7 @@ Endpoints (all errors are JSON ``{"error": CODE, "detail": MESSAGE}``)::
 With API keys configured ($VSR_API_KEY, or user_config ``api_key_file``: one key per line) the
 /v1 endpoints need ``Authorization: Bearer <key>`` (else 401) and each key sees its own jobs only.
 
-Windows run on this replica's one model thread, batched across requests with ``@serve.batch``;
+Windows run on this replica's one model thread, batched across requests and streams (serve.batching);
 video jobs run on other processes (``serve.jobs``), so a window never waits for a video.
 ``reconfigure`` hot-swaps the model: the new checkpoint is loaded completely (off the event
 loop), then one reference is replaced; requests already running finish on the old model.
@@ -32,20 +34,23 @@ Importing this module starts nothing (no Ray, no model).
 import asyncio
 import logging
 import math
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import torch
-from fastapi import Request
+from fastapi import Request, WebSocket
 from fastapi.responses import FileResponse, Response
 from PIL import Image
 from ray import serve as ray_serve  # the top-level folder is also called `serve`
 
+from serve.batching import ModelQueue
 from serve.job_api import JobApi
 from serve.api import (
     AUTH_ERROR,
     ERRORS,
+    FRAME_TYPES,
     JOB_BODY,
     JOB_ERRORS,
     VIDEO_BODY,
@@ -55,13 +60,16 @@ from serve.api import (
     bearer_auth,
     media_type,
     read_body,
+    response_type,
+    server_timing,
     unsupported_type,
     window_from,
 )
-from serve.model import LoadedModel, encode_png, load_model, model_headers, model_key, replica_cpus
+from serve.formats import encode_frame
+from serve.model import LoadedModel, load_model, model_headers, model_key, replica_cpus
 from serve.page import IMAGE_TYPES, bicubic_png, page_response
 from serve.settings import ServeSettings, authorized_owner, load_api_keys, settings_from
-from vsr_core.inference import upscale_grouped
+from serve.stream import StreamStats, serve_stream
 
 logger = logging.getLogger("ray.serve")
 
@@ -80,11 +88,12 @@ class VSRUpscaler:
         self._reconfigure_lock = asyncio.Lock()
         # One model thread: forward passes never compete for the replica's CPUs, and
         # the event loop stays free to accept, decode and batch requests.
-        self._model_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vsr-model")
+        self._model_queue = ModelQueue(ThreadPoolExecutor(max_workers=1, thread_name_prefix="vsr-model"))
         self._threads_from_cpus = replica_cpus()
         self._set_threads(None)
         self._jobs = JobApi(lambda: self._settings)
         self._maintenance: asyncio.Task | None = None  # the jobs' recovery and expiry loop
+        self._streams = StreamStats()
 
     # --- configuration ---------------------------------------------------------------
     def _set_threads(self, num_threads: int | None) -> None:
@@ -114,8 +123,8 @@ class VSRUpscaler:
                 logger.exception("reconfigure failed; still serving %s", self._loaded.path)
                 return
             Image.MAX_IMAGE_PIXELS = settings.max_pixels_per_frame  # PIL's own bomb guard (ours is stricter)
-            self._upscale_batch.set_max_batch_size(settings.max_batch_size)
-            self._upscale_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+            self._model_queue.configure(settings.max_batch_size, settings.batch_wait_timeout_s,
+                                        settings.max_batch_pixels)
             self._set_threads(settings.num_threads)
             self._settings = settings
             self._api_keys = api_keys
@@ -146,31 +155,36 @@ class VSRUpscaler:
         return loaded
 
     # --- windows ---------------------------------------------------------------------------
-    @ray_serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _upscale_batch(self, windows: list[np.ndarray]) -> list[tuple[Any, int, LoadedModel | None]]:
-        loaded = self._loaded  # the whole batch runs on one model, even across a swap
+    async def _upscale_window(self, window: np.ndarray) -> tuple[Any, int, LoadedModel | None, float]:
+        """-> (3x frame or its pass's exception, windows in that pass, the model, seconds of the pass)"""
+        loaded = self._loaded  # the window runs on this model, even across a swap
         if loaded is None:
-            error = ApiError(503, "model_not_loaded", "no model is loaded yet")
-            return [(error, 0, None)] * len(windows)
-        loop = asyncio.get_running_loop()
-        outputs = await loop.run_in_executor(
-            self._model_executor, upscale_grouped, loaded.upscaler, windows, self._settings.max_batch_pixels
-        )
-        return [(output, batch, loaded) for output, batch in outputs]
+            return ApiError(503, "model_not_loaded", "no model is loaded yet"), 0, None, 0.0
+        return await self._model_queue.upscale(loaded, window)
 
     @api.post("/v1/upscale", response_class=Response, summary="Upscale the center frame of a 5-frame window by 3x",
-              responses={200: {"content": {"image/png": {}}, "description": "the 3x center frame"}, **AUTH_ERROR,
-                         **ERRORS}, openapi_extra=WINDOW_BODY, dependencies=[bearer_auth])
+              responses={200: {"content": FRAME_TYPES, "description": "the 3x center frame (as Accept asks)"},
+                         **AUTH_ERROR, **ERRORS}, openapi_extra=WINDOW_BODY, dependencies=[bearer_auth])
     async def upscale(self, request: Request) -> Response:
         self._authorize(request)
         self._model()
+        media = response_type(request)  # 406 before any work
+        times = [time.perf_counter()]
         window = await window_from(request, self._settings.max_body_bytes, self._settings.max_pixels_per_frame)
-        output, batch, loaded = await self._upscale_batch(window)
+        times.append(time.perf_counter())
+        output, batch, loaded, model_s = await self._upscale_window(window)
         if isinstance(output, BaseException):
             raise output
-        png = await asyncio.to_thread(encode_png, output)
-        headers = {**model_headers(loaded), "X-VSR-Batch": str(batch)}  # windows in that forward pass
-        return Response(png, media_type="image/png", headers=headers)
+        times.append(time.perf_counter())
+        body = await asyncio.to_thread(encode_frame, output, media)
+        times.append(time.perf_counter())
+        headers = {**model_headers(loaded), "X-VSR-Batch": str(batch),  # windows in that forward pass
+                   "Server-Timing": server_timing(times, model_s)}
+        return Response(body, media_type=media, headers=headers)
+
+    @api.websocket("/v1/stream")
+    async def stream(self, websocket: WebSocket) -> None:
+        await serve_stream(websocket, self._settings, self._api_keys, self._upscale_window, self._streams)
 
     # --- videos (serve.job_api) ------------------------------------------------------------------
     @api.post("/v1/jobs", status_code=202, summary="Upscale a whole video on the cluster (returns a job id)",
@@ -219,6 +233,7 @@ class VSRUpscaler:
             "num_threads": torch.get_num_threads(),
             "reload_error": self._reload_error,
             "auth": "bearer" if self._api_keys else "none",
+            "streams": self._streams.as_dict(),
         }
 
     # --- the web page (serve/page) ------------------------------------------------------------

@@ -7,6 +7,7 @@
     python serve/client.py job download ID -o film_x3.mp4
     python serve/client.py job cancel ID  |  job list
     python serve/client.py video clip.mp4 -o out.mp4                     # a short clip, synchronously
+    python serve/client.py stream clip.mp4 out.mp4   # frame by frame over WS /v1/stream (no audio)
     python serve/client.py model
 
 --url defaults to http://127.0.0.1:8000; the API key (if the server has one) comes from
@@ -15,10 +16,13 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
+import threading
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import requests
@@ -106,6 +110,105 @@ def upscale_video(client: Client, clip: Path, output: Path) -> None:
     print(f"{output}: {frames} frames at {fps} fps (model step {response.headers.get('X-VSR-Step')})")
 
 
+class StreamFailed(RuntimeError):
+    """The server ended a stream with a JSON error."""
+
+    def __init__(self, error: str, detail: str):
+        super().__init__(f"{error}: {detail}")
+        self.error, self.detail = error, detail
+
+
+def _encode_input(frame, fmt: str) -> bytes:
+    if fmt == "raw":
+        return frame.tobytes()
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, **({"format": "PNG", "compress_level": 1} if fmt == "png" else
+                                          {"format": "JPEG", "quality": 95}))
+    return buffer.getvalue()
+
+
+def _decode_output(data: bytes, output: str, shape: tuple[int, int, int]):
+    import numpy as np
+
+    if output == "raw":
+        return np.frombuffer(data, np.uint8).reshape(shape)
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def stream_frames(url: str, frames: Iterable, api_key: str | None = None, fmt: str = "png",
+                  output: str = "png", timeout: float = 600) -> Iterator:
+    """Send HxWx3 uint8 frames over ``WS /v1/stream`` (serve/stream.py has the protocol) and
+    yield the 3x frames in order, each as soon as the server sends it (2 frames behind).
+    Frames are sent from a thread while the answers are read here. Raises StreamFailed."""
+    from websockets.sync.client import connect
+
+    source = iter(frames)
+    first = next(source, None)
+    if first is None:
+        return
+    height, width = first.shape[:2]
+    ws_url = "ws" + url.rstrip("/")[len("http"):] + "/v1/stream" if url.startswith("http") else url
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    with connect(ws_url, additional_headers=headers, max_size=None, open_timeout=timeout,
+                 close_timeout=5) as ws:
+        ws.send(json.dumps({"width": width, "height": height, "format": fmt, "output": output}))
+        ready = json.loads(ws.recv(timeout))
+        if ready.get("type") != "ready":
+            raise StreamFailed(ready.get("error", "protocol"), ready.get("detail", str(ready)))
+        stop = threading.Event()
+
+        def send_all() -> None:
+            try:
+                for frame in _chain(first, source):
+                    if stop.is_set():
+                        return
+                    ws.send(_encode_input(frame, fmt))
+                ws.send(json.dumps({"type": "end"}))
+            except Exception:  # noqa: BLE001 - the server closed the stream; recv below says why
+                pass
+
+        sender = threading.Thread(target=send_all, name="vsr-stream-send", daemon=True)
+        sender.start()
+        shape = (3 * height, 3 * width, 3)
+        try:
+            while True:
+                message = ws.recv(timeout)
+                if isinstance(message, bytes):
+                    yield _decode_output(message, output, shape)
+                    continue
+                reply = json.loads(message)
+                if reply.get("type") == "end":
+                    return
+                raise StreamFailed(reply.get("error", "protocol"), reply.get("detail", str(reply)))
+        finally:
+            stop.set()
+            sender.join(timeout=5)
+
+
+def _chain(first, rest: Iterator) -> Iterator:
+    yield first
+    yield from rest
+
+
+def stream_video(client: Client, api_key: str | None, clip: Path, output: Path, fmt: str, output_format: str) -> None:
+    from vsr_core.data.video_io import FrameWriter, iter_frames, probe_video
+
+    info = probe_video(clip)
+    with FrameWriter(output, info.frame_rate) as writer, tqdm(total=info.num_frames, unit="frame",
+                                                              desc="stream") as bar:
+        try:
+            for frame in stream_frames(client.url, iter_frames(clip), api_key, fmt, output_format, client.timeout):
+                writer.write(frame)
+                bar.update(1)
+        except StreamFailed as exc:
+            sys.exit(f"error: {exc}")
+    print(f"{output}: {bar.n} frames at {info.fps:g} fps")
+
+
 def wait_for_job(client: Client, job_id: str) -> dict:
     """Poll the job with a progress bar (frames done across all workers) until it ends."""
     with tqdm(total=None, unit="frame", desc=f"job {job_id[:8]}") as bar:
@@ -178,6 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
     video = commands.add_parser("video", help="a short mp4 clip -> 3x mp4 clip, in one request")
     video.add_argument("clip", type=Path)
     video.add_argument("-o", "--output", type=Path, required=True)
+    stream = commands.add_parser("stream", help="a video frame by frame over WS /v1/stream -> 3x video (no audio) "
+                                 "or a folder of PNGs")
+    stream.add_argument("clip", type=Path)
+    stream.add_argument("output", type=Path, help="an .mp4 (H.264) or a folder for numbered PNG frames")
+    stream.add_argument("--format", default="png", choices=("png", "jpeg", "raw"), help="how frames are sent")
+    stream.add_argument("--output-format", default="png", choices=("png", "jpeg", "webp", "raw"),
+                        help="how the 3x frames come back (raw: no encoding, 9x the bytes of the input)")
     commands.add_parser("model", help="print the served model's info")
     return parser
 
@@ -196,6 +306,8 @@ def main(argv: list[str] | None = None) -> None:
         job_command(client, args)
     elif args.command == "video":
         upscale_video(client, args.clip, args.output)
+    elif args.command == "stream":
+        stream_video(client, key, args.clip, args.output, args.format, args.output_format)
     else:
         print(json.dumps(client.request("GET", "/v1/model").json(), indent=2))
 

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-from PIL import Image
 
 from serve.settings import ServeSettings
 from vsr_core.archs import NUM_FRAMES, SCALE, count_parameters
@@ -116,12 +112,6 @@ def window_budget(settings: ServeSettings) -> int:
 
 def model_headers(loaded: LoadedModel) -> dict[str, str]:
     return {"X-VSR-Checkpoint": loaded.info["checkpoint_id"], "X-VSR-Step": str(loaded.info["step"])}
-
-
-def encode_png(frame: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(frame).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
 
 
 def replica_cpus() -> float | None:

@@ -39,8 +39,10 @@ class ServeSettings(BaseModel):
         None, ge=1, description="most memory (MiB) a replica (and each chunk worker of a video job) may use; "
         "frames are split into tiles and batches to fit. Default: the replica's ray_actor_options.memory, else "
         "half the node's memory times the replica's share of its CPUs")
-    max_batch_size: int = Field(8, ge=1, description="@serve.batch: max windows batched from concurrent requests")
-    batch_wait_timeout_s: float = Field(0.01, ge=0, description="@serve.batch: max wait to fill a batch")
+    max_batch_size: int = Field(8, ge=1, description="most windows (from concurrent requests and streams) in one "
+                                "forward pass (serve.batching)")
+    batch_wait_timeout_s: float = Field(0.01, ge=0, description="longest wait for more windows "
+                                        "before a pass, counted from the oldest waiting window")
     max_batch_pixels: int = Field(
         1280 * 720, ge=1, description="most LR pixels (windows x H x W) per forward pass; bigger batches are split "
         "(bounds memory; one window always runs, however large)")
@@ -48,6 +50,10 @@ class ServeSettings(BaseModel):
     max_pixels_per_frame: int = Field(1280 * 720, ge=1, description="largest accepted LR frame, H*W (413 above)")
     max_video_frames: int = Field(300, ge=1, description="longest clip for the synchronous /v1/upscale/video (413 "
                                   "above); use /v1/jobs for longer videos")
+    max_stream_frames: int = Field(108_000, ge=1, description="most frames one WS /v1/stream connection may send "
+                                   "(default: an hour at 30 fps)")
+    stream_idle_timeout_s: float = Field(30.0, gt=0, description="a stream that sends nothing for this long is "
+                                         "closed (JSON error 'idle_timeout' first)")
     num_threads: int | None = Field(None, ge=1, description="torch threads; default: the replica's num_cpus")
     expose_paths: bool = Field(False, description="show the checkpoint's path in /v1/model (off: only its file "
                                "name and content hash, so the API reveals nothing about the server's disk)")
@@ -88,11 +94,13 @@ class ServeSettings(BaseModel):
             raise ValueError(f"must be one of {', '.join(BACKENDS)}")
         return value
 
-    def limits(self) -> dict[str, int]:
+    def limits(self) -> dict[str, float]:
         return {
             "max_body_bytes": self.max_body_bytes,
             "max_pixels_per_frame": self.max_pixels_per_frame,
             "max_video_frames": self.max_video_frames,
+            "max_stream_frames": self.max_stream_frames,
+            "stream_idle_timeout_s": self.stream_idle_timeout_s,
             "job_max_upload_bytes": self.job_max_upload_bytes,
         }
 

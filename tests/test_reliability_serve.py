@@ -408,6 +408,23 @@ def test_fuzz_property_based_never_5xx(server, seeds, window, upscalers):
 
 
 # --- API key -------------------------------------------------------------------------------------------------
+def _check_stream_auth(server, key: str, clip: np.ndarray, upscaler) -> None:
+    """WS /v1/stream: the key in the handshake's Authorization header or as "token" in the header message."""
+    from websockets.sync.client import connect
+
+    from serve.client import StreamFailed, stream_frames
+
+    expected = np.stack(list(upscaler.stream(iter(clip))))
+    for wrong in (None, "wrong"):
+        with pytest.raises(StreamFailed, match="unauthorized"):
+            list(stream_frames(server.url, clip, api_key=wrong, fmt="raw", output="raw", timeout=30))
+    assert max_diff(np.stack(list(stream_frames(server.url, clip, api_key=key, fmt="raw", output="raw",
+                                                timeout=60))), expected) <= 1
+    with connect(server.url.replace("http", "ws", 1) + "/v1/stream", max_size=None) as ws:  # as a browser does
+        ws.send(json.dumps({"width": clip.shape[2], "height": clip.shape[1], "format": "raw", "token": key}))
+        assert json.loads(ws.recv(30))["type"] == "ready"
+
+
 def test_api_key_is_required_when_configured(server, checkpoints, window, upscalers, tmp_path):
     key = "s3cret-" + os.urandom(8).hex()
     key_file = tmp_path / "api_key"
@@ -436,6 +453,7 @@ def test_api_key_is_required_when_configured(server, checkpoints, window, upscal
         good = {"Authorization": f"Bearer {key}"}
         response = requests.post(server.url + WINDOW, files=pngs, headers=good, timeout=60)
         assert response.status_code == 200
+        _check_stream_auth(server, key, window[:3], upscalers["a"])
         assert max_diff(decode_png(response), upscalers["a"].upscale_window_uint8(window)) <= 1
         assert requests.get(server.url + "/v1/model", headers={"authorization": f"bearer {key}"},
                             timeout=10).json()["auth"] == "bearer"

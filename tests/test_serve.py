@@ -37,13 +37,14 @@ _RAY_UP_AFTER_IMPORT = ray.is_initialized()
 from conftest import make_clip, random_model, ray_processes  # noqa: E402
 from vsr_core.checkpoint import BestInfo, save_checkpoint, write_best  # noqa: E402
 from vsr_core.data.video_io import FrameWriter, probe_video, read_frames  # noqa: E402
-from vsr_core.inference import Upscaler  # noqa: E402
+from vsr_core.inference import Upscaler, upscale_grouped  # noqa: E402
 from vsr_core.netutil import free_port  # noqa: E402,F401 (test_reliability_serve and test_jobs import it from here)
 
 pytestmark = pytest.mark.ray
 
 APP_NAME = "vsr"
-LIMITS = {"max_body_bytes": 512 * 1024, "max_pixels_per_frame": 64 * 64, "max_video_frames": 12}
+LIMITS = {"max_body_bytes": 512 * 1024, "max_pixels_per_frame": 64 * 64, "max_video_frames": 12,
+          "max_stream_frames": 12, "stream_idle_timeout_s": 3.0}
 H, W = 24, 30
 
 
@@ -242,11 +243,11 @@ def test_grouped_batches_match_single_windows(upscalers):
     upscaler = upscalers["a"]
     windows = [make_clip(5, H, W, seed=s) for s in range(3)] + [make_clip(5, 18, 21, seed=9)]
     windows.insert(1, windows.pop())  # sizes interleaved
-    results = serve_app.upscale_grouped(upscaler, windows)
+    results = upscale_grouped(upscaler, windows)
     assert [batch for _, batch in results] == [3, 1, 3, 3]
     for window, (output, _) in zip(windows, results):
         assert max_diff(output, upscaler.upscale_window_uint8(window)) <= 1
-    split = serve_app.upscale_grouped(upscaler, windows, max_batch_pixels=2 * H * W)  # 2 windows per pass
+    split = upscale_grouped(upscaler, windows, max_batch_pixels=2 * H * W)  # 2 windows per pass
     assert [batch for _, batch in split] == [2, 1, 2, 1]
     assert all(max_diff(a, b) <= 1 for (a, _), (b, _) in zip(results, split))
 

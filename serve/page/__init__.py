@@ -60,7 +60,7 @@ def bicubic_png(data: bytes, max_pixels: int) -> bytes:
     view. Blocking; bad images raise ``InvalidImageError`` (400/413/415)."""
     import torch
 
-    from serve.model import encode_png
+    from serve.formats import PNG, encode_frame
     from vsr_core.data.degradation import bicubic_upsample
     from vsr_core.frames import to_tensor, to_uint8
     from vsr_core.image_io import decode_image
@@ -68,4 +68,4 @@ def bicubic_png(data: bytes, max_pixels: int) -> bytes:
     frame = decode_image(data, max_pixels, "frame")
     with torch.inference_mode():
         upscaled = bicubic_upsample(to_tensor(frame)[None])[0]
-    return encode_png(to_uint8(upscaled, in_place=True))
+    return encode_frame(to_uint8(upscaled, in_place=True), PNG)
