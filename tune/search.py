@@ -3,6 +3,8 @@
     python tune/search.py                      # default sweep on the sample clips (~10 min on 2 CPU cores)
     python tune/search.py --address auto       # on a running cluster (ray start --head)
     python tune/search.py --name my_sweep --resume
+    python tune/search.py --finetune-from runs/tune/vsr_sweep/best   # the fine-tune phase: LR/WD from the
+                                               # seed's -5 / 0.001 first; exports to runs/tune/vsr_finetune/best
     python -m tune.search ...                  # the same (`tune` is this repo's package: pip install -e .)
 
 At the end the best trial's best checkpoint is exported to <storage>/<name>/best/
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BASE_CONFIG = REPO_ROOT / "configs" / "sweep_base.json"
-METRIC, MODE = "psnr", "max"
+METRIC, MODE = "gain", "max"  # dB over bicubic on the validation set (vsr_core.metrics.gain_over_bicubic)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,25 +42,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-concurrent", type=int, default=2, help="trials running at once")
     p.add_argument("--cpus-per-trial", type=float, default=1, help="CPUs per trial (torch threads follow)")
     p.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs per trial, fractions allowed")
-    p.add_argument("--lr-range", type=float, nargs=2, default=(1e-5, 1e-3), metavar=("MIN", "MAX"),
-                   help="learning-rate range, searched log-uniformly (as LR_EXPONENT)")
-    p.add_argument("--wd-range", type=float, nargs=2, default=(1e-4, 1e-1), metavar=("MIN", "MAX"),
-                   help="weight-decay range, searched log-uniformly")
+    p.add_argument("--lr-range", type=float, nargs=2, metavar=("MIN", "MAX"),
+                   help="learning-rate range, searched log-uniformly (as LR_EXPONENT); default 1e-5..1e-2, "
+                   "with --finetune-from 1e-6..1e-4")
+    p.add_argument("--wd-range", type=float, nargs=2, metavar=("MIN", "MAX"),
+                   help="weight-decay range, searched log-uniformly; default 1e-4..1e-1, with --finetune-from "
+                   "1e-4..1e-2")
+    p.add_argument("--finetune-from", metavar="CHECKPOINT",
+                   help="the fine-tune phase: every trial starts from this checkpoint's weights (a .pth, run folder "
+                   "or best/), training_phase 'finetune', first trial LR_EXPONENT -5 / WEIGHT_DECAY 0.001; "
+                   "default --name vsr_finetune")
     p.add_argument("--skip-base-trial", action="store_true",
                    help="do not start with the base config's own LR_EXPONENT / WEIGHT_DECAY as the first trial")
     p.add_argument("--grace-steps", type=int, help="ASHA: steps before a trial may be stopped (default 2 validations)")
     p.add_argument("--storage-path", default=str(REPO_ROOT / "runs" / "tune"),
                    help="experiment storage: a local or shared folder, or a URI such as s3://bucket/path")
-    p.add_argument("--name", default="vsr_sweep", help="experiment name (a folder under the storage path)")
+    p.add_argument("--name", help="experiment name (a folder under the storage path); default vsr_sweep, "
+                   "vsr_finetune with --finetune-from")
     p.add_argument("--resume", action="store_true", help="continue the experiment --name (finished trials are kept)")
     p.add_argument("--address", help="join a running Ray cluster, e.g. 'auto'; default: start a local Ray")
     p.add_argument("--dashboard-port", type=int, default=8265)
     p.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial from its checkpoint")
     p.add_argument("--keep-checkpoints", type=int, default=3,
-                   help="best checkpoints kept per trial (by PSNR); 0 keeps all, which makes resuming after a killed "
+                   help="best checkpoints kept per trial (by gain over bicubic); 0 keeps all, which makes resuming after a killed "
                    "driver safe (see README)")
     p.add_argument("--seed", type=int, default=0, help="seed of the searcher and of every trial's training")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    from tune.finetune import EXPERIMENT_NAME, search_ranges
+
+    lr_range, wd_range = search_ranges(bool(args.finetune_from))
+    args.lr_range = tuple(args.lr_range or lr_range)
+    args.wd_range = tuple(args.wd_range or wd_range)
+    args.name = args.name or (EXPERIMENT_NAME if args.finetune_from else "vsr_sweep")
+    return args
 
 
 def base_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -78,6 +94,10 @@ def base_config(args: argparse.Namespace) -> dict[str, Any]:
     if args.max_steps:
         values["MAX_STEPS"] = args.max_steps
     values["SEED"] = args.seed
+    if args.finetune_from:
+        from tune.finetune import finetune_base
+
+        values, args.finetune_from = finetune_base(values, args.finetune_from)
     config = TrainConfig.from_dict(values)
     expand_sources(config.train_data, DEFAULT_TRAIN_CLIP)
     expand_sources(config.val_data, DEFAULT_VAL_CLIP)
@@ -192,6 +212,7 @@ def build_tuner(args: argparse.Namespace, base: dict[str, Any], experiment_path:
     param_space = {
         "base_config": base,
         "cpus_per_trial": args.cpus_per_trial,
+        "finetune_from": getattr(args, "finetune_from", None),
         "LR_EXPONENT": tune.uniform(math.log10(args.lr_range[0]), math.log10(args.lr_range[1])),
         "WEIGHT_DECAY": tune.loguniform(*args.wd_range),
     }
@@ -205,7 +226,7 @@ def build_tuner(args: argparse.Namespace, base: dict[str, Any], experiment_path:
     reporter = tune.CLIReporter(
         parameter_columns={"LR_EXPONENT": "lr_exp", "WEIGHT_DECAY": "wd"},
         metric_columns={"step": "step", "loss_l1": "L1", "loss_perceptual": "perc", "loss_total": "total",
-                        "psnr": "PSNR", "convergence": "status", "cold_layers": "cold"},
+                        "gain": "gain dB", "psnr": "PSNR", "convergence": "status", "cold_layers": "cold"},
         max_report_frequency=15,
     )
     return tune.Tuner(
@@ -260,13 +281,15 @@ def summary_rows(results) -> list[dict[str, Any]]:
     rows = []
     for result in results:
         frame = result.metrics_dataframe
-        best_psnr = float(frame[METRIC].max()) if frame is not None and METRIC in frame else float("nan")
+        scored = frame is not None and METRIC in frame and frame[METRIC].notna().any()
+        best = frame.loc[frame[METRIC].idxmax()] if scored else {}
         config = result.config or {}
         rows.append({
             "trial": (result.metrics or {}).get("trial_id", Path(result.path or "?").name[:20]),
             "lr": 10 ** config.get("LR_EXPONENT", float("nan")),
             "wd": config.get("WEIGHT_DECAY", float("nan")),
-            "psnr": best_psnr,
+            "gain": float(best.get(METRIC, float("nan"))),
+            "psnr": float(best.get("psnr", float("nan"))),
             "status": trial_status(result),
             "steps": (result.metrics or {}).get("step", 0),
         })
@@ -274,9 +297,10 @@ def summary_rows(results) -> list[dict[str, Any]]:
 
 
 def print_summary(rows: list[dict[str, Any]]) -> None:
-    print(f"\n{'trial':<22} {'LR':>9} {'WD':>9} {'PSNR':>7} {'status':<14} {'steps':>6}")
-    for r in sorted(rows, key=lambda r: -r["psnr"] if r["psnr"] == r["psnr"] else math.inf):
-        print(f"{r['trial']:<22} {r['lr']:>9.2e} {r['wd']:>9.2e} {r['psnr']:>7.2f} {r['status']:<14} {r['steps']:>6}")
+    print(f"\n{'trial':<22} {'LR':>9} {'WD':>9} {'gain dB':>8} {'PSNR':>7} {'status':<14} {'steps':>6}")
+    for r in sorted(rows, key=lambda r: -r["gain"] if r["gain"] == r["gain"] else math.inf):
+        print(f"{r['trial']:<22} {r['lr']:>9.2e} {r['wd']:>9.2e} {r['gain']:>+8.2f} {r['psnr']:>7.2f} "
+              f"{r['status']:<14} {r['steps']:>6}")
 
 
 def export_best(results, experiment_path: str) -> tuple[BestInfo, str] | None:
@@ -357,8 +381,10 @@ def run_sweep(args: argparse.Namespace, base: dict[str, Any], experiment_path: s
         return 1
     info, destination = exported
     metrics = info.metrics
-    print(f"\nbest: trial {info.trial_id} Y-PSNR {metrics.get(METRIC, float('nan')):.2f} dB at step {info.step} "
-          f"(bicubic on the same frames: {metrics.get('bicubic_psnr', float('nan')):.2f} dB) -> {destination}")
+    print(f"\nbest: trial {info.trial_id} {metrics.get(METRIC, float('nan')):+.2f} dB over bicubic at step {info.step} "
+          f"(Y-PSNR {metrics.get('psnr', float('nan')):.2f} dB, bicubic on the same validation items "
+          f"{metrics.get('bicubic_psnr', float('nan')):.2f} dB, phase {metrics.get('training_phase', '?')}) "
+          f"-> {destination}")
     return 0 if len(errors) < len(rows) else 1
 
 

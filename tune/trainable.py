@@ -42,13 +42,16 @@ def report_metrics(trainer: Trainer, last_step: StepMetrics | None, validation: 
         "convergence": health["convergence"],
         "cold_layers": health["cold_layers"],
         "skipped_steps": trainer.skipped_steps,
+        "training_phase": trainer.training_phase,
     }
     if last_step is not None:
         metrics.update(loss_l1=last_step.loss_l1, loss_perceptual=last_step.loss_perceptual,
                        loss_total=last_step.loss_total, samples_per_s=last_step.samples_per_s)
     if validation is not None:
-        metrics.update(psnr=validation.psnr, ssim=validation.ssim, val_l1=validation.l1,
+        metrics.update(gain=validation.gain, psnr=validation.psnr, ssim=validation.ssim, val_l1=validation.l1,
                        bicubic_psnr=validation.bicubic_psnr)
+        for clip, scores in validation.per_clip.items():
+            metrics[f"gain/{clip}"] = scores["gain"]
     for name, value in trainer.model.frame_stats.items():
         metrics[f"temporal_weight/{name}"] = value
     activity = trainer.activity_history[-1] if trainer.activity_history else trainer.model.layer_activity()
@@ -72,7 +75,8 @@ class TuneReportHooks(TrainingHooks):
 
 
 def train_vsr(tune_config: dict[str, Any]) -> None:
-    """Function trainable: ``tune_config`` = {"base_config": {...}, "LR_EXPONENT": x, "WEIGHT_DECAY": y, ...}."""
+    """Function trainable: ``tune_config`` = {"base_config": {...}, "LR_EXPONENT": x, "WEIGHT_DECAY": y,
+    "finetune_from": checkpoint or None, ...}."""
     trial_dir = Path(tune.get_context().get_trial_dir())
     config = trial_config(tune_config, trial_dir)
     resume_from = None
@@ -81,7 +85,8 @@ def train_vsr(tune_config: dict[str, Any]) -> None:
         local = trial_dir / "resume"
         checkpoint.to_directory(str(local))
         resume_from = local / CHECKPOINT_FILE
-    trainer = Trainer(config, resume_from=resume_from, log_dir=trial_dir / "tensorboard")
+    finetune_from = None if resume_from else tune_config.get("finetune_from")  # a retry resumes its own run
+    trainer = Trainer(config, resume_from=resume_from, finetune_from=finetune_from, log_dir=trial_dir / "tensorboard")
     hooks = TuneReportHooks()
     try:
         trainer.fit(hooks)
@@ -90,4 +95,5 @@ def train_vsr(tune_config: dict[str, Any]) -> None:
         metrics = report_metrics(trainer, hooks.last_step, trainer.last_validation)
         metrics.update(convergence="Diverging ✗", diverged=True, error=str(exc))
         metrics.setdefault("psnr", 0.0)  # worst possible, so searchers and ASHA rank it last
+        metrics.setdefault("gain", -100.0)
         tune.report(metrics)

@@ -203,8 +203,21 @@ class ContinuingSampler(Sampler[int]):
             g += 1
 
 
-def training_clips(paths: Sequence[str], max_frames: int = 0) -> list[np.ndarray]:
-    return [load_clip(p, max_frames) for p in expand_sources(paths, DEFAULT_TRAIN_CLIP)]
+def training_sources(paths: Sequence[str]) -> list[Path]:
+    return expand_sources(paths, DEFAULT_TRAIN_CLIP)
+
+
+def training_clips(paths: Sequence[str], max_frames: int = 0, holdout_frames: int = 0) -> list[np.ndarray]:
+    """The training clips without their last ``holdout_frames`` frames (kept for validation, see
+    ``validation_set``); a clip too short to keep any training frame (and one window) is an error."""
+    clips = []
+    for source in training_sources(paths):
+        clip = load_clip(source, max_frames)
+        if holdout_frames and len(clip) - holdout_frames < CENTER + 1:
+            raise ValueError(f"HOLDOUT_FRAMES {holdout_frames} leaves fewer than {CENTER + 1} training frames of "
+                             f"{source.name} ({len(clip)} frames); lower HOLDOUT_FRAMES")
+        clips.append(clip[: len(clip) - holdout_frames])
+    return clips
 
 
 def validation_sources(paths: Sequence[str]) -> list[Path]:
