@@ -69,18 +69,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("checkpoints", nargs="+")
     p.add_argument("--config", default=str(ROOT / "configs" / "cpu_small.json"))
     p.add_argument("--name", default="validation_rank")
+    p.add_argument("--cache", help="a JSON-lines file of rows already scored (by checkpoint path); new rows are "
+                   "appended, so a long list can be scored as its checkpoints appear")
     args = p.parse_args(argv)
     config = TrainConfig.from_json(args.config)
     sets = item_sets(config)
     baseline = Upscaler.bicubic(device="cpu")
     bicubic = {name: [s["psnr"] for s in score_items(baseline, items, 8)] for name, items in sets.items()}
+    cache = Path(args.cache) if args.cache else None
+    cached = {}
+    if cache and cache.is_file():
+        cached = {r["path"]: r for r in map(json.loads, cache.read_text().splitlines())}
     rows = []
     for path in args.checkpoints:
-        upscaler = Upscaler.from_checkpoint(path, device="cpu")
-        row = {"checkpoint": Path(path).name, "step": upscaler.checkpoint_info["step"],
-               "lr_exponent": upscaler.checkpoint_info["config"]["LR_EXPONENT"], **gains(upscaler, sets, bicubic)}
+        path = str(Path(path).resolve())
+        row = cached.get(path)
+        if row is None:
+            upscaler = Upscaler.from_checkpoint(path, device="cpu")
+            row = {"path": path, "checkpoint": f"{Path(path).parent.name}/{Path(path).name}",
+                   "step": upscaler.checkpoint_info["step"],
+                   "lr_exponent": upscaler.checkpoint_info["config"]["LR_EXPONENT"], **gains(upscaler, sets, bicubic)}
+            if cache:
+                with cache.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
         rows.append(row)
-        print(f"{row['checkpoint']:<28} step {row['step']:>6}  " +
+        print(f"{row['checkpoint']:<32} step {row['step']:>6}  " +
               "  ".join(f"{k} {row[k]:+.3f}" for k in (*SIGNALS, *CHECKS)), flush=True)
     correlations = {}
     for signal in SIGNALS:

@@ -54,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "default --name vsr_finetune")
     p.add_argument("--skip-base-trial", action="store_true",
                    help="do not start with the base config's own LR_EXPONENT / WEIGHT_DECAY as the first trial")
+    p.add_argument("--time-budget-min", type=float,
+                   help="end the whole sweep after this many minutes (running trials stop; their best checkpoints "
+                   "count): a sweep that fits a fixed time on any machine, as `make demo` does")
     p.add_argument("--grace-steps", type=int, help="ASHA: steps before a trial may be stopped (default 2 validations)")
     p.add_argument("--storage-path", default=str(REPO_ROOT / "runs" / "tune"),
                    help="experiment storage: a local or shared folder, or a URI such as s3://bucket/path")
@@ -234,6 +237,7 @@ def build_tuner(args: argparse.Namespace, base: dict[str, Any], experiment_path:
         param_space=param_space,
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler,
                                     num_samples=args.num_samples, trial_dirname_creator=trial_dirname,
+                                    time_budget_s=args.time_budget_min * 60 if args.time_budget_min else None,
                                     trial_name_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=args.name,

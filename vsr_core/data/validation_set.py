@@ -85,7 +85,7 @@ def clip_items(clip: np.ndarray, name: str, centers: Sequence[int], first: int, 
     items = []
     length = len(clip) - first
     for center in centers:
-        hr_center = crop_to_scale(np.asarray(clip[center]))
+        hr_center = crop_to_scale(np.array(clip[center]))  # a copy: the clip is a read-only memmap
         boxes = detailed_crops(hr_center, crop, crops_per_frame) if crop else [(0, 0)]
         frames = np.stack([crop_to_scale(np.asarray(clip[first + i])) for i in window_indices(center - first, length)])
         for top, left in boxes:
