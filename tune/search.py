@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cpus-per-trial", type=float, default=1, help="CPUs per trial (torch threads follow)")
     p.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs per trial, fractions allowed")
     p.add_argument("--lr-range", type=float, nargs=2, metavar=("MIN", "MAX"),
-                   help="learning-rate range, searched log-uniformly (as LR_EXPONENT); default 1e-5..1e-2, "
+                   help="learning-rate range, searched log-uniformly (as LR_EXPONENT); default 1e-4..3e-3, "
                    "with --finetune-from 1e-6..1e-4")
     p.add_argument("--wd-range", type=float, nargs=2, metavar=("MIN", "MAX"),
                    help="weight-decay range, searched log-uniformly; default 1e-4..1e-1, with --finetune-from "
@@ -381,7 +381,10 @@ def run_sweep(args: argparse.Namespace, base: dict[str, Any], experiment_path: s
               f"{str(errors[0].error).strip().splitlines()[-1]}", file=sys.stderr)
     exported = export_best(results, experiment_path)
     if exported is None:
-        print("no trial produced a checkpoint: nothing to export", file=sys.stderr)
+        hint = (f"; the time budget ({args.time_budget_min:g} min) ended before any trial reached its first "
+                f"validation at step {base['VAL_STEP_EVERY']}: a busy machine? raise --time-budget-min"
+                if args.time_budget_min else "")
+        print(f"no trial produced a checkpoint: nothing to export{hint}", file=sys.stderr)
         return 1
     info, destination = exported
     metrics = info.metrics

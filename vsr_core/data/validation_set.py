@@ -5,7 +5,7 @@ Why not the first frames of the validation clip, whole: on smooth footage (the s
 within a few tenths of a dB of it, so the ranking of checkpoints is mostly noise. Here:
 
 * **Spread in time.** ``VAL_MAX_FRAMES`` center frames per clip, evenly spaced over the
-  whole clip (not its first frames), each with its real 5-frame window.
+  whole clip (its first ``VAL_SCAN_FRAMES`` for a long one), each with its real 5-frame window.
 * **Detailed crops** (``VAL_CROP`` > 0). In each of those frames the ``VAL_CROPS_PER_FRAME``
   non-overlapping ``VAL_CROP`` x ``VAL_CROP`` HR crops where bicubic misses the most (largest
   mean |HR - bicubic(LR)| on the Y channel): that is where super-resolution can gain, and
@@ -33,6 +33,8 @@ from vsr_core.frames import to_tensor, to_uint8, window_indices
 from vsr_core.metrics import rgb_to_y
 
 HOLDOUT_GAP = CENTER  # the first held-out frames only serve as window context: no GT center next to training
+VAL_SCAN_FRAMES = 600  # validation frames are spread over at most this many first frames of a validation clip
+# (a clip is decoded into the frame cache whole: a long video would fill the disk for 8 frames)
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,10 @@ import torch
 
 from vsr_core.archs import SCALE
 from vsr_core.config import TrainConfig
-from vsr_core.data.datasets import load_clip, validation_sources, training_sources
+from vsr_core.data.datasets import load_clip, training_sources, validation_sources
 from vsr_core.data.degradation import bicubic_upsample
-from vsr_core.data.validation_set import ValidationItem, build_validation_set, holdout_name, stack_windows
+from vsr_core.data.validation_set import (VAL_SCAN_FRAMES, ValidationItem, build_validation_set, holdout_name,
+                                          stack_windows)
 from vsr_core.engine.hooks import ValidationMetrics
 from vsr_core.frames import to_tensor, to_uint8
 from vsr_core.inference import Upscaler
@@ -21,7 +22,7 @@ from vsr_core.metrics import gain_over_bicubic, psnr, ssim
 
 
 def validation_items(config: TrainConfig) -> list[ValidationItem]:
-    val_clips = [(s.name, load_clip(s)) for s in validation_sources(config.val_data)]
+    val_clips = [(s.name, load_clip(s, VAL_SCAN_FRAMES)) for s in validation_sources(config.val_data)]
     holdout = [(holdout_name(s), load_clip(s, config.max_frames_per_clip))
                for s in training_sources(config.train_data)] if config.holdout_frames else []
     return build_validation_set(val_clips, holdout, config.val_max_frames, config.holdout_frames,
