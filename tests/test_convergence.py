@@ -24,7 +24,7 @@ def statuses_along_the_run(use_validation: bool) -> list[ConvergenceStatus]:
     for point in RECORDED["checkpoints"]:
         losses = [row["loss"] for row in RECORDED["losses"] if row["step"] <= point["step"]]
         gains = [(p["step"], p["validation_gain"]) for p in RECORDED["checkpoints"] if p["step"] <= point["step"]]
-        out.append(training_status(losses, gains if use_validation else ()))
+        out.append(training_status(losses, gains if use_validation else None))
     return out
 
 
@@ -40,7 +40,7 @@ def test_the_loss_alone_says_plateauing_while_validation_says_converging_on_the_
     by_validation = statuses_along_the_run(use_validation=True)
     judged = [s for s in by_loss if s is not U]
     assert judged and sum(s is P for s in judged) >= len(judged) / 2  # the complaint: mostly "Plateauing"
-    assert by_validation[0] in (U, C, P)  # one validation: the loss decides
+    assert by_validation[0] is U  # one validation: too early to judge (the loss alone is not trusted)
     assert all(s is C for s in by_validation[1:])  # the validation gain kept setting new bests
 
 
@@ -63,11 +63,14 @@ def test_a_nan_loss_is_diverging_whatever_validation_says():
     gains = [(100, 0.2), (200, 0.4)]
     assert training_status([0.02] * 30 + [math.nan], gains) is D
     assert training_status([0.02] * 30, gains) is C
-    # before two validations the (flat) loss decides, as before
-    assert training_status([0.02] * 30, [(100, 0.2)]) is convergence_status([0.02] * 30) is P
+    # before two validations: "Warming up", unless the loss clearly rises; a run without validation: the loss
+    assert training_status([0.02] * 30, [(100, 0.2)]) is U and training_status([0.02] * 30, []) is U
+    assert training_status([0.02] * 15 + [0.04] * 15, [(100, 0.2)]) is D
+    assert training_status([0.02] * 30, None) is convergence_status([0.02] * 30) is P
 
 
 def test_health_summary_uses_the_validation_trend():
     summary = health_summary([[0.5, 0.6]] * 3, [0.02] * 30, validation_gains=[(1, 0.1), (2, 0.3)])
     assert summary["convergence"] == C.value
-    assert health_summary([[0.5, 0.6]] * 3, [0.02] * 30)["convergence"] == P.value
+    assert health_summary([[0.5, 0.6]] * 3, [0.02] * 30)["convergence"] == P.value  # no validation: the loss
+    assert health_summary([[0.5, 0.6]] * 3, [0.02] * 30, validation_gains=[])["convergence"] == U.value

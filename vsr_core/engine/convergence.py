@@ -11,8 +11,9 @@ Two signals, both kept:
   diverging. Validation is deterministic (fixed frames, no augmentation), so a small tolerance
   suffices.
 
-:func:`training_status` combines them: a non-finite loss is always "Diverging"; with enough
-validations the validation trend decides; before that, the loss does.
+:func:`training_status` combines them: a non-finite loss is always "Diverging"; with two or more
+validations the validation trend decides; before that only a clearly rising loss is reported
+("Diverging"), otherwise "Warming up". A run without validation is judged by its loss.
 """
 from __future__ import annotations
 
@@ -147,16 +148,22 @@ def validation_status(
 
 def training_status(
     loss_history: Sequence[float],
-    validation_gains: Sequence[tuple[int, float]] = (),
+    validation_gains: Sequence[tuple[int, float]] | None = None,
     *,
     loss_window: int = 50,
     validation_window: int = VALIDATION_WINDOW,
 ) -> ConvergenceStatus:
-    """The status the console, TensorBoard and Tune show: DIVERGING on a non-finite recent loss;
-    else the validation trend once there are 2 validations; else the loss trend."""
+    """The status the console, TensorBoard and Tune show. ``validation_gains=None``: a run without
+    validation, judged by its loss alone. Otherwise (the trainer always validates): DIVERGING on a
+    non-finite recent loss or a loss that clearly rises; the validation trend once there are 2
+    validations; "Warming up" before that (a flat-looking loss early on says nothing)."""
     losses = [float(v) for v in loss_history]
     by_loss = convergence_status(losses, window=loss_window)
+    if validation_gains is None:
+        return by_loss
     if by_loss is ConvergenceStatus.DIVERGING and not np.isfinite(losses[-loss_window:]).all():
         return by_loss
     by_validation = validation_status(validation_gains, validation_window)
-    return by_loss if by_validation is ConvergenceStatus.UNKNOWN else by_validation
+    if by_validation is ConvergenceStatus.UNKNOWN:
+        return ConvergenceStatus.DIVERGING if by_loss is ConvergenceStatus.DIVERGING else ConvergenceStatus.UNKNOWN
+    return by_validation

@@ -274,14 +274,14 @@ def health_summary(
     trend_window: int = 20,
     trend_threshold: float = 0.01,
     loss_window: int = 50,
-    validation_gains: Sequence[tuple[int, float]] = (),
+    validation_gains: Sequence[tuple[int, float]] | None = None,
 ) -> dict[str, Any]:
     """Small, flat, JSON-serialisable health report.
 
     Keys:
 
     * ``"convergence"`` (str) - :class:`ConvergenceStatus` value of :func:`training_status`
-      (the validation trend when ``validation_gains`` has enough (step, gain) pairs, else the loss).
+      (``validation_gains``: the run's (step, gain) pairs, None for a run without validation).
     * ``"num_layers"`` (int) - layers in the latest activity row.
     * ``"mean_activity"`` (float | None) - mean latest activity over finite
       values; ``None`` without data.
