@@ -5,12 +5,14 @@
 Starts Ray and the Serve app on 127.0.0.1, sends a 5-frame window and a short clip (both
 made by downsampling the sample clip bikes.mp4 3x; the clip as a video job), writes the 3x
 outputs and side_by_side.png (bicubic | model | original) for a person to look at, and
-prints the web page's address. In a terminal the app stays up until Ctrl-C, so the page
-can be tried; without one (CI, a pipe) it stops at once.
+prints the web page's address and the model's gain over bicubic (on the sweep's validation
+frames, from best.json, and on the clips ``--evaluation`` scored). In a terminal the app stays
+up until Ctrl-C, so the page can be tried; without one (CI, a pipe) it stops at once.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -19,21 +21,41 @@ import numpy as np
 import requests
 from PIL import Image
 
+from vsr_core.checkpoint import read_best
 from vsr_core.data.degradation import bicubic_upsample, crop_to_scale
 from vsr_core.data.samples import sample_clip
 from vsr_core.data.video_io import FrameWriter, iter_frames, probe_video
 from vsr_core.evaluate import degrade_frame
 from vsr_core.frames import to_tensor, to_uint8
-from vsr_core.metrics import psnr
+from vsr_core.metrics import format_gain, psnr
 from vsr_core.netutil import free_port
 
 CLIP_FRAMES = 24
+
+
+def gain_summary(checkpoint: str, evaluation: str | None) -> list[str]:
+    """Lines: the model's gain over bicubic on the validation frames (best.json) and on each clip of
+    a ``vsr evaluate --json`` file."""
+    lines = []
+    info = read_best(checkpoint) if Path(checkpoint).is_dir() else None
+    if info is not None and "gain" in info.metrics:
+        clips = ", ".join(f"{k.split('/', 1)[1]} {format_gain(v)}" for k, v in info.metrics.items()
+                          if k.startswith("gain/"))
+        lines.append(f"  validation frames (the sweep's metric): {format_gain(info.metrics['gain'])}"
+                     + (f"  ({clips})" if clips else "") + f", step {info.step}")
+    if evaluation and Path(evaluation).is_file():
+        scored = json.loads(Path(evaluation).read_text())
+        frames = scored.get("max_frames") or "all"
+        for clip, gain in scored["gain_y_psnr"].items():
+            lines.append(f"  {clip} (first {frames} frames, whole): {format_gain(gain)}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--out", default="demo_output/serve")
+    parser.add_argument("--evaluation", help="a `vsr evaluate --json` file whose gains are printed at the end")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -81,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         info = probe_video(out / "clip_x3.mp4")
         print(f"clip_x3.mp4: {info.num_frames} frames, {info.width}x{info.height}, {info.fps:g} fps")
         print(f"\nthe web page: {url}/   (upload {out / 'clip_lr.mp4'} there to compare bicubic and the model)")
+        summary = gain_summary(args.checkpoint, args.evaluation)
+        if summary:
+            print("\nthe best model's gain over bicubic (Y-PSNR):\n" + "\n".join(summary), flush=True)
         if sys.stdin.isatty() and sys.stdout.isatty():
             print("the app stays up until Ctrl-C", flush=True)
             try:

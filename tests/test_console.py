@@ -108,7 +108,8 @@ def test_render_text_shows_every_part_of_the_console():
     assert "LR 9.99e-05" in text and "batch 4x3x2=24" in text  # the effective batch: 2 data-parallel workers
     assert re.search(r"L1\s+0\.04230\s+⬇", text) and re.search(r"Perceptual\s+0\.12340\s+═", text)
     assert re.search(r"Total\s+0\.05470\s+⬇", text) and "Plateauing ⚠" in text
-    assert "PSNR 28.41 dB" in text and "SSIM 0.8412" in text and "bicubic PSNR 27.90 dB" in text
+    assert "gain over bicubic +0.51 dB" in text  # 28.41 - 27.90
+    assert "PSNR 28.41 dB" in text and "SSIM 0.8412" in text and "bicubic 27.90 dB" in text
     assert "next validation  step 1250 (in 16)" in text and "next checkpoint  step 5000 (in 3766)" in text
     assert all(f"Block_{i:02d}" in text for i in range(30))
     top = re.search(r"Top 5: (.*)", text).group(1)
@@ -233,7 +234,7 @@ def test_validate_key_runs_a_validation_now(clips, tmp_path):
     record_steps(console, {2: "v", 3: "q"})
     trainer.fit(console)  # validates at the boundary after step 2 (no validation is scheduled)
     assert console.validation.step == 2 and trainer.last_validation is console.validation and trainer.step == 3
-    assert re.search(r"step 2: PSNR \d+\.\d\d dB SSIM 0\.\d{4}", console.render_text(width=120))
+    assert re.search(r"step 2: gain over bicubic [+-]\d+\.\d\d dB", console.render_text(width=120))
 
 
 def test_keys_only_post_requests_fit_takes_them_between_steps(clips, tmp_path):
@@ -265,7 +266,7 @@ def test_plain_console_logs_steps_validations_and_checkpoints(clips, tmp_path):
     lines = out.getvalue().splitlines()
     steps = [line for line in lines if re.match(r"step \d+/4 \|", line)]
     assert [s.split()[1] for s in steps] == ["1/4", "4/4"]  # first and last step (the interval is an hour)
-    assert sum("validation Y-PSNR" in line for line in lines) == 2
+    assert sum("validation gain over bicubic" in line for line in lines) == 2
     assert sum(line.endswith("latest.pth") for line in lines) == 2
 
 
@@ -396,7 +397,7 @@ def test_live_console_in_a_terminal(clips, tmp_path):
 
         # V validates now and shows the result
         position = terminal.send(b"v")
-        match = terminal.wait_for(r"validation at step (\d+): PSNR (\d+\.\d\d) dB", since=position)
+        match = terminal.wait_for(r"validation at step (\d+): ([+-]\d+\.\d\d) dB over bicubic", since=position)
         assert int(match.group(1)) >= shown[0] and math.isfinite(float(match.group(2)))
 
         # ENTER opens the setup menu; a bad value is refused, LR_EXPONENT=-2 is applied and saved
@@ -434,6 +435,6 @@ def test_plain_mode_when_stdout_is_not_a_terminal(clips, tmp_path):
     assert re.search(r"^step 1/4 \| L1 \d\.\d{5} . Perceptual 0\.00000 ═ Total \d\.\d{5} . \| lr \d\.\d\de-0\d \| "
                      r"[\d.]+ samples/s \(batch \dx\dx1=\d+\) \| Warming up \| cold layers \d/2 \| ETA", out, re.M)
     assert re.search(r"^step 4/4 \|", out, re.M)
-    assert re.search(r"^step 2: validation Y-PSNR \d+\.\d\d dB", out, re.M)
+    assert re.search(r"^step 2: validation gain over bicubic [+-]\d+\.\d\d dB \(Y-PSNR \d+\.\d\d", out, re.M)
     assert re.search(r"^step 4: saved .*latest\.pth$", out, re.M) and "done: step 4" in out
     assert "\x1b" not in out and "\r" not in out

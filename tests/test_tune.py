@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_clip
+from conftest import make_clip, random_model
 from tune import search
 from vsr_core.checkpoint import model_from_checkpoint
 from vsr_core.data.video_io import FrameWriter
@@ -68,7 +68,8 @@ def test_sweep_exports_a_loadable_best_checkpoint_with_health_metrics(ray_sessio
     assert info["metrics"]["psnr"] > 20
 
     out = capsys.readouterr().out
-    assert "PSNR" in out and "status" in out  # the summary table
+    assert "PSNR" in out and "status" in out and "gain dB" in out  # the summary table
+    assert "dB over bicubic at step" in out
     results = list(Path(experiment_path(args)).glob("trial_*/result.json"))
     assert len(results) == 2
     for result_file in results:
@@ -77,8 +78,12 @@ def test_sweep_exports_a_loadable_best_checkpoint_with_health_metrics(ray_sessio
         assert {f"layer/Block_{i:02d}" for i in range(2)} <= set(last)
         assert last["convergence"] in {"Converging ✓", "Plateauing ⚠", "Diverging ✗", "Warming up"}
         assert {"loss_l1", "loss_perceptual", "loss_total", "lr", "psnr", "ssim", "step", "cold_layers",
-                "temporal_weight/center"} <= set(last)
+                "temporal_weight/center", "gain", "bicubic_psnr", "gain/val.mp4"} <= set(last)
+        assert last["gain"] == pytest.approx(last["psnr"] - last["bicubic_psnr"])
+        assert last["training_phase"] == "pretrain"
         assert [r["step"] for r in rows] == sorted(r["step"] for r in rows)
+    assert info["metrics"]["gain"] == max(  # the export is the best validation by gain over bicubic
+        json.loads(line)["gain"] for f in results for line in f.read_text().splitlines())
     # every trial's TensorBoard files reach the experiment folder
     assert len(list(Path(experiment_path(args)).glob("trial_*/tensorboard/events.out.tfevents.*"))) == 2
 
@@ -201,3 +206,51 @@ def test_a_sweep_on_a_two_node_cluster_uses_both_nodes(data, tmp_path):
     used = {json.loads(line)["node_id"] for f in (storage / "two_nodes").glob("trial_*/result.json")
             for line in f.read_text().splitlines()}
     assert used == set(outcome["cluster_nodes"])
+
+
+def test_finetune_sweep_starts_at_the_seeds_point_from_the_weights_and_exports_its_own_best(ray_session, data,
+                                                                                              tmp_path):
+    from vsr_core.config import TrainConfig
+    from vsr_core.engine.trainer import Trainer
+    from vsr_core.engine.validation import Validator
+
+    # a "pretrained" checkpoint whose output is far from a fresh model's (a fresh model is the bilinear anchor)
+    values = {**json.loads(data["config"].read_text()), "TRAIN_DATA": [str(data["train"])],
+              "VAL_DATA": [str(data["val"])], "OUTPUT_DIR": str(tmp_path / "pre"), "MILESTONE_EVERY": 0}
+    pretrain = Trainer(TrainConfig.from_dict(values))
+    weights = random_model("tiny", seed=5).state_dict()
+    weights["upsample.0.weight"] *= 4  # a correction on top of the anchor that a fresh model lacks
+    pretrain.model.load_state_dict(weights)
+    pretrain.save()
+    validator = Validator(pretrain.device)
+    pretrained_gain = validator(pretrain.model, pretrain.config, 0).gain
+    fresh_gain = validator(Trainer(TrainConfig.from_dict(values)).model, pretrain.config, 0).gain
+    assert abs(pretrained_gain - fresh_gain) > 3.0
+
+    args = search.parse_args([
+        "--config", str(data["config"]), "--data", str(data["train"]), "--val-data", str(data["val"]),
+        "--storage-path", str(tmp_path / "storage"), "--max-concurrent", "1", "--num-samples", "2",
+        "--max-steps", "3", "--finetune-from", str(tmp_path / "pre")])
+    assert args.name == "vsr_finetune" and args.lr_range == (1e-6, 1e-4) and args.wd_range == (1e-4, 1e-2)
+    base = search.base_config(args)
+    assert (base["LR_EXPONENT"], base["WEIGHT_DECAY"]) == (-5.0, 0.001)
+    assert search.run_sweep(args, base, experiment_path(args)) == 0
+
+    trials = []
+    for result_file in Path(experiment_path(args)).glob("trial_*/result.json"):
+        rows = [json.loads(line) for line in result_file.read_text().splitlines()]
+        trials.append((rows[0]["timestamp"], rows[0]["config"], rows))
+    trials.sort(key=lambda t: t[0])
+    first_config = trials[0][1]
+    assert (first_config["LR_EXPONENT"], first_config["WEIGHT_DECAY"]) == (-5.0, 0.001)  # the seed's point first
+    for _, config, rows in trials:
+        assert 1e-6 <= 10 ** config["LR_EXPONENT"] <= 1e-4 and 1e-4 <= config["WEIGHT_DECAY"] <= 1e-2
+        assert all(r["training_phase"] == "finetune" for r in rows)
+        # it trained from the pretrained weights: after 3 steps at LR <= 1e-4 it is still that model
+        assert rows[0]["gain"] == pytest.approx(pretrained_gain, abs=1.0)
+
+    best = Path(experiment_path(args)) / "best"  # its own export, not the pretraining sweep's
+    assert best.parent.name == "vsr_finetune"
+    _, checkpoint = model_from_checkpoint(best)
+    info = json.loads((best / "best.json").read_text())
+    assert checkpoint["training_phase"] == "finetune" and info["metrics"]["training_phase"] == "finetune"

@@ -4,6 +4,8 @@
     python tune/search.py --address auto       # on a running cluster (ray start --head)
     python tune/search.py --name my_sweep --resume
     python tune/search.py --address auto --workers-per-trial 4 --gpus-per-worker 1   # each trial on 4 GPUs (Ray Train)
+    python tune/search.py --finetune-from runs/tune/vsr_sweep/best   # the fine-tune phase: LR/WD from the
+                                               # seed's -5 / 0.001 first; exports to runs/tune/vsr_finetune/best
     python -m tune.search ...                  # the same (`tune` is this repo's package: pip install -e .)
 
 At the end the best trial's best checkpoint is exported to <storage>/<name>/best/
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BASE_CONFIG = REPO_ROOT / "configs" / "sweep_base.json"
-METRIC, MODE = "psnr", "max"
+METRIC, MODE = "gain", "max"  # dB over bicubic on the validation set (vsr_core.metrics.gain_over_bicubic)
 # A data-parallel trial only waits on its Ray Train run, whose workers hold the CPUs/GPUs; Tune needs a
 # non-empty request, so it asks for a token share of one CPU.
 DATA_PARALLEL_TRIAL_CPUS = 0.01
@@ -44,26 +46,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-concurrent", type=int, default=2, help="trials running at once")
     p.add_argument("--cpus-per-trial", type=float, default=1, help="CPUs per trial (torch threads follow)")
     p.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs per trial, fractions allowed")
-    p.add_argument("--lr-range", type=float, nargs=2, default=(1e-5, 1e-3), metavar=("MIN", "MAX"),
-                   help="learning-rate range, searched log-uniformly (as LR_EXPONENT)")
-    p.add_argument("--wd-range", type=float, nargs=2, default=(1e-4, 1e-1), metavar=("MIN", "MAX"),
-                   help="weight-decay range, searched log-uniformly")
+    p.add_argument("--lr-range", type=float, nargs=2, metavar=("MIN", "MAX"),
+                   help="learning-rate range, searched log-uniformly (as LR_EXPONENT); default 1e-4..3e-3, "
+                   "with --finetune-from 1e-6..1e-4")
+    p.add_argument("--wd-range", type=float, nargs=2, metavar=("MIN", "MAX"),
+                   help="weight-decay range, searched log-uniformly; default 1e-4..1e-1, with --finetune-from "
+                   "1e-4..1e-2")
+    p.add_argument("--finetune-from", metavar="CHECKPOINT",
+                   help="the fine-tune phase: every trial starts from this checkpoint's weights (a .pth, run folder "
+                   "or best/), training_phase 'finetune', first trial LR_EXPONENT -5 / WEIGHT_DECAY 0.001; "
+                   "default --name vsr_finetune")
     p.add_argument("--skip-base-trial", action="store_true",
                    help="do not start with the base config's own LR_EXPONENT / WEIGHT_DECAY as the first trial")
+    p.add_argument("--time-budget-min", type=float,
+                   help="end the whole sweep after this many minutes (running trials stop; their best checkpoints "
+                   "count): a sweep that fits a fixed time on any machine, as `make demo` does")
     p.add_argument("--grace-steps", type=int, help="ASHA: steps before a trial may be stopped (default 2 validations)")
     p.add_argument("--storage-path", default=str(REPO_ROOT / "runs" / "tune"),
                    help="experiment storage: a local or shared folder, or a URI such as s3://bucket/path")
-    p.add_argument("--name", default="vsr_sweep", help="experiment name (a folder under the storage path)")
+    p.add_argument("--name", help="experiment name (a folder under the storage path); default vsr_sweep, "
+                   "vsr_finetune with --finetune-from")
     p.add_argument("--resume", action="store_true", help="continue the experiment --name (finished trials are kept)")
     p.add_argument("--address", help="join a running Ray cluster, e.g. 'auto'; default: start a local Ray")
     p.add_argument("--dashboard-port", type=int, default=8265)
     p.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial from its checkpoint")
     p.add_argument("--keep-checkpoints", type=int, default=3,
-                   help="best checkpoints kept per trial (by PSNR); 0 keeps all, which makes resuming after a killed "
+                   help="best checkpoints kept per trial (by gain over bicubic); 0 keeps all, which makes resuming after a killed "
                    "driver safe (see README)")
     p.add_argument("--seed", type=int, default=0, help="seed of the searcher and of every trial's training")
     add_data_parallel_args(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    from tune.finetune import EXPERIMENT_NAME, search_ranges
+
+    lr_range, wd_range = search_ranges(bool(args.finetune_from))
+    args.lr_range = tuple(args.lr_range or lr_range)
+    args.wd_range = tuple(args.wd_range or wd_range)
+    args.name = args.name or (EXPERIMENT_NAME if args.finetune_from else "vsr_sweep")
+    return args
 
 
 def add_data_parallel_args(p: argparse.ArgumentParser) -> None:
@@ -107,6 +126,10 @@ def base_config(args: argparse.Namespace) -> dict[str, Any]:
     if args.max_steps:
         values["MAX_STEPS"] = args.max_steps
     values["SEED"] = args.seed
+    if args.finetune_from:
+        from tune.finetune import finetune_base
+
+        values, args.finetune_from = finetune_base(values, args.finetune_from)
     config = TrainConfig.from_dict(values)
     expand_sources(config.train_data, DEFAULT_TRAIN_CLIP)
     expand_sources(config.val_data, DEFAULT_VAL_CLIP)
@@ -223,6 +246,7 @@ def build_tuner(args: argparse.Namespace, base: dict[str, Any], experiment_path:
         "base_config": base,
         "cpus_per_trial": args.cpus_per_trial,
         **data_parallel_space(args),
+        "finetune_from": getattr(args, "finetune_from", None),
         "LR_EXPONENT": tune.uniform(math.log10(args.lr_range[0]), math.log10(args.lr_range[1])),
         "WEIGHT_DECAY": tune.loguniform(*args.wd_range),
     }
@@ -236,7 +260,7 @@ def build_tuner(args: argparse.Namespace, base: dict[str, Any], experiment_path:
     reporter = tune.CLIReporter(
         parameter_columns={"LR_EXPONENT": "lr_exp", "WEIGHT_DECAY": "wd"},
         metric_columns={"step": "step", "loss_l1": "L1", "loss_perceptual": "perc", "loss_total": "total",
-                        "psnr": "PSNR", "convergence": "status", "cold_layers": "cold"},
+                        "gain": "gain dB", "psnr": "PSNR", "convergence": "status", "cold_layers": "cold"},
         max_report_frequency=15,
     )
     return tune.Tuner(
@@ -244,6 +268,7 @@ def build_tuner(args: argparse.Namespace, base: dict[str, Any], experiment_path:
         param_space=param_space,
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler,
                                     num_samples=args.num_samples, trial_dirname_creator=trial_dirname,
+                                    time_budget_s=args.time_budget_min * 60 if args.time_budget_min else None,
                                     trial_name_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=args.name,
@@ -291,13 +316,15 @@ def summary_rows(results) -> list[dict[str, Any]]:
     rows = []
     for result in results:
         frame = result.metrics_dataframe
-        best_psnr = float(frame[METRIC].max()) if frame is not None and METRIC in frame else float("nan")
+        scored = frame is not None and METRIC in frame and frame[METRIC].notna().any()
+        best = frame.loc[frame[METRIC].idxmax()] if scored else {}
         config = result.config or {}
         rows.append({
             "trial": (result.metrics or {}).get("trial_id", Path(result.path or "?").name[:20]),
             "lr": 10 ** config.get("LR_EXPONENT", float("nan")),
             "wd": config.get("WEIGHT_DECAY", float("nan")),
-            "psnr": best_psnr,
+            "gain": float(best.get(METRIC, float("nan"))),
+            "psnr": float(best.get("psnr", float("nan"))),
             "status": trial_status(result),
             "steps": (result.metrics or {}).get("step", 0),
         })
@@ -305,9 +332,10 @@ def summary_rows(results) -> list[dict[str, Any]]:
 
 
 def print_summary(rows: list[dict[str, Any]]) -> None:
-    print(f"\n{'trial':<22} {'LR':>9} {'WD':>9} {'PSNR':>7} {'status':<14} {'steps':>6}")
-    for r in sorted(rows, key=lambda r: -r["psnr"] if r["psnr"] == r["psnr"] else math.inf):
-        print(f"{r['trial']:<22} {r['lr']:>9.2e} {r['wd']:>9.2e} {r['psnr']:>7.2f} {r['status']:<14} {r['steps']:>6}")
+    print(f"\n{'trial':<22} {'LR':>9} {'WD':>9} {'gain dB':>8} {'PSNR':>7} {'status':<14} {'steps':>6}")
+    for r in sorted(rows, key=lambda r: -r["gain"] if r["gain"] == r["gain"] else math.inf):
+        print(f"{r['trial']:<22} {r['lr']:>9.2e} {r['wd']:>9.2e} {r['gain']:>+8.2f} {r['psnr']:>7.2f} "
+              f"{r['status']:<14} {r['steps']:>6}")
 
 
 def export_best(results, experiment_path: str) -> tuple[BestInfo, str] | None:
@@ -385,12 +413,17 @@ def run_sweep(args: argparse.Namespace, base: dict[str, Any], experiment_path: s
               f"{str(errors[0].error).strip().splitlines()[-1]}", file=sys.stderr)
     exported = export_best(results, experiment_path)
     if exported is None:
-        print("no trial produced a checkpoint: nothing to export", file=sys.stderr)
+        hint = (f"; the time budget ({args.time_budget_min:g} min) ended before any trial reached its first "
+                f"validation at step {base['VAL_STEP_EVERY']}: a busy machine? raise --time-budget-min"
+                if args.time_budget_min else "")
+        print(f"no trial produced a checkpoint: nothing to export{hint}", file=sys.stderr)
         return 1
     info, destination = exported
     metrics = info.metrics
-    print(f"\nbest: trial {info.trial_id} Y-PSNR {metrics.get(METRIC, float('nan')):.2f} dB at step {info.step} "
-          f"(bicubic on the same frames: {metrics.get('bicubic_psnr', float('nan')):.2f} dB) -> {destination}")
+    print(f"\nbest: trial {info.trial_id} {metrics.get(METRIC, float('nan')):+.2f} dB over bicubic at step {info.step} "
+          f"(Y-PSNR {metrics.get('psnr', float('nan')):.2f} dB, bicubic on the same validation items "
+          f"{metrics.get('bicubic_psnr', float('nan')):.2f} dB, phase {metrics.get('training_phase', '?')}) "
+          f"-> {destination}")
     return 0 if len(errors) < len(rows) else 1
 
 

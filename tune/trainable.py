@@ -52,7 +52,8 @@ class TuneReportHooks(TrainingHooks):
 
 
 def train_vsr(tune_config: dict[str, Any]) -> None:
-    """Function trainable: ``tune_config`` = {"base_config": {...}, "LR_EXPONENT": x, "WEIGHT_DECAY": y, ...}."""
+    """Function trainable: ``tune_config`` = {"base_config": {...}, "LR_EXPONENT": x, "WEIGHT_DECAY": y,
+    "finetune_from": checkpoint or None, ...}."""
     trial_dir = Path(tune.get_context().get_trial_dir())
     config = trial_config(tune_config, trial_dir)
     resume_from = None
@@ -65,7 +66,8 @@ def train_vsr(tune_config: dict[str, Any]) -> None:
         local = trial_dir / "resume"
         checkpoint.to_directory(str(local))
         resume_from = local / CHECKPOINT_FILE
-    trainer = Trainer(config, resume_from=resume_from, log_dir=trial_dir / "tensorboard")
+    finetune_from = None if resume_from else tune_config.get("finetune_from")  # a retry resumes its own run
+    trainer = Trainer(config, resume_from=resume_from, finetune_from=finetune_from, log_dir=trial_dir / "tensorboard")
     hooks = TuneReportHooks()
     try:
         trainer.fit(hooks)

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -10,6 +13,7 @@ from vsr_core.backends import BACKENDS
 from vsr_core.engine.cli import add_train_parser
 from vsr_core.export import FORMATS
 from vsr_core.frames import PRECISIONS
+from vsr_core.metrics import format_gain
 from vsr_core.video.plan import DEFAULT_CHUNK_FRAMES
 
 
@@ -155,9 +159,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 continue
             scores = evaluate_clip(upscaler, clip, args.max_frames, args.crop)
             rows.append((scores.clip, name, scores))
-    print(f"{'clip':<24} {'method':<8} {'frames':>6} {'Y-PSNR':>8} {'Y-SSIM':>7} {'RGB-PSNR':>9} {'RGB-SSIM':>9}")
+    bicubic_psnr = {clip: s.y_psnr for clip, name, s in rows if name == "bicubic"}
+    gains = {clip: s.y_psnr - bicubic_psnr[clip] for clip, name, s in rows if name == "model"}
+    print(f"{'clip':<24} {'method':<8} {'frames':>6} {'Y-PSNR':>8} {'Y-SSIM':>7} {'RGB-PSNR':>9} {'RGB-SSIM':>9} "
+          f"{'gain':>9}")
     for clip, name, s in rows:
-        print(f"{clip:<24} {name:<8} {s.frames:>6} {s.y_psnr:>8.2f} {s.y_ssim:>7.4f} {s.rgb_psnr:>9.2f} {s.rgb_ssim:>9.4f}")
+        gain = format_gain(gains[clip]) if name == "model" else ""
+        print(f"{clip:<24} {name:<8} {s.frames:>6} {s.y_psnr:>8.2f} {s.y_ssim:>7.4f} {s.rgb_psnr:>9.2f} {s.rgb_ssim:>9.4f} "
+              f"{gain:>9}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"checkpoint": args.checkpoint, "max_frames": args.max_frames,
+                                               "gain_y_psnr": gains, "rows": [
+            {"clip": clip, "method": name, **dataclasses.asdict(s)} for clip, name, s in rows]}, indent=2) + "\n")
     return 0
 
 
@@ -222,10 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per worker (e.g. 1 on GPU nodes)")
     up.set_defaults(func=cmd_upscale)
 
-    ev = sub.add_parser("evaluate", help="Y/RGB PSNR and SSIM of the model and of bicubic on clips")
+    ev = sub.add_parser("evaluate", help="Y/RGB PSNR and SSIM of the model and of bicubic on clips, and the "
+                        "model's gain over bicubic (Y-PSNR)")
     ev.add_argument("clips", nargs="+", help="HR clips; each is downsampled 3x, upscaled and compared")
     ev.add_argument("--max-frames", type=int, default=None)
     ev.add_argument("--crop", type=int, default=None, help="evaluate a centered HR crop of this size")
+    ev.add_argument("--json", help="also write the scores and the model's gain over bicubic (Y-PSNR) to this file")
     _add_inference_args(ev)
     ev.set_defaults(func=cmd_evaluate)
 

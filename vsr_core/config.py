@@ -18,6 +18,9 @@ from vsr_core.archs import PRESETS
 from vsr_core.frames import PRECISIONS
 
 VGG_WEIGHT_CHOICES = ("imagenet", "random")
+# The seed's recommended starting point for the fine-tune phase (a pretrained model's weights, a fresh
+# optimizer): `vsr train --finetune-from` and `tune/search.py --finetune-from` start here unless overridden.
+FINETUNE_DEFAULTS = {"LR_EXPONENT": -5.0, "WEIGHT_DECAY": 0.001}
 
 
 class ConfigError(ValueError):
@@ -43,8 +46,10 @@ class TrainConfig:
     train_data: list[str] = field(default_factory=list)  # videos, frame folders, folders of videos; [] = sample clip
     val_data: list[str] = field(default_factory=list)  # [] = sample validation clip
     max_frames_per_clip: int = 0  # 0 = all frames
-    val_max_frames: int = 8  # frames per validation clip
-    val_crop: int = 0  # HR center crop for validation (0 = whole frames)
+    val_max_frames: int = 8  # validation frames per clip, spread over the clip (see data/validation_set.py)
+    val_crop: int = 0  # HR side of the validation crops (0 = whole frames)
+    val_crops_per_frame: int = 1  # with VAL_CROP: the most detailed crops taken per validation frame
+    holdout_frames: int = 0  # the last N frames of each training clip: not trained on, validated on
     # --- loss ---
     perceptual_weight: float = 0.1
     vgg_weights: str = "imagenet"  # or "random" (offline smoke tests only)
@@ -113,11 +118,11 @@ class TrainConfig:
 
     def validate(self) -> None:
         positive = ("max_steps", "val_step_every", "save_step_every", "log_tboard_every", "accumulation_steps",
-                    "batch_size", "patch_size", "num_patches", "val_max_frames", "max_bad_steps")
+                    "batch_size", "patch_size", "num_patches", "val_max_frames", "val_crops_per_frame", "max_bad_steps")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.upper()} must be >= 1, got {getattr(self, name)}")
-        non_negative = ("weight_decay", "perceptual_weight", "max_frames_per_clip", "val_crop", "milestone_every",
+        non_negative = ("weight_decay", "perceptual_weight", "max_frames_per_clip", "val_crop", "holdout_frames", "milestone_every",
                         "num_workers", "num_threads", "seed")
         for name in non_negative:
             if getattr(self, name) < 0:

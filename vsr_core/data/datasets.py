@@ -220,7 +220,8 @@ class ContinuingSampler(Sampler[int]):
 def training_loader(config: TrainConfig, start: int, pin_memory: bool = False, rank: int = 0,
                     workers: int = 1) -> DataLoader:
     """The endless training DataLoader from global sample ``start`` on (``rank``'s share when ``workers`` > 1)."""
-    dataset = WindowPatchDataset(training_clips(config.train_data, config.max_frames_per_clip), config.patch_size,
+    dataset = WindowPatchDataset(training_clips(config.train_data, config.max_frames_per_clip, config.holdout_frames),
+                                 config.patch_size,
                                  config.num_patches, config.seed)
     return DataLoader(
         dataset,
@@ -232,8 +233,21 @@ def training_loader(config: TrainConfig, start: int, pin_memory: bool = False, r
     )
 
 
-def training_clips(paths: Sequence[str], max_frames: int = 0) -> list[np.ndarray]:
-    return [load_clip(p, max_frames) for p in expand_sources(paths, DEFAULT_TRAIN_CLIP)]
+def training_sources(paths: Sequence[str]) -> list[Path]:
+    return expand_sources(paths, DEFAULT_TRAIN_CLIP)
+
+
+def training_clips(paths: Sequence[str], max_frames: int = 0, holdout_frames: int = 0) -> list[np.ndarray]:
+    """The training clips without their last ``holdout_frames`` frames (kept for validation, see
+    ``validation_set``); a clip too short to keep any training frame (and one window) is an error."""
+    clips = []
+    for source in training_sources(paths):
+        clip = load_clip(source, max_frames)
+        if holdout_frames and len(clip) - holdout_frames < CENTER + 1:
+            raise ValueError(f"HOLDOUT_FRAMES {holdout_frames} leaves fewer than {CENTER + 1} training frames of "
+                             f"{source.name} ({len(clip)} frames); lower HOLDOUT_FRAMES")
+        clips.append(clip[: len(clip) - holdout_frames])
+    return clips
 
 
 def validation_sources(paths: Sequence[str]) -> list[Path]:

@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 
 from vsr_core.checkpoint import load_checkpoint
-from vsr_core.config import ConfigError, TrainConfig, parse_value
+from vsr_core.config import FINETUNE_DEFAULTS, ConfigError, TrainConfig, parse_value
 from vsr_core.engine.console import LiveConsole, PlainConsole
 from vsr_core.engine.distributed import LR_SCALING_RULES, effective_batch_text, scaled_lr_exponent
 from vsr_core.engine.trainer import Trainer, TrainingHooks
+from vsr_core.metrics import format_gain
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -26,15 +27,20 @@ def parse_overrides(items: list[str]) -> dict:
     return overrides
 
 
-def load_config(path: str | None, overrides: list[str], resume: str | None = None) -> TrainConfig:
-    """The config file's keys (or, resuming without one, the checkpoint's own config) plus ``--set``."""
+def load_config(path: str | None, overrides: list[str], resume: str | None = None,
+                finetune_from: str | None = None) -> TrainConfig:
+    """The config file's keys (or, resuming or fine-tuning without one, the checkpoint's own config)
+    plus ``--set``. A fine-tune starts from the seed's LR_EXPONENT and WEIGHT_DECAY for that phase
+    (``FINETUNE_DEFAULTS``) unless ``--set`` gives them."""
     if path:
         base = TrainConfig.from_json(path).to_dict()
-    elif resume:
-        base = load_checkpoint(resume)["config"]  # not the defaults: they would be another run (preset, data...)
+    elif resume or finetune_from:
+        # not the defaults: they would be another run (preset, data...)
+        base = load_checkpoint(resume or finetune_from)["config"]
     else:
         base = {}
-    return TrainConfig.from_dict({**base, **parse_overrides(overrides)})
+    phase = FINETUNE_DEFAULTS if finetune_from else {}
+    return TrainConfig.from_dict({**base, **phase, **parse_overrides(overrides)})
 
 
 def make_console(trainer: Trainer, config_path: Path, plain: bool) -> TrainingHooks:
@@ -70,7 +76,7 @@ class StopOnInterrupt:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.set, args.resume)
+    config = load_config(args.config, args.set, args.resume, args.finetune_from)
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
     if args.workers > 1:
@@ -95,7 +101,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if trainer.step < trainer.config.max_steps:
         print(f"stopped at step {trainer.step}/{trainer.config.max_steps}; checkpoint {latest}")
     elif final:
-        print(f"done: step {trainer.step}, val Y-PSNR {final.psnr:.2f} dB (bicubic {final.bicubic_psnr:.2f}), "
+        print(f"done: step {trainer.step}, val gain over bicubic {format_gain(final.gain)} "
+              f"(Y-PSNR {final.psnr:.2f} dB, bicubic {final.bicubic_psnr:.2f}), "
               f"Y-SSIM {final.ssim:.4f}; checkpoint {latest}")
     return 0
 
@@ -147,7 +154,9 @@ def add_train_parser(sub) -> None:
                        help="override a config key, e.g. --set MAX_STEPS=500 (repeatable)")
     train.add_argument("--resume", help="continue a run from its checkpoint (e.g. runs/x/latest.pth); "
                        "changed LR_EXPONENT / WEIGHT_DECAY / MAX_STEPS take effect from its step on")
-    train.add_argument("--finetune-from", help="start from a checkpoint's weights with a fresh optimizer")
+    train.add_argument("--finetune-from", help="start from a checkpoint's weights (a .pth, run folder or best/) with "
+                       "a fresh optimizer, training_phase 'finetune' and the seed's LR_EXPONENT -5 and WEIGHT_DECAY "
+                       "0.001 unless --set gives others; without --config, the checkpoint's own config")
     train.add_argument("--plain", action="store_true",
                        help="plain log lines even in a terminal (no live console, no keys)")
     parallel = train.add_argument_group("data-parallel training on Ray Train (see README)")

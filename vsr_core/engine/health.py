@@ -16,8 +16,8 @@ Rules (all thresholds are keyword arguments):
 * :func:`cold_layers` - a layer is *cold* when its activity is strictly below
   ``threshold`` (default :data:`COLD_THRESHOLD`, 0.20; so ``0.20`` itself is **not** cold).
 * :func:`loss_trends` - :func:`layer_trends` on loss columns scaled by their median.
-* :func:`convergence_status` - median of the recent half-window versus the one
-  before, beyond a robust noise band; any non-finite loss means divergence.
+* Convergence (``vsr_core.engine.convergence``, re-exported here): from the validation
+  trend when there is one, else from the training loss.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from enum import StrEnum
 from typing import Any
 
 import numpy as np
+
+from vsr_core.engine.convergence import ConvergenceStatus, convergence_status, training_status
 
 __all__ = [
     "COLD_THRESHOLD",
@@ -44,6 +46,7 @@ __all__ = [
     "loss_trends",
     "sort_layers",
     "top_layers",
+    "training_status",
 ]
 
 COLD_THRESHOLD = 0.20  # a layer with less active units than this is "cold": the console, logs and Tune agree
@@ -65,15 +68,6 @@ class Trend(StrEnum):
 
 
 TREND_ARROWS: dict[Trend, str] = {Trend.RISING: "⬆", Trend.FALLING: "⬇", Trend.STABLE: "═"}  # console glyphs
-
-
-class ConvergenceStatus(StrEnum):
-    """Verdict of :func:`convergence_status`; the value is the display label."""
-
-    CONVERGING = "Converging ✓"
-    PLATEAUING = "Plateauing ⚠"
-    DIVERGING = "Diverging ✗"
-    UNKNOWN = "Warming up"
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,90 +263,6 @@ def cold_layer_warning(
 
 
 # --------------------------------------------------------------------------- #
-# loss convergence
-# --------------------------------------------------------------------------- #
-def convergence_status(
-    loss_history: Sequence[float],
-    window: int = 50,
-    *,
-    diverge_tol: float = 0.10,
-    plateau_tol: float = 0.01,
-    noise_z: float = 3.0,
-    min_history: int = 10,
-) -> ConvergenceStatus:
-    """Judge whether the training loss is converging, plateauing or diverging.
-
-    Rule, evaluated on ``recent_window = loss_history[-window:]``:
-
-    1. Any non-finite value (NaN/inf) in ``recent_window`` ->
-       :attr:`~ConvergenceStatus.DIVERGING`. This is checked first, so a NaN
-       is reported even during warm-up.
-    2. Fewer than ``min_history`` losses in total ->
-       :attr:`~ConvergenceStatus.UNKNOWN` ("Warming up").
-    3. Split ``recent_window`` into two equal halves of ``h = len // 2``
-       values (the oldest value is dropped when the length is odd):
-       ``prev`` = the older half, ``recent`` = the newer half. Take their
-       medians ``m_prev`` and ``m_recent`` (robust to noisy minibatches and
-       single spikes).
-    4. Noise band: estimate the minibatch noise robustly from first
-       differences, ``sigma = 1.4826 * MAD(diff(recent_window)) / sqrt(2)``
-       (insensitive to the smooth trend and to isolated spikes). The standard
-       error of a median of ``h`` samples is ``~1.2533 * sigma / sqrt(h)``, so
-       ``band = noise_z * 1.2533 * sigma * sqrt(2 / h)`` is ``noise_z``
-       standard errors of the difference of the two medians.
-    5. ``d = m_recent - m_prev``:
-
-       * ``d > max(diverge_tol * |m_prev|, band)`` -> DIVERGING
-         (default: the loss rose by more than 10 % *and* beyond noise);
-       * ``d < -max(plateau_tol * |m_prev|, band)`` -> CONVERGING
-         (default: the loss fell by more than 1 % *and* beyond noise);
-       * otherwise -> PLATEAUING.
-
-    Why the noise band: with realistic minibatch noise the two medians differ
-    by more than 1 % by pure chance, so a purely relative rule flickers
-    between "Converging" and "Plateauing" on a flat loss. For a noise-free
-    loss ``band == 0`` and the rule is exactly the relative one; pass
-    ``noise_z=0`` to disable the band.
-
-    Using ``|m_prev|`` makes the tolerances relative for positive losses
-    (identical to ``m_prev * (1 ± tol)``) and still well-defined for losses
-    that can be zero or negative.
-
-    Raises:
-        ValueError: if ``window < 2``, ``min_history < 2`` or a tolerance /
-            ``noise_z`` is negative.
-    """
-    if window < 2:
-        raise ValueError(f"window must be >= 2, got {window}")
-    if min_history < 2:
-        raise ValueError(f"min_history must be >= 2, got {min_history}")
-    if not diverge_tol >= 0 or not plateau_tol >= 0 or not noise_z >= 0:
-        raise ValueError("diverge_tol, plateau_tol and noise_z must be >= 0")
-
-    values = np.asarray([float(v) for v in loss_history], dtype=np.float64)
-    recent_window = values[-window:]
-    if recent_window.size and not np.isfinite(recent_window).all():
-        return ConvergenceStatus.DIVERGING
-    if values.size < min_history:
-        return ConvergenceStatus.UNKNOWN
-
-    h = recent_window.size // 2
-    prev_med = float(np.median(recent_window[-2 * h : -h]))
-    recent_med = float(np.median(recent_window[-h:]))
-    steps = np.diff(recent_window[-2 * h :])
-    sigma = 1.4826 * float(np.median(np.abs(steps - np.median(steps)))) / math.sqrt(2.0)
-    band = noise_z * 1.2533 * sigma * math.sqrt(2.0 / h)
-
-    scale = abs(prev_med)
-    delta = recent_med - prev_med
-    if delta > max(diverge_tol * scale, band):
-        return ConvergenceStatus.DIVERGING
-    if delta < -max(plateau_tol * scale, band):
-        return ConvergenceStatus.CONVERGING
-    return ConvergenceStatus.PLATEAUING
-
-
-# --------------------------------------------------------------------------- #
 # summary
 # --------------------------------------------------------------------------- #
 def health_summary(
@@ -364,12 +274,14 @@ def health_summary(
     trend_window: int = 20,
     trend_threshold: float = 0.01,
     loss_window: int = 50,
+    validation_gains: Sequence[tuple[int, float]] | None = None,
 ) -> dict[str, Any]:
     """Small, flat, JSON-serialisable health report.
 
     Keys:
 
-    * ``"convergence"`` (str) - :class:`ConvergenceStatus` value.
+    * ``"convergence"`` (str) - :class:`ConvergenceStatus` value of :func:`training_status`
+      (``validation_gains``: the run's (step, gain) pairs, None for a run without validation).
     * ``"num_layers"`` (int) - layers in the latest activity row.
     * ``"mean_activity"`` (float | None) - mean latest activity over finite
       values; ``None`` without data.
@@ -387,7 +299,7 @@ def health_summary(
     cold = cold_layers(latest, cold_threshold)
     finite = [a for a in latest if math.isfinite(a)]
     return {
-        "convergence": convergence_status(loss_history, window=loss_window).value,
+        "convergence": training_status(loss_history, validation_gains, loss_window=loss_window).value,
         "num_layers": len(latest),
         "mean_activity": (sum(finite) / len(finite)) if finite else None,
         "cold_layers": len(cold),

@@ -34,7 +34,12 @@ class ValidationMetrics:
     l1: float  # mean absolute error of the output, [0,1] units
     bicubic_psnr: float  # the baseline on the same frames
     per_clip: dict[str, dict[str, float]] = field(default_factory=dict)
-    image: np.ndarray | None = None  # LR-bicubic | output | GT of the first clip's first frame
+    image: np.ndarray | None = None  # LR-bicubic | output | GT of the first validation item
+
+    @property
+    def gain(self) -> float:
+        """Gain over bicubic in dB on the same items (``metrics.gain_over_bicubic``): the number to maximise."""
+        return self.psnr - self.bicubic_psnr
 
 
 class TrainingHooks:

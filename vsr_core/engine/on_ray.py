@@ -47,13 +47,16 @@ def report_metrics(trainer: Trainer, last_step: StepMetrics | None, validation: 
         "cold_layers": health["cold_layers"],
         "skipped_steps": trainer.skipped_steps,
         "workers": trainer.workers,
+        "training_phase": trainer.training_phase,
     }
     if last_step is not None:
         metrics.update(loss_l1=last_step.loss_l1, loss_perceptual=last_step.loss_perceptual,
                        loss_total=last_step.loss_total, samples_per_s=last_step.samples_per_s)
     if validation is not None:
-        metrics.update(psnr=validation.psnr, ssim=validation.ssim, val_l1=validation.l1,
+        metrics.update(gain=validation.gain, psnr=validation.psnr, ssim=validation.ssim, val_l1=validation.l1,
                        bicubic_psnr=validation.bicubic_psnr)
+        for clip, scores in validation.per_clip.items():
+            metrics[f"gain/{clip}"] = scores["gain"]
     for name, value in trainer.model.frame_stats.items():
         metrics[f"temporal_weight/{name}"] = value
     activity = trainer.activity_history[-1] if trainer.activity_history else trainer.model.layer_activity()
@@ -67,6 +70,7 @@ def diverged_metrics(trainer: Trainer, last_step: StepMetrics | None, exc: Train
     metrics = report_metrics(trainer, last_step, trainer.last_validation)
     metrics.update(convergence="Diverging ✗", diverged=True, error=str(exc))
     metrics.setdefault("psnr", 0.0)  # worst possible, so searchers and ASHA rank it last
+    metrics.setdefault("gain", -100.0)
     return metrics
 
 

@@ -25,8 +25,11 @@ class TensorBoardLogger:
             self.writer.add_scalar(f"Layers/{layer_name(i)}", value, step)
         self.writer.add_histogram("Layers/ActivityDistribution", np.asarray(activity), step)
 
-    def log_validation(self, step: int, psnr: float, ssim: float, l1: float, image: np.ndarray | None) -> None:
-        """``image``: HxWx3 uint8 strip (LR-bicubic | output | GT)."""
+    def log_validation(self, step: int, psnr: float, ssim: float, l1: float, image: np.ndarray | None,
+                       gain: float | None = None) -> None:
+        """``image``: HxWx3 uint8 strip (LR-bicubic | output | GT); ``gain``: dB over bicubic."""
+        if gain is not None:
+            self.writer.add_scalar("Validation/Gain_over_bicubic_dB", gain, step)
         self.writer.add_scalar("Validation/PSNR", psnr, step)
         self.writer.add_scalar("Validation/SSIM", ssim, step)
         self.writer.add_scalar("Validation/L1", l1, step)

@@ -29,7 +29,7 @@ from vsr_core.config import TrainConfig
 from vsr_core.data.datasets import training_loader
 from vsr_core.engine.distributed import DataParallel, effective_batch_text
 from vsr_core.frames import autocast, pick_device, resolve_precision
-from vsr_core.engine.health import convergence_status, health_summary
+from vsr_core.engine.health import health_summary, training_status
 from vsr_core.engine.hooks import StepMetrics, TrainingHooks, ValidationMetrics
 from vsr_core.engine.requests import ApplyConfig, Command, Request, RequestQueue
 from vsr_core.engine.schedule import ETA_MIN, make_scheduler, retarget  # noqa: F401 - ETA_MIN: part of the API
@@ -96,7 +96,7 @@ class Trainer:
         if resume_from:
             self._restore(load_checkpoint(resume_from, self.device))
         elif finetune_from:
-            self.model.load_state_dict(load_checkpoint(finetune_from, self.device)["model_state_dict"])
+            self._load_weights(load_checkpoint(finetune_from, self.device))
             self.training_phase = "finetune"
         self.train_model = parallel.wrap(self.model) if parallel else self.model  # what train_step runs
 
@@ -105,6 +105,7 @@ class Trainer:
         self.loss_history: deque[float] = deque(maxlen=HISTORY_LENGTH)
         self.activity_history: deque[list[float]] = deque(maxlen=HISTORY_LENGTH)
         self.last_validation: ValidationMetrics | None = None
+        self.validation_gains: list[tuple[int, float]] = []  # (step, gain over bicubic): the convergence trend
         self._validator = Validator(self.device, self.precision)
         self._batches = None
         self.tensorboard = TensorBoardLogger(log_dir or self.output_dir / "tensorboard") if self.is_main \
@@ -142,6 +143,14 @@ class Trainer:
             "config": self.config.to_dict(),
             "training_phase": self.training_phase,
         }
+
+    def _load_weights(self, checkpoint: dict) -> None:
+        """Only the model's weights (a fine-tune): the optimizer, schedule and step start afresh."""
+        saved_preset = checkpoint["config"].get("PRESET")
+        if saved_preset != self.config.preset:
+            raise ValueError(f"cannot fine-tune: checkpoint has PRESET {saved_preset!r}, config has "
+                             f"{self.config.preset!r}")
+        self.model.load_state_dict(checkpoint["model_state_dict"])
 
     def _restore(self, checkpoint: dict) -> None:
         saved_preset = checkpoint["config"].get("PRESET")
@@ -319,18 +328,22 @@ class Trainer:
         metrics = self._validator(self.model, self.config, self.step) if self.is_main else None
         if self.parallel:  # computed once, on rank 0; every worker's hooks see the same metrics
             metrics = self.parallel.share(metrics)
-        self.tensorboard.log_validation(self.step, metrics.psnr, metrics.ssim, metrics.l1, metrics.image)
+        self.tensorboard.log_validation(self.step, metrics.psnr, metrics.ssim, metrics.l1, metrics.image, metrics.gain)
         self.last_validation = metrics
+        self.validation_gains.append((self.step, metrics.gain))
         return metrics
 
     # --- observability -------------------------------------------------------------------------
-    def health(self) -> dict:  # convergence status, cold layers, temporal weights: console, logs, Tune
-        summary = health_summary(list(self.activity_history), list(self.loss_history))
+    def health(self) -> dict:
+        """Convergence status, cold layers, temporal weights: for the console, logs and Tune."""
+        summary = health_summary(list(self.activity_history), list(self.loss_history),
+                                 validation_gains=self.validation_gains)
         summary["temporal_weights"] = self.model.frame_stats
         return summary
 
     def convergence(self) -> str:
-        return str(convergence_status(list(self.loss_history)))
+        """The validation trend once there are two validations, the training loss before (see convergence.py)."""
+        return str(training_status(list(self.loss_history), self.validation_gains))
 
     def _log(self, metrics: StepMetrics) -> None:
         if not metrics.skipped:

@@ -1,5 +1,6 @@
-"""Image quality metrics (PSNR / SSIM) following BasicSR conventions."""
+"""Image quality metrics (PSNR / SSIM) following BasicSR conventions, and the gain over bicubic."""
 
+from vsr_core.metrics.gain import format_gain, gain_over_bicubic
 from vsr_core.metrics.psnr_ssim import psnr, rgb_to_y, ssim
 
-__all__ = ["psnr", "ssim", "rgb_to_y"]
+__all__ = ["psnr", "ssim", "rgb_to_y", "gain_over_bicubic", "format_gain"]

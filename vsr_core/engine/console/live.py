@@ -118,8 +118,7 @@ class LiveConsole(ConsoleRecorder):
 
     def on_validation(self, trainer: Trainer, v: ValidationMetrics) -> None:
         self.validation = v
-        self.message = (f"validation at step {v.step}: PSNR {v.psnr:.2f} dB (bicubic {v.bicubic_psnr:.2f}), "
-                        f"SSIM {v.ssim:.4f}")
+        self.message = f"validation at step {v.step}: {v.gain:+.2f} dB over bicubic (PSNR {v.psnr:.2f})"
         if self._validation_requested:  # off schedule: leave its time out of the ETA
             self._validation_requested = False
             self._restart_rate(trainer)

@@ -36,7 +36,8 @@ class PlainConsole(ConsoleRecorder):
 
     def on_validation(self, trainer: Trainer, v: ValidationMetrics) -> None:
         self.validation = v
-        self._print(f"step {v.step}: validation Y-PSNR {v.psnr:.2f} dB (bicubic {v.bicubic_psnr:.2f}), "
+        self._print(f"step {v.step}: validation gain over bicubic {v.gain:+.2f} dB (Y-PSNR {v.psnr:.2f}, bicubic "
+                    f"{v.bicubic_psnr:.2f}), "
                     f"Y-SSIM {v.ssim:.4f}, L1 {v.l1:.5f} | {trainer.convergence()}")
 
     def on_checkpoint(self, trainer: Trainer, path: Path) -> None:

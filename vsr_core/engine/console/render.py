@@ -117,14 +117,13 @@ def _validation_panel(state: ConsoleState) -> Panel:
     if v is None:
         lines.append(Text("no validation yet", style="dim"))
     else:
-        gain = v.psnr - v.bicubic_psnr
         lines.append(Text.assemble(
-            f"step {v.step}: ", ("PSNR ", "dim"), (f"{v.psnr:.2f} dB", "bold"),
-            (" SSIM ", "dim"), (f"{v.ssim:.4f}", "bold"),
+            f"step {v.step}: ", ("gain over bicubic ", "dim"),
+            (f"{v.gain:+.2f} dB", "bold green" if v.gain > 0 else "bold red"),
         ))
         lines.append(Text.assemble(
-            ("bicubic PSNR ", "dim"), f"{v.bicubic_psnr:.2f} dB  ",
-            (f"({gain:+.2f} dB)", "green" if gain > 0 else "red"),
+            ("PSNR ", "dim"), f"{v.psnr:.2f} dB", ("  bicubic ", "dim"), f"{v.bicubic_psnr:.2f} dB",
+            ("  SSIM ", "dim"), f"{v.ssim:.4f}",
         ))
     lines.append(Text.assemble(("next validation  ", "dim"),
                                f"step {state.next_validation} (in {state.next_validation - state.step})"))

@@ -1,0 +1,127 @@
+"""The frames a model is validated on: windows chosen to tell models apart.
+
+Why not the first frames of the validation clip, whole: on smooth footage (the sample
+``bikes.mp4`` is mostly flat road) bicubic already reaches 41-42 dB and every model lands
+within a few tenths of a dB of it, so the ranking of checkpoints is mostly noise. Here:
+
+* **Spread in time.** ``VAL_MAX_FRAMES`` center frames per clip, evenly spaced over the
+  whole clip (its first ``VAL_SCAN_FRAMES`` for a long one), each with its real 5-frame window.
+* **Detailed crops** (``VAL_CROP`` > 0). In each of those frames the ``VAL_CROPS_PER_FRAME``
+  non-overlapping ``VAL_CROP`` x ``VAL_CROP`` HR crops where bicubic misses the most (largest
+  mean |HR - bicubic(LR)| on the Y channel): that is where super-resolution can gain, and
+  where better models differ. Chosen from the HR frame and the fixed degradation only, so
+  they are the same for every model.
+* **A held-out time range of the training clips** (``HOLDOUT_FRAMES`` > 0): the last frames
+  of every training clip are kept out of training (``training_clips``) and validated on, so
+  the signal also covers the kind of footage the model trains on.
+
+Every item is a (LR window, HR center) pair; the validator scores them all and reports the
+mean gain over bicubic on the same items.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vsr_core.archs import CENTER, SCALE
+from vsr_core.data.degradation import bicubic_downsample, bicubic_upsample, crop_to_scale
+from vsr_core.frames import to_tensor, to_uint8, window_indices
+from vsr_core.metrics import rgb_to_y
+
+HOLDOUT_GAP = CENTER  # the first held-out frames only serve as window context: no GT center next to training
+VAL_SCAN_FRAMES = 600  # validation frames are spread over at most this many first frames of a validation clip
+# (a clip is decoded into the frame cache whole: a long video would fill the disk for 8 frames)
+
+
+@dataclass(frozen=True)
+class ValidationItem:
+    clip: str  # display name of the source (a held-out range is marked)
+    frame: int  # index of the center frame in its clip
+    top: int  # HR crop origin (0, 0 for whole frames)
+    left: int
+    lr_window: np.ndarray  # [5,h,w,3] uint8: the degraded window the model sees
+    hr: np.ndarray  # [3h,3w,3] uint8: the ground-truth center
+
+
+def spread_indices(count: int, first: int, last: int) -> list[int]:
+    """``count`` distinct frame indices evenly spaced over ``first..last`` (inclusive); fewer when
+    the range is shorter. The midpoints of equal parts, so neither end is favoured."""
+    if last < first or count < 1:
+        return []
+    span = last - first + 1
+    count = min(count, span)
+    return [first + int((2 * i + 1) * span // (2 * count)) for i in range(count)]
+
+
+def bicubic_miss(hr: np.ndarray) -> np.ndarray:
+    """|Y(HR) - Y(bicubic(LR))| per HR pixel for one uint8 frame (size a multiple of 3): where plain
+    interpolation loses detail after the fixed degradation."""
+    hr_t = to_tensor(hr)[None]
+    restored = to_uint8(bicubic_upsample(bicubic_downsample(hr_t)))[0]
+    return np.abs(rgb_to_y(hr.astype(np.float64)) - rgb_to_y(restored.astype(np.float64)))
+
+
+def detailed_crops(hr: np.ndarray, size: int, count: int) -> list[tuple[int, int]]:
+    """(top, left) of the ``count`` cells of a ``size`` grid (non-overlapping, centered in the frame)
+    with the largest mean bicubic miss, most detailed first; the whole frame's center crop when the
+    frame is smaller than one cell."""
+    h, w = hr.shape[:2]
+    if size >= h or size >= w:
+        return [(max(0, (h - size) // 2 // SCALE * SCALE), max(0, (w - size) // 2 // SCALE * SCALE))]
+    miss = bicubic_miss(hr)
+    rows, cols = h // size, w // size
+    top0, left0 = (h - rows * size) // 2 // SCALE * SCALE, (w - cols * size) // 2 // SCALE * SCALE
+    grid = miss[top0 : top0 + rows * size, left0 : left0 + cols * size].reshape(rows, size, cols, size).mean(axis=(1, 3))
+    order = np.argsort(-grid, axis=None, kind="stable")[:count]
+    return [(top0 + int(i) // cols * size, left0 + int(i) % cols * size) for i in order]
+
+
+def clip_items(clip: np.ndarray, name: str, centers: Sequence[int], first: int, crop: int,
+               crops_per_frame: int) -> list[ValidationItem]:
+    """Items for ``centers`` of ``clip`` [T,H,W,3]; windows reflect inside ``first..T-1`` (a held-out
+    range never reaches into the frames before it)."""
+    items = []
+    length = len(clip) - first
+    for center in centers:
+        hr_center = crop_to_scale(np.array(clip[center]))  # a copy: the clip is a read-only memmap
+        boxes = detailed_crops(hr_center, crop, crops_per_frame) if crop else [(0, 0)]
+        frames = np.stack([crop_to_scale(np.asarray(clip[first + i])) for i in window_indices(center - first, length)])
+        for top, left in boxes:
+            h, w = (crop, crop) if crop else hr_center.shape[:2]
+            hr_window = frames[:, top : top + h, left : left + w]
+            lr_window = to_uint8(bicubic_downsample(to_tensor(hr_window)))
+            items.append(ValidationItem(name, center, top, left, lr_window, hr_window[CENTER].copy()))
+    return items
+
+
+def holdout_name(source: Path) -> str:
+    return f"{source.name} (held out)"
+
+
+def build_validation_set(val_clips: Sequence[tuple[str, np.ndarray]], holdout_clips: Sequence[tuple[str, np.ndarray]],
+                         frames_per_clip: int, holdout_frames: int, crop: int = 0,
+                         crops_per_frame: int = 1) -> list[ValidationItem]:
+    """The validation items: ``frames_per_clip`` centers spread over each validation clip, and as many
+    spread over the last ``holdout_frames`` of each training clip (those frames are not trained on).
+    Clips are (name, [T,H,W,3] uint8) pairs; the training clips whole (before the hold-out cut)."""
+    items: list[ValidationItem] = []
+    for name, clip in val_clips:
+        items += clip_items(clip, name, spread_indices(frames_per_clip, 0, len(clip) - 1), 0, crop, crops_per_frame)
+    for name, clip in holdout_clips:
+        if not holdout_frames:
+            break
+        first = len(clip) - holdout_frames
+        centers = spread_indices(frames_per_clip, first + min(HOLDOUT_GAP, holdout_frames - 1), len(clip) - 1)
+        items += clip_items(clip, name, centers, first, crop, crops_per_frame)
+    if not items:
+        raise ValueError("the validation set is empty: give VAL_DATA clips or HOLDOUT_FRAMES > 0")
+    return items
+
+
+def stack_windows(items: Sequence[ValidationItem]) -> torch.Tensor:
+    """[N,5,3,h,w] float windows of same-sized items."""
+    return to_tensor(np.stack([item.lr_window for item in items]))
