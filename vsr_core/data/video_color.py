@@ -93,7 +93,9 @@ class ColorTags:
         return asdict(self)
 
 
-def _depth_and_chroma(pix_fmt: av.VideoFormat) -> tuple[int, str]:
+def _depth_and_chroma(pix_fmt: av.VideoFormat | None) -> tuple[int, str]:
+    if pix_fmt is None:  # a stream whose header names no pixel format: a damaged file
+        raise UnsupportedColorError("the video stream has no pixel format (the file is damaged)")
     depth = max(component.bits for component in pix_fmt.components)
     name = pix_fmt.name
     chroma = "444" if "444" in name or name.startswith("gbr") or name.startswith("rgb") else \
