@@ -60,7 +60,7 @@ def test_full_preset_stays_under_its_budget_by_measured_peak_rss(tmp_path):
     budget = 1024 * MiB
     result = run_child(height, width, budget, tmp_path / "tiled.npy")
     assert result["tile"][0] > 0, result  # the budget made it tile
-    assert result["peak"] <= budget, f"peak RSS {result['peak'] / MiB:.0f} MiB > budget {budget / MiB:.0f} MiB"
+    assert result["peak"] <= budget, f"peak RSS {result['peak'] / MiB:.0f} MiB > budget {budget / MiB:.0f} MiB: {result}"
 
     windows = torch.rand(1, 5, 3, height, width, generator=torch.Generator().manual_seed(0))
     whole = Upscaler(random_model("full", seed=0), device="cpu").upscale_windows(windows).numpy()
