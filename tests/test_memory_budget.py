@@ -26,10 +26,10 @@ MiB = 2**20
 BLEND_MEAN_TOLERANCE = 0.01  # tests/test_inference.py: tiles blended without seams
 
 # A fresh process: the full preset (random weights) on one window, under a budget; prints its
-# plan and peak RSS and saves the output. Peak RSS (ru_maxrss) covers the whole process: the
+# plan and peak RSS and saves the output. Peak RSS (VmHWM) covers the whole process: the
 # interpreter, torch, the weights and every activation.
 CHILD = """
-import json, resource, sys
+import json, sys
 import numpy as np, torch
 torch.set_num_threads(2)
 from conftest import random_model
@@ -39,7 +39,8 @@ upscaler = Upscaler(random_model("full", seed=0), device="cpu", memory_budget=bu
 windows = torch.rand(1, 5, 3, height, width, generator=torch.Generator().manual_seed(0))
 plan = upscaler.memory.plan(1, height, width)
 np.save(out_path, upscaler.upscale_windows(windows).numpy())
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# VmHWM, not ru_maxrss: ru_maxrss survives exec, so it would count the forked test process
+peak = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print(json.dumps({"peak": peak, "tile": [plan.tile_height, plan.tile_width], "baseline": upscaler.memory.baseline_bytes}))
 """
 
