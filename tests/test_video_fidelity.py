@@ -12,7 +12,7 @@ import pytest
 
 from conftest import make_clip, random_model
 from video_clips import flat_clip_frames, flat_colors, video_facts, write_clip, yuv_planes
-from vsr_core.data.video_encoder import EncoderError, EncoderSettings
+from vsr_core.data.video_encoder import EncoderError, EncoderSettings, available_codecs
 from vsr_core.data.video_io import probe_video, read_frames
 from vsr_core.inference import Upscaler
 from vsr_core.video.engine import upscale_file
@@ -356,3 +356,22 @@ def test_one_and_two_frame_h265_segments_can_be_written(tmp_path):
                 for i, frame in enumerate(make_clip(frames, 24, 32)):
                     writer.write(frame, pts=40 * i)
             assert video_facts(path)["frames"] == frames
+
+
+@pytest.mark.parametrize("codec", available_codecs())
+def test_the_same_frames_encode_to_the_same_stream_every_time(tmp_path, codec):
+    """A resumed video joins segments of two runs, so it can equal an uninterrupted one only if
+    the encoder is deterministic. Small noise frames made x264's AVX-512 kernels vary (3 streams
+    in 10 encodes on an AVX-512 machine)."""
+    from vsr_core.data.video_io import FrameWriter
+
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (3, 96, 72), dtype=np.uint8).transpose(2, 1, 0) for _ in range(4)]
+    streams = set()
+    for attempt in range(12):
+        path = tmp_path / f"{attempt}.mp4"
+        with FrameWriter(path, 25, Fraction(1, 12800), encoder=EncoderSettings(codec)) as writer:
+            for i, frame in enumerate(frames):
+                writer.write(frame, pts=512 * i)
+        streams.add(path.read_bytes())
+    assert len(streams) == 1

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from vsr_core.archs import CENTER, NUM_FRAMES
+from vsr_core.cpu import cpu_flags, cpu_model
 
 logger = logging.getLogger(__name__)
 
@@ -87,17 +88,6 @@ NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 BF16_MIN_SPEEDUP = 1.2
 
 
-def cpu_flags() -> set[str] | None:
-    """The CPU's feature flags from /proc/cpuinfo (x86 "flags", Arm "Features"); None if unknown."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return None
-
-
 def native_bf16() -> bool | None:
     """Whether the CPU reports native bf16 arithmetic (None: the flags are unknown)."""
     flags = cpu_flags()
@@ -131,19 +121,11 @@ def measure_bf16_speedup(repeats: int = 20) -> float:
 
 
 def _machine_key() -> str:
-    from platform import machine, processor
-
-    model = ""
-    try:
-        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("model name")), "")
-    except OSError:
-        pass
     flags = sorted((cpu_flags() or set()) & set(NATIVE_BF16_FLAGS))
     # oneDNN can be told to use fewer instructions than the CPU has (e.g. ONEDNN_MAX_CPU_ISA=AVX2):
     # then bf16 is emulated and slow, whatever the flags say
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "all"
-    return f"{model or processor() or machine()}|{','.join(flags)}|torch {torch.__version__}|isa {isa}"
+    return f"{cpu_model()}|{','.join(flags)}|torch {torch.__version__}|isa {isa}"
 
 
 def cpu_bf16_speedup() -> float:
