@@ -19,9 +19,12 @@ Frames computed before the error are still sent first.
 
 The windows reflect at the borders exactly as ``vsr_core.frames.window_indices`` does for
 ``vsr upscale``: the first window is frames [2,1,0,1,2]; only at end-of-stream is the clip's
-length known and the last two windows reflect at the last frame. The session holds the last
-5 frames. Its windows are batched with the ``/v1/upscale`` traffic (serve.batching), at most ``max_batch_size`` of them in flight per stream (then the server stops
-reading and TCP slows the client down).
+length known and the last two windows reflect at the last frame. Each frame's features are
+extracted once and reused by its 5 windows, as ``vsr upscale`` does (``vsr_core.live``). The
+windows go through the replica's batches with the ``/v1/upscale`` traffic (serve.batching);
+at most 2 x ``max_batch_size`` of them are in flight per stream (then the server stops
+reading and TCP slows the client down), so that the next batch waits while one runs. The
+session holds the frames those windows read.
 
 Auth: ``Authorization: Bearer KEY`` on the handshake (programs), or ``"token"`` in the header
 message (browsers cannot set headers on a WebSocket). Not a query parameter: URLs end up in
@@ -45,8 +48,8 @@ from serve.api import ApiError
 from serve.formats import STREAM_OUTPUTS, encode_frame
 from serve.settings import ServeSettings, authorized_owner
 from vsr_core.archs import CENTER, SCALE
-from vsr_core.frames import window_indices
 from vsr_core.image_io import InvalidImageError, decode_image
+from vsr_core.live import LiveFrames, LiveWindow
 
 logger = logging.getLogger("ray.serve")
 
@@ -56,7 +59,7 @@ CLOSE_NORMAL, CLOSE_BAD_DATA, CLOSE_POLICY, CLOSE_INTERNAL = 1000, 1003, 1008, 1
 UNKNOWN_LENGTH = 2**62  # window_indices reflects at no end before end-of-stream
 
 #: one window -> (3x frame or the exception of its pass, batch size, model, seconds of the pass)
-UpscaleWindow = Callable[[np.ndarray], Awaitable[tuple[Any, int, Any, float]]]
+UpscaleWindow = Callable[[LiveWindow], Awaitable[tuple[Any, int, Any, float]]]
 
 
 class StreamError(Exception):
@@ -129,30 +132,26 @@ def decode_frame(data: bytes, header: StreamHeader, index: int, max_pixels: int)
 
 
 class FrameWindows:
-    """The last 5 frames of a stream; hands out each frame's 5-frame window as soon as it is
-    complete (frame i+2 arrived), and the last ones at ``finish`` when the length is known."""
+    """A stream's frames (``LiveFrames``: kept until the windows that read them are computed)
+    and its windows: each frame's window as soon as it is complete (frame i+2 arrived), the
+    last ones at ``finish``, when the length is known."""
 
     def __init__(self):
-        self.frames: dict[int, np.ndarray] = {}
+        self.frames = LiveFrames()
         self.count = 0  # frames added
         self.next_center = 0
 
-    def _window(self, center: int, length: int) -> np.ndarray:
-        return np.stack([self.frames[j] for j in window_indices(center, length)])
-
-    def add(self, frame: np.ndarray) -> list[np.ndarray]:
-        self.frames[self.count] = frame
+    def add(self, frame: np.ndarray) -> list[LiveWindow]:
+        self.frames.add(self.count, frame)
         self.count += 1
         windows = []
         while self.next_center + CENTER < self.count:
-            windows.append(self._window(self.next_center, UNKNOWN_LENGTH))
+            windows.append(LiveWindow(self.frames, self.next_center, UNKNOWN_LENGTH))
             self.next_center += 1
-        for j in [j for j in self.frames if j < self.next_center - CENTER]:
-            del self.frames[j]
         return windows
 
-    def finish(self) -> list[np.ndarray]:
-        windows = [self._window(c, self.count) for c in range(self.next_center, self.count)]
+    def finish(self) -> list[LiveWindow]:
+        windows = [LiveWindow(self.frames, c, self.count) for c in range(self.next_center, self.count)]
         self.next_center = self.count
         return windows
 
@@ -190,7 +189,7 @@ class _Session:
     def __init__(self, websocket: WebSocket, settings: ServeSettings, upscale: UpscaleWindow, stats: StreamStats):
         self.ws, self.settings, self.upscale, self.stats = websocket, settings, upscale, stats
         self.outbox: asyncio.Queue = asyncio.Queue()  # window tasks in frame order, then _END or a StreamError
-        self.slots = asyncio.Semaphore(max(2, settings.max_batch_size))
+        self.slots = asyncio.Semaphore(2 * settings.max_batch_size)  # a batch running, the next one waiting
         self.tasks: list[asyncio.Task] = []
         self.timing = _Timing()
         self.sent = 0
@@ -266,13 +265,13 @@ class _Session:
         except StreamError as exc:
             self.outbox.put_nowait(exc)
 
-    async def submit(self, window: np.ndarray) -> None:
+    async def submit(self, window: LiveWindow) -> None:
         await self.slots.acquire()  # released when its frame is sent
         task = asyncio.create_task(self.compute(window))
         self.tasks.append(task)
         self.outbox.put_nowait(task)
 
-    async def compute(self, window: np.ndarray) -> bytes:
+    async def compute(self, window: LiveWindow) -> bytes:
         started = time.perf_counter()
         output, _, _, model_s = await self.upscale(window)
         self.timing.wait_s += time.perf_counter() - started

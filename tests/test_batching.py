@@ -80,3 +80,62 @@ def test_an_idle_model_waits_batch_wait_timeout_for_more_windows():
     upscaler.passes.clear()
     asyncio.run(scenario(0.0))
     assert upscaler.passes[0] == 1 and sum(upscaler.passes) == 3  # no wait: the first window runs at once
+
+
+def test_a_pass_takes_one_pass_worth_and_answers_before_the_next():
+    """8 windows waiting, room for 3 per pass (max_batch_pixels): passes of 3, 3, 2, and the
+    first 3 callers have their answers while the later passes still run."""
+    upscaler = SlowUpscaler(random_model("tiny", seed=1), device="cpu", delay=0.2)
+    loaded = SimpleNamespace(upscaler=upscaler)
+    windows = [make_clip(5, 10, 12, seed=s) for s in range(8)]
+    answered: dict[int, float] = {}
+
+    async def scenario():
+        queue = ModelQueue(ThreadPoolExecutor(1), max_batch_size=8, batch_wait_timeout_s=0.05,
+                           max_batch_pixels=3 * 10 * 12)
+
+        async def ask(i):
+            result = await queue.upscale(loaded, windows[i])
+            answered[i] = time.perf_counter()
+            return result
+
+        return await asyncio.gather(*(ask(i) for i in range(8)))
+
+    results = asyncio.run(scenario())
+    assert upscaler.passes == [3, 3, 2]
+    assert [batch for _, batch, _, _ in results] == [3, 3, 3, 3, 3, 3, 2, 2]
+    assert max(answered[i] for i in range(3)) + upscaler.delay / 2 < min(answered[i] for i in range(3, 8))
+
+
+def test_live_windows_reuse_features_and_equal_the_stream():
+    """A live stream's windows (vsr_core.live), computed in passes as its frames arrive, give
+    `vsr upscale`'s frames (Upscaler.stream); the frames no later window reads are dropped."""
+    from vsr_core.live import LiveFrames, LiveWindow
+
+    upscaler = Upscaler(random_model("tiny", seed=3), device="cpu", batch_size=4)
+    clip = make_clip(11, 10, 12, seed=9)
+    expected = list(upscaler.stream(iter(clip)))
+    loaded = SimpleNamespace(upscaler=upscaler)
+    frames = LiveFrames()
+    extracted = []
+    extract = upscaler.model.extract_features
+    upscaler.model.extract_features = lambda x: extracted.append(1) or extract(x)
+
+    async def scenario():
+        queue = ModelQueue(ThreadPoolExecutor(1), max_batch_size=4, batch_wait_timeout_s=0.0)
+        outputs, held = [], []
+        for c in range(0, 11, 4):  # as a stream: 4 windows at a time, the last ones at the end
+            for j in range(c, min(c + 4 + 2, 11)):
+                frames.add(j, clip[j])
+            length = 11 if c + 4 >= 11 else 2**62
+            outputs += await asyncio.gather(*(queue.upscale(loaded, LiveWindow(frames, k, length))
+                                              for k in range(c, min(c + 4, 11))))
+            held.append(len(frames))
+        return outputs, held
+
+    outputs, held = asyncio.run(scenario())
+    assert len(outputs) == 11
+    for got, want in zip(outputs, expected):
+        assert got[0].shape == want.shape and max_diff(got[0], want) == 0
+    assert len(extracted) == 11  # each frame's features once, not 5 times
+    assert max(held) <= 4 + 2  # frames older than the next window's first were dropped

@@ -166,7 +166,7 @@ def test_tiled_stream_runs_whole_windows(tiny_model, monkeypatch):
     clip = make_clip(6, 30, 34)
     upscaler = Upscaler(tiny_model, device="cpu", batch_size=2, tile=24, tile_overlap=20)
     assert not upscaler.reuses_features(30, 34)
-    monkeypatch.setattr(upscaler, "_upscale_reusing_features", None)  # must not be used
+    monkeypatch.setattr(upscaler, "upscale_reusing_features", None)  # must not be used
     got = np.stack(list(upscaler.stream(iter(clip))))
     frames = to_tensor(clip)
     windows = torch.stack([frames[window_indices(i, len(clip))] for i in range(len(clip))])

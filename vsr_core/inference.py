@@ -21,7 +21,7 @@ import os
 import queue
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -278,7 +278,7 @@ class Upscaler:
                     return
                 n = total if total is not None else 2**62  # no reflection at an end not yet seen
                 if reuse:
-                    out = self._upscale_reusing_features(centers, n, buffer, features)
+                    out = self.upscale_reusing_features(centers, n, buffer, features)
                     yield from to_frames(out, first_dtype, in_place=True)
                 else:  # as many windows at a time as the memory budget holds
                     step = len(centers) if self.memory is None else self.memory.windows_that_fit(
@@ -296,7 +296,7 @@ class Upscaler:
                 close()
 
     @torch.inference_mode()
-    def _upscale_reusing_features(self, centers: range, num_frames: int, frames: dict[int, torch.Tensor],
+    def upscale_reusing_features(self, centers: Sequence[int], num_frames: int, frames: dict[int, torch.Tensor],
                                   features: dict[int, torch.Tensor]) -> torch.Tensor:
         """The windows around ``centers``: features of frames not seen yet are extracted
         and cached in ``features``; cached ones are reused. Each frame's features are
