@@ -1,6 +1,6 @@
 """5. Serve at realistic sizes: ``POST /v1/upscale`` with 8 concurrent HTTP clients (5 PNG
 frames in, the 3x frame back as PNG, WebP, JPEG or .npy by ``Accept``) and one ``WS /v1/stream``
-(raw frames in; raw, PNG or JPEG out), against the in-process ``Upscaler`` on the same frames,
+(raw frames in, raw, PNG or JPEG out; JPEG in and out), against the in-process ``Upscaler`` on the same frames,
 measured in the same run, interleaved: a direct run before and after every served run.
 
 References: for the window endpoint ``upscale_grouped`` on the same 8 windows (the replica's own
@@ -8,7 +8,9 @@ computation, split by the same ``max_batch_pixels``); for the stream ``Upscaler.
 same frames (what ``vsr upscale`` runs, with feature reuse). Where the time goes comes from the
 replica itself (``Server-Timing`` of each response; the stream's end message): decode, batch
 (queued + forward pass), model (the pass), encode; transport = client latency - the rest. The
-1920x1080 encoders are timed alone in this process too.
+1920x1080 encoders are timed alone in this process too. The CPU seconds each served run cost,
+by process (the replica, Serve's HTTP proxy, the clients in this process), against the direct
+run's: on a machine whose cores are all busy, throughput follows CPU seconds per frame.
 
 Quick: the small preset at 180x320 and 360x640 LR. ``--full``: also the full preset (slow on a
 CPU: few windows). The app is serve.app (``build_app``) on a local Ray, one replica of
@@ -24,6 +26,7 @@ import threading
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -42,12 +45,18 @@ APP_NAME = "vsr-bench"
 CLIENTS = 8
 MAX_BATCH_PIXELS = 1280 * 720  # the app's default: 4 windows of 360x640 per forward pass
 ACCEPTS = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg", "npy": "application/x-npy"}
-STREAM_OUTPUTS = ("raw", "png", "jpeg")
+STREAM_CASES = (("raw", "raw"), ("raw", "png"), ("raw", "jpeg"), ("jpeg", "jpeg"))  # (frames in, out)
 
 
 def png_bytes(frame: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(frame).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def jpeg_bytes(frame: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format="JPEG", quality=95)
     return buffer.getvalue()
 
 
@@ -63,6 +72,37 @@ def server_timing(header_value: str) -> dict[str, float]:
         name, _, value = part.strip().partition(";dur=")
         parts[name] = float(value) / 1e3
     return parts
+
+
+def serve_processes() -> dict[str, list]:
+    """The replica and proxy processes of the local Serve app (by their actor names), and this one."""
+    import psutil
+
+    found: dict[str, list] = {"replica": [], "proxy": [], "clients": [psutil.Process()]}
+    for process in psutil.process_iter(["cmdline"]):
+        command = " ".join(process.info["cmdline"] or [])
+        if "ServeReplica" in command:
+            found["replica"].append(process)
+        elif "ProxyActor" in command:
+            found["proxy"].append(process)
+    return found
+
+
+def cpu_seconds(processes: dict[str, list]) -> dict[str, float]:
+    return {name: sum(sum(p.cpu_times()[:2]) for p in group) for name, group in processes.items()}
+
+
+def measured(processes: dict[str, list], run: Callable[[], dict]) -> dict:
+    """``run()``'s result plus the CPU seconds it cost each process (``cpu_s``)."""
+    before = cpu_seconds(processes)
+    result = run()
+    after = cpu_seconds(processes)
+    result["cpu_s"] = {name: after[name] - before[name] for name in before}
+    return result
+
+
+def fmt_cpu(cpu: dict[str, float], items: int) -> str:
+    return "CPU/item " + ", ".join(f"{name} {1e3 * value / items:.0f}" for name, value in cpu.items()) + " ms"
 
 
 def load_clients(url: str, bodies: list[list[bytes]], accept: str, requests_total: int) -> dict:
@@ -95,21 +135,22 @@ def load_clients(url: str, bodies: list[list[bytes]], accept: str, requests_tota
             "mean_batch": statistics.mean(b for _, _, b in results), "breakdown_s": mean, "requests": requests_total}
 
 
-def run_stream(url: str, clip: list[np.ndarray], output: str) -> dict:
-    """One stream of raw frames (sent from a thread, as serve/client.py does); the answers
-    are received, not decoded."""
+def run_stream(url: str, clip: list[np.ndarray], output: str, fmt: str = "raw") -> dict:
+    """One stream of raw frames, or JPEGs (q 95, encoded before the clock starts), sent from a
+    thread as serve/client.py does; the answers are received, not decoded."""
     from websockets.sync.client import connect
 
     height, width = clip[0].shape[:2]
+    messages = [frame.tobytes() if fmt == "raw" else jpeg_bytes(frame) for frame in clip]
     start = time.perf_counter()
     with connect(url.replace("http", "ws", 1) + "/v1/stream", max_size=None, open_timeout=60) as ws:
-        ws.send(json.dumps({"width": width, "height": height, "format": "raw", "output": output}))
+        ws.send(json.dumps({"width": width, "height": height, "format": fmt, "output": output}))
         assert json.loads(ws.recv(60))["type"] == "ready"
         received = 0
 
         def send_all() -> None:
-            for frame in clip:
-                ws.send(frame.tobytes())
+            for message in messages:
+                ws.send(message)
             ws.send(json.dumps({"type": "end"}))
 
         sender = threading.Thread(target=send_all, daemon=True)
@@ -212,7 +253,7 @@ def main(argv=None) -> None:
     from ray import serve
 
     # (preset, LR size, windows requests per format, stream frames)
-    cases = [("small", (180, 320), 16, 16), ("small", (360, 640), 16, 12)]
+    cases = [("small", (180, 320), 16, 24), ("small", (360, 640), 16, 36)]
     if args.full:
         cases += [("full", (180, 320), 8, 6), ("full", (360, 640), 8, 6)]
     if args.size:
@@ -246,6 +287,7 @@ def run_case(report: Report, checkpoint: Path, preset: str, height: int, width: 
     clip = synthetic_frames(n_frames, height, width, seed=99)
     direct = Upscaler.from_checkpoint(checkpoint, device="cpu")
     url = deploy(checkpoint, args.num_cpus, port)
+    processes = serve_processes()
     load_clients(url + "/v1/upscale", bodies, ACCEPTS["npy"], CLIENTS)  # warm-up: kernels for this size
     run_stream(url, clip[:4], "raw")
     upscale_grouped(direct, windows, MAX_BATCH_PIXELS)
@@ -257,26 +299,29 @@ def run_case(report: Report, checkpoint: Path, preset: str, height: int, width: 
         r: dict = {"load": load_average(), "http": {}, "stream": {}}
 
         def direct_windows() -> float:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             upscale_grouped(direct, windows, MAX_BATCH_PIXELS)
+            r["direct_window_cpu_s"] = (time.process_time() - cpu) / len(windows)
             return len(windows) / (time.perf_counter() - start)
 
         def direct_stream() -> float:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             count = sum(1 for _ in direct.stream(iter(clip)))
+            r["direct_frame_cpu_s"] = (time.process_time() - cpu) / count
             return count / (time.perf_counter() - start)
 
         before = direct_windows()
         for name, accept in ACCEPTS.items():
-            r["http"][name] = load_clients(url + "/v1/upscale", bodies, accept, n_requests)
+            r["http"][name] = measured(processes, lambda: load_clients(url + "/v1/upscale", bodies, accept,
+                                                                       n_requests))
             after = direct_windows()
             r["http"][name]["direct_per_s"] = (before + after) / 2
             before = after
         before = direct_stream()
-        for output in STREAM_OUTPUTS:
-            r["stream"][output] = run_stream(url, clip, output)
+        for fmt, output in STREAM_CASES:
+            r["stream"][f"{fmt}>{output}"] = measured(processes, lambda: run_stream(url, clip, output, fmt))
             after = direct_stream()
-            r["stream"][output]["direct_per_s"] = (before + after) / 2
+            r["stream"][f"{fmt}>{output}"]["direct_per_s"] = (before + after) / 2
             before = after
         rounds.append(r)
         print(f"  {label} round done, load {r['load']} -> {load_average()}", flush=True)
@@ -285,23 +330,26 @@ def run_case(report: Report, checkpoint: Path, preset: str, height: int, width: 
         return statistics.median(values)
 
     direct_windows_all = [r["http"][n]["direct_per_s"] for r in rounds for n in ACCEPTS]
-    direct_fps_all = [r["stream"][o]["direct_per_s"] for r in rounds for o in STREAM_OUTPUTS]
+    direct_fps_all = [r["stream"][case]["direct_per_s"] for r in rounds for case in r["stream"]]
     report.add(f"{label}: direct upscale_grouped, 8 windows", median(direct_windows_all), "windows/s",
-               note=f"min {min(direct_windows_all):.3g}, max {max(direct_windows_all):.3g}")
+               note=f"min {min(direct_windows_all):.3g}, max {max(direct_windows_all):.3g}; CPU/item "
+                    f"{1e3 * rounds[-1]['direct_window_cpu_s']:.0f} ms")
     for name in ACCEPTS:
         runs = [r["http"][name] for r in rounds]
         last = runs[-1]
         report.add(f"{label}: HTTP {CLIENTS} clients, 5 PNG in, {name} out", median([x["per_s"] for x in runs]),
                    "req/s", "direct upscale_grouped", median([x["per_s"] / x["direct_per_s"] for x in runs]),
                    note=f"p50 {last['p50_s']:.1f} s, batch {last['mean_batch']:.1f}; "
-                        f"{fmt_breakdown(last['breakdown_s'])}")
+                        f"{fmt_breakdown(last['breakdown_s'])}; {fmt_cpu(last['cpu_s'], n_requests)}")
     report.add(f"{label}: direct Upscaler.stream ({len(clip)} frames)", median(direct_fps_all), "frames/s",
-               note=f"min {min(direct_fps_all):.3g}, max {max(direct_fps_all):.3g}")
-    for output in STREAM_OUTPUTS:
-        runs = [r["stream"][output] for r in rounds]
-        report.add(f"{label}: WS stream, raw in, {output} out", median([x["per_s"] for x in runs]), "frames/s",
+               note=f"min {min(direct_fps_all):.3g}, max {max(direct_fps_all):.3g}; CPU/item "
+                    f"{1e3 * rounds[-1]['direct_frame_cpu_s']:.0f} ms")
+    for fmt, output in STREAM_CASES:
+        runs = [r["stream"][f"{fmt}>{output}"] for r in rounds]
+        report.add(f"{label}: WS stream, {fmt} in, {output} out", median([x["per_s"] for x in runs]), "frames/s",
                    "direct Upscaler.stream", median([x["per_s"] / x["direct_per_s"] for x in runs]),
-                   note=f"per frame: {fmt_breakdown(runs[-1]['breakdown_s'])}")
+                   note=f"per frame: {fmt_breakdown(runs[-1]['breakdown_s'])}; "
+                        f"{fmt_cpu(runs[-1]['cpu_s'], len(clip))}")
     report.details["cases"][label] = {"requests_per_format": n_requests, "stream_frames": n_frames, "rounds": rounds}
     report.write()  # partial results survive a slow --full case
 
