@@ -1,5 +1,6 @@
 """Screenshots of the web page (GET /) comparing bicubic and the model on a real clip:
-docs/page_desktop.png (1280 px wide) and docs/page_phone.png (390 px wide).
+docs/page_desktop.png (1280 px wide) and docs/page_phone.png (390 px wide); then the same clip
+streamed live over WS /v1/stream: docs/page_live.png.
 
     python docs/make_screenshots.py --checkpoint demo_output/tune/demo/best
 
@@ -21,7 +22,8 @@ os.environ["SE_OFFLINE"] = "true"
 
 CHROME_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", "--hide-scrollbars", "--window-size=1280,900")
+                "--disable-dev-shm-usage", "--hide-scrollbars", "--window-size=1280,900",
+                "--autoplay-policy=no-user-gesture-required")
 CROP_H, CROP_W = 270, 630  # multiples of 6: the LR clip (90x210) and its 3x are even (H.264 4:2:0)
 
 
@@ -120,6 +122,11 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         screenshot(driver, out / "page_desktop.png", 1280)
         screenshot(driver, out / "page_phone.png", 390)
+        driver.execute_script("document.getElementById('live-width').value = '0';"  # as it is
+                              "document.getElementById('live-output').value = 'png';")
+        driver.find_element("id", "live-file").send_keys(str(clip))
+        wait_for(driver, "return document.getElementById('live-view').dataset.state === 'done'")
+        screenshot(driver, out / "page_live.png", 1280)
     finally:
         driver.quit()
         from ray import serve

@@ -40,7 +40,7 @@ FRAMES, H, W = 10, 24, 30  # LR; the result is 72x90
 METRICS = {"psnr": 30.5, "ssim": 0.8765, "bicubic_psnr": 29.75}
 
 
-def chrome(download_dir: str | None = None):
+def chrome(download_dir: str | None = None, extra_flags: tuple[str, ...] = ()):
     """Headless Chromium from /usr/bin, no Selenium Manager, no network."""
     if os.environ.get("VSR_SKIP_BROWSER") == "1":
         pytest.skip("VSR_SKIP_BROWSER=1")
@@ -56,7 +56,7 @@ def chrome(download_dir: str | None = None):
     os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must never download a driver or browser
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in CHROME_FLAGS:
+    for flag in (*CHROME_FLAGS, *extra_flags):
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={tempfile.mkdtemp(prefix='vsr-chrome-')}")
     return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)

@@ -1,6 +1,7 @@
 // The page of the Serve app: model card, upload (a video -> a job; 5 frames -> /v1/upscale),
 // live progress with cancel, a before/after compare (exact 3x bicubic from /v1/bicubic vs the
-// model) with a pixel-exact zoom, downloads. Vanilla JS, no build step, nothing from a CDN.
+// model) with a pixel-exact zoom, downloads; the live stream is live.js. Vanilla JS, no build
+// step, nothing from a CDN.
 'use strict';
 (() => {
   const $ = (id) => document.getElementById(id);
@@ -383,5 +384,6 @@
     $('download-png').download = `${state.stem}_${suffix}.png`;
   }
 
+  window.vsrPage = { key: () => state.key, limits: () => state.limits, askForKey }; // for live.js
   loadModel();
 })();

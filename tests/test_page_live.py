@@ -1,0 +1,111 @@
+"""The page's live stream in a real browser (headless Chromium with its fake camera): frames of
+the camera or of a playing video go to WS /v1/stream and come back 3x, next to the frame they
+were made from. What the browser sent and got is recorded at its WebSocket and compared with
+`vsr upscale`'s computation (Upscaler.stream) on exactly the frames sent."""
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from test_page import FRAMES, H, W, files, open_page, server, text, upload, wait  # noqa: F401 - fixtures
+from test_page import chrome
+from vsr_core.inference import Upscaler
+
+pytestmark = pytest.mark.ray
+
+# Keeps what the page's WebSocket sends (the header, raw frames) and receives (3x frames), as base64.
+RECORD_WEBSOCKET = """
+const Native = window.WebSocket;
+const b64 = (buffer) => {
+  const bytes = new Uint8Array(buffer);
+  let s = '';
+  for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
+  return btoa(s);
+};
+window.recorded = { header: null, sent: [], got: [], text: [] };
+window.WebSocket = class extends Native {
+  constructor(...args) {
+    super(...args);
+    this.addEventListener('message', (e) => {
+      if (typeof e.data === 'string') window.recorded.text.push(JSON.parse(e.data));
+      else window.recorded.got.push(b64(e.data));
+    });
+  }
+  send(data) {
+    if (typeof data === 'string') window.recorded.header = window.recorded.header || JSON.parse(data);
+    else window.recorded.sent.push(b64(data.buffer || data));
+    super.send(data);
+  }
+};
+"""
+
+
+@pytest.fixture(scope="module")
+def browser():
+    driver = chrome(extra_flags=("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+                                 "--autoplay-policy=no-user-gesture-required"))
+    driver.set_script_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def recorded(browser) -> tuple[dict, np.ndarray, list[np.ndarray], list[dict]]:
+    data = browser.execute_script("return window.recorded")
+    header = data["header"]
+    sent = np.stack([np.frombuffer(base64.b64decode(f), np.uint8).reshape(header["height"], header["width"], 3)
+                     for f in data["sent"]])
+    got = [np.asarray(Image.open(io.BytesIO(base64.b64decode(f))).convert("RGB")) for f in data["got"]]
+    return header, sent, got, data["text"]
+
+
+def assert_matches_vsr_upscale(server, sent: np.ndarray, got: list[np.ndarray]) -> None:
+    upscaler = Upscaler.from_checkpoint(server.root / "sweep" / "best" / "trial_3.pth", device="cpu")
+    expected = list(upscaler.stream(iter(sent)))
+    assert len(got) == len(expected) == len(sent)
+    for i, (a, b) in enumerate(zip(got, expected)):
+        assert a.shape == b.shape == (3 * sent.shape[1], 3 * sent.shape[2], 3)
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1, f"frame {i} differs from vsr upscale's"
+
+
+def start_recording(browser, server, output: str, width: str) -> None:
+    open_page(browser, server)
+    browser.execute_script(RECORD_WEBSOCKET)
+    browser.execute_script(f"document.getElementById('live-output').value = '{output}';"
+                           f"document.getElementById('live-width').value = '{width}';")
+
+
+def test_the_camera_streams_live_and_every_frame_sent_comes_back_3x(server, browser):
+    start_recording(browser, server, "png", "160")
+    browser.find_element("id", "live-camera").click()
+    wait(browser, lambda d: int(d.execute_script("return document.getElementById('live-view').dataset.frames || 0"))
+         >= 4, what="4 frames back from the camera stream")
+    assert browser.find_element("id", "live-stop").is_displayed()
+    browser.find_element("id", "live-stop").click()
+    wait(browser, lambda d: d.execute_script("return document.getElementById('live-view').dataset.state") == "done",
+         what="the end of the stream")
+    header, sent, got, messages = recorded(browser)
+    # 160 px wide from the fake camera's 4:3, shrunk to the test server's 64x64-pixel limit, even sizes
+    assert (header["width"], header["height"], header["format"]) == (72, 54, "raw")
+    assert messages[0]["type"] == "ready" and messages[-1] == {**messages[-1], "type": "end", "frames": len(sent)}
+    assert_matches_vsr_upscale(server, sent, got)
+    shown = browser.execute_script("const c = document.getElementById('live-out'); return [c.width, c.height]")
+    assert shown == [3 * 72, 3 * 54]
+    assert text(browser, "live-stats").startswith(f"Done: {len(sent)} sent · {len(sent)} back")
+    assert not browser.find_element("id", "live-stop").is_displayed()
+    assert text(browser, "live-error") == ""
+
+
+def test_a_video_file_streams_until_it_ends(server, browser, files):
+    start_recording(browser, server, "png", "0")  # as it is: 30x24
+    browser.find_element("id", "live-file").send_keys(str(files["clip"]))
+    wait(browser, lambda d: d.execute_script("return document.getElementById('live-view').dataset.state") == "done",
+         what="the end of the video's stream")
+    header, sent, got, _ = recorded(browser)
+    assert (header["width"], header["height"]) == (W, H)
+    assert 1 <= len(sent) <= FRAMES
+    assert_matches_vsr_upscale(server, sent, got)
+    assert text(browser, "live-error") == ""
