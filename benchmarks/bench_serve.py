@@ -245,9 +245,12 @@ def main(argv=None) -> None:
                             help="CPUs (= torch threads) of the replica; default: all")
         parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (direct, HTTP, stream)")
         parser.add_argument("--size", help="only this LR size, e.g. 360x640")
+        parser.add_argument("--preset", choices=("small", "full"), help="only this preset (full: with --full)")
 
     args = common.parse_args(__doc__, argv, extra)
-    report = Report("serve", ("full" if args.full else "quick") + (f"-{args.size}" if args.size else ""))
+    report = Report("serve", ("full" if args.full else "quick") + (f"-{args.preset}" if args.preset else "")
+                    + (f"-{args.size}" if args.size else "")
+                    + (f"-{args.num_cpus:g}cpu" if args.num_cpus != float(os.cpu_count() or 1) else ""))
     header("serve", args.full)
     import ray
     from ray import serve
@@ -258,6 +261,8 @@ def main(argv=None) -> None:
         cases += [("full", (180, 320), 8, 6), ("full", (360, 640), 8, 6)]
     if args.size:
         cases = [case for case in cases if f"{case[1][0]}x{case[1][1]}" == args.size]
+    if args.preset:
+        cases = [case for case in cases if case[0] == args.preset]
     report.details = {"encoders": encoder_timings(report, realistic_frame(1080, 1920)), "cases": {},
                       "replica_cpus": args.num_cpus, "torch_threads_direct": torch.get_num_threads()}
     runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH"))
