@@ -80,18 +80,12 @@ class ServeSettings(BaseModel):
         """For ``Upscaler(memory_budget=...)``: bytes, or "auto" (each process derives its own)."""
         return self.memory_budget_mb * 2**20 if self.memory_budget_mb else "auto"
 
-    @field_validator("precision")
+    @field_validator("precision", "backend")
     @classmethod
-    def _known_precision(cls, value: str) -> str:
-        if value not in PRECISIONS:
-            raise ValueError(f"must be one of {', '.join(PRECISIONS)}")
-        return value
-
-    @field_validator("backend")
-    @classmethod
-    def _known_backend(cls, value: str) -> str:
-        if value not in BACKENDS:
-            raise ValueError(f"must be one of {', '.join(BACKENDS)}")
+    def _one_of_the_known(cls, value: str, info) -> str:
+        known = PRECISIONS if info.field_name == "precision" else BACKENDS
+        if value not in known:
+            raise ValueError(f"must be one of {', '.join(known)}")
         return value
 
     def limits(self) -> dict[str, float]:

@@ -25,8 +25,7 @@ import pytest
 import requests
 import yaml
 
-from conftest import make_clip
-from vsr_core.data.video_io import FrameWriter
+from conftest import write_clips
 from vsr_core.netutil import free_port
 
 pytestmark = pytest.mark.ray
@@ -68,12 +67,7 @@ def make(target: str, env: dict[str, str], **variables: str) -> subprocess.Compl
 
 def test_ray_start_head_job_submit_sweep_and_serve_deploy(tmp_path):
     folder = tmp_path
-    clips = {}
-    for name, seed in (("train", 0), ("val", 1)):
-        clips[name] = folder / f"{name}.mp4"
-        with FrameWriter(clips[name], fps=25) as writer:
-            for frame in make_clip(8, 36, 36, seed=seed):
-                writer.write(frame)
+    clips = write_clips(folder, 8, 36, 36)
     (folder / "base.json").write_text(json.dumps(TINY_SWEEP))
     temp_dir = tempfile.mkdtemp(prefix="vsr-ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
     gcs, dashboard, http = free_port(), free_port(), free_port()

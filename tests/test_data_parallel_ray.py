@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from ray.train import UserCallback
 
-from conftest import make_clip, ray_processes
+from conftest import ray_processes, write_clips
 from tune import search
 from vsr_core import cli
 from vsr_core.checkpoint import load_checkpoint
 from vsr_core.config import TrainConfig
-from vsr_core.data.video_io import FrameWriter, iter_frames
+from vsr_core.data.video_io import iter_frames
 from vsr_core.engine.on_ray import CHECKPOINT_FILE, fit_on_ray_train
 
 pytestmark = pytest.mark.ray
@@ -25,12 +25,7 @@ pytestmark = pytest.mark.ray
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("dp_data")
-    paths = {}
-    for name, seed in (("train", 0), ("val", 1)):
-        paths[name] = folder / f"{name}.mp4"
-        with FrameWriter(paths[name], fps=25) as writer:
-            for frame in make_clip(8, 48, 48, seed=seed):
-                writer.write(frame)
+    paths = write_clips(folder, 8, 48, 48)
     paths["base"] = {
         "PRESET": "tiny", "MAX_STEPS": 8, "VAL_STEP_EVERY": 4, "LOG_TBOARD_EVERY": 2, "ACCUMULATION_STEPS": 2,
         "BATCH_SIZE": 2, "PATCH_SIZE": 8, "NUM_PATCHES": 50, "VAL_MAX_FRAMES": 2, "PERCEPTUAL_WEIGHT": 0.0,

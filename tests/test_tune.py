@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_clip, random_model
+from conftest import random_model, write_clips
 from tune import search
 from vsr_core.checkpoint import model_from_checkpoint
-from vsr_core.data.video_io import FrameWriter
 
 pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parents[1]
@@ -30,12 +29,7 @@ def checkout_env(**extra: str) -> dict[str, str]:
 def data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tune_data")
     os.environ["VSR_CACHE_DIR"] = str(folder / "cache")  # inherited by the Ray workers started after this
-    paths = {}
-    for name, seed in (("train", 0), ("val", 1)):
-        paths[name] = folder / f"{name}.mp4"
-        with FrameWriter(paths[name], fps=25) as writer:
-            for frame in make_clip(8, 48, 48, seed=seed):
-                writer.write(frame)
+    paths = write_clips(folder, 8, 48, 48)
     config = {
         "PRESET": "tiny", "MAX_STEPS": 12, "VAL_STEP_EVERY": 3, "LOG_TBOARD_EVERY": 3, "ACCUMULATION_STEPS": 1,
         "BATCH_SIZE": 2, "PATCH_SIZE": 8, "NUM_PATCHES": 50, "VAL_MAX_FRAMES": 2, "PERCEPTUAL_WEIGHT": 0.0,

@@ -98,7 +98,8 @@ def _fail_on_third_batch(monkeypatch):
     return forward
 
 
-def test_a_failing_frame_fails_the_run_and_keeps_the_finished_chunks(tmp_path, upscaler, monkeypatch):
+def fail_then_resume(tmp_path, upscaler, monkeypatch):
+    """A 20-frame run whose third batch fails, checked as it fails, then resumed: (source, out, result)."""
     source = write_clip(tmp_path / "in.mp4", make_clip(20, 24, 32))
     forward = _fail_on_third_batch(monkeypatch)
     out = tmp_path / "out.mp4"
@@ -107,20 +108,18 @@ def test_a_failing_frame_fails_the_run_and_keeps_the_finished_chunks(tmp_path, u
     assert not out.exists()  # no video at all rather than a shorter one
     assert len(list((tmp_path / "out.mp4.parts").glob("chunk_*"))) == 2  # the chunks before it are kept
     monkeypatch.setattr(BicubicBaseline, "forward", forward)
-    result = upscale_file(source, out, upscaler, chunk_frames=4, resume=True)
+    return source, out, upscale_file(source, out, upscaler, chunk_frames=4, resume=True)
+
+
+def test_a_failing_frame_fails_the_run_and_keeps_the_finished_chunks(tmp_path, upscaler, monkeypatch):
+    source, out, result = fail_then_resume(tmp_path, upscaler, monkeypatch)
     assert result.resumed_frames == 8
     assert len(read_frames(out)) == 20
     assert video_facts(out)["seconds"] == video_facts(source)["seconds"]
 
 
 def test_a_resume_after_a_failing_frame_equals_an_uninterrupted_run(tmp_path, upscaler, monkeypatch):
-    source = write_clip(tmp_path / "in.mp4", make_clip(20, 24, 32))
-    forward = _fail_on_third_batch(monkeypatch)
-    out = tmp_path / "out.mp4"
-    with pytest.raises(RuntimeError, match="illegal memory access"):
-        upscale_file(source, out, upscaler, chunk_frames=4)
-    monkeypatch.setattr(BicubicBaseline, "forward", forward)
-    upscale_file(source, out, upscaler, chunk_frames=4, resume=True)
+    source, out, _ = fail_then_resume(tmp_path, upscaler, monkeypatch)
     upscale_file(source, tmp_path / "ref.mp4", upscaler, chunk_frames=4)
     assert np.array_equal(read_frames(out), read_frames(tmp_path / "ref.mp4"))
 

@@ -86,16 +86,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def add_data_parallel_args(p: argparse.ArgumentParser) -> None:
-    from vsr_core.engine.distributed import LR_SCALING_RULES
+    from vsr_core.engine.distributed import add_worker_args
 
     group = p.add_argument_group("data-parallel trials (Ray Train; see README)")
     group.add_argument("--workers-per-trial", type=int, default=1, metavar="N",
                        help="train each trial on N Ray Train workers (DDP); 1 = one process per trial, no Ray Train")
-    group.add_argument("--cpus-per-worker", type=float, default=1, help="with N > 1: CPUs per worker")
-    group.add_argument("--gpus-per-worker", type=float, default=0, help="with N > 1: GPUs per worker (e.g. 1)")
-    group.add_argument("--lr-scaling", choices=LR_SCALING_RULES, default="none",
-                       help="with N > 1: scale each trial's LR by N (linear) or sqrt(N) (sqrt); the searched and "
-                       "summarised LR stays the unscaled one")
+    add_worker_args(group)
 
 
 def data_parallel_space(args: argparse.Namespace) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from vsr_core.checkpoint import load_checkpoint
 from vsr_core.config import FINETUNE_DEFAULTS, ConfigError, TrainConfig, parse_value
 from vsr_core.engine.console import LiveConsole, PlainConsole
-from vsr_core.engine.distributed import LR_SCALING_RULES, effective_batch_text, scaled_lr_exponent
+from vsr_core.engine.distributed import add_worker_args, effective_batch_text, scaled_lr_exponent
 from vsr_core.engine.trainer import Trainer, TrainingHooks
 from vsr_core.metrics import format_gain
 
@@ -162,10 +162,7 @@ def add_train_parser(sub) -> None:
     parallel = train.add_argument_group("data-parallel training on Ray Train (see README)")
     parallel.add_argument("--workers", type=int, default=1, metavar="N",
                           help="train on N Ray Train workers (DDP); 1 = this process, no Ray")
-    parallel.add_argument("--cpus-per-worker", type=float, default=1, help="CPUs per worker (torch threads follow)")
-    parallel.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs per worker (1 on a GPU cluster)")
-    parallel.add_argument("--lr-scaling", choices=LR_SCALING_RULES, default="none",
-                          help="scale the LR with N at launch: linear (x N) or sqrt (x sqrt N); default none")
+    add_worker_args(parallel)
     parallel.add_argument("--max-failures", type=int, default=2,
                           help="restarts of the worker group (after a lost worker) from the last checkpoint")
     parallel.add_argument("--address", help="a running Ray cluster ('auto'); default: start a local Ray")

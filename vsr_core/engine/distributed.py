@@ -42,6 +42,18 @@ from vsr_core.config import TrainConfig
 LR_SCALING_RULES = ("none", "sqrt", "linear")
 
 
+def add_worker_args(group) -> None:
+    """The resources and LR rule of data-parallel workers, for ``vsr train --workers N`` and
+    ``tune/search.py --workers-per-trial N`` (an argparse parser or argument group)."""
+    group.add_argument("--cpus-per-worker", type=float, default=1, help="with N > 1: CPUs per worker (torch "
+                       "threads follow)")
+    group.add_argument("--gpus-per-worker", type=float, default=0, help="with N > 1: GPUs per worker (1 on a GPU "
+                       "cluster)")
+    group.add_argument("--lr-scaling", choices=LR_SCALING_RULES, default="none",
+                       help="with N > 1: scale the LR by N (linear) or sqrt(N) (sqrt); default none. In a sweep the "
+                       "searched and summarised LR stays the unscaled one")
+
+
 def scaled_lr_exponent(lr_exponent: float, workers: int, rule: str = "none") -> float:
     """LR_EXPONENT for ``workers`` data-parallel workers under ``rule`` (see the module docstring)."""
     if rule not in LR_SCALING_RULES:

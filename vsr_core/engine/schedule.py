@@ -38,3 +38,14 @@ def retarget(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_schedul
         group["lr"] = lr
         group["weight_decay"] = config.weight_decay
     scheduler._last_lr = [lr for _ in optimizer.param_groups]  # what get_last_lr() reports
+
+
+def is_due(step: int, every: int, max_steps: int) -> bool:
+    """Whether a periodic task (validation, checkpoint) runs at this step: a multiple of
+    ``every``, or the last step."""
+    return step % every == 0 or step >= max_steps
+
+
+def next_due(step: int, every: int, max_steps: int) -> int:
+    """The next step after ``step`` at which it runs; the last step at the latest."""
+    return min((step // every + 1) * every, max_steps)

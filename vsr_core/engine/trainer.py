@@ -32,7 +32,7 @@ from vsr_core.frames import autocast, pick_device, resolve_precision
 from vsr_core.engine.health import health_summary, training_status
 from vsr_core.engine.hooks import StepMetrics, TrainingHooks, ValidationMetrics
 from vsr_core.engine.requests import ApplyConfig, Command, Request, RequestQueue
-from vsr_core.engine.schedule import ETA_MIN, make_scheduler, retarget  # noqa: F401 - ETA_MIN: part of the API
+from vsr_core.engine.schedule import ETA_MIN, is_due, make_scheduler, next_due, retarget  # noqa: F401 - ETA_MIN: API
 from vsr_core.engine.tensorboard import NullTensorBoard, TensorBoardLogger
 from vsr_core.engine.validation import Validator
 from vsr_core.losses import PerceptualLoss, combined_loss
@@ -132,31 +132,25 @@ class Trainer:
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
-    def checkpoint_dict(self) -> dict:
-        return {
-            "step": self.step,
-            "epoch": self.epoch,
-            "model_state_dict": self.model.state_dict(),
-            "optimizer_state_dict": self.optimizer.state_dict(),
-            "scaler_state_dict": self.scaler.state_dict(),
-            "scheduler_state_dict": self.scheduler.state_dict(),
-            "config": self.config.to_dict(),
-            "training_phase": self.training_phase,
-        }
+    def checkpoint_dict(self) -> dict:  # the 8 keys (vsr_core.checkpoint)
+        return {"step": self.step, "epoch": self.epoch, "model_state_dict": self.model.state_dict(),
+                "optimizer_state_dict": self.optimizer.state_dict(), "scaler_state_dict": self.scaler.state_dict(),
+                "scheduler_state_dict": self.scheduler.state_dict(), "config": self.config.to_dict(),
+                "training_phase": self.training_phase}
 
-    def _load_weights(self, checkpoint: dict) -> None:
-        """Only the model's weights (a fine-tune): the optimizer, schedule and step start afresh."""
+    def _load_model_weights(self, checkpoint: dict, action: str) -> None:
         saved_preset = checkpoint["config"].get("PRESET")
         if saved_preset != self.config.preset:
-            raise ValueError(f"cannot fine-tune: checkpoint has PRESET {saved_preset!r}, config has "
+            raise ValueError(f"cannot {action}: checkpoint has PRESET {saved_preset!r}, config has "
                              f"{self.config.preset!r}")
         self.model.load_state_dict(checkpoint["model_state_dict"])
 
+    def _load_weights(self, checkpoint: dict) -> None:
+        """Only the model's weights (a fine-tune): the optimizer, schedule and step start afresh."""
+        self._load_model_weights(checkpoint, "fine-tune")
+
     def _restore(self, checkpoint: dict) -> None:
-        saved_preset = checkpoint["config"].get("PRESET")
-        if saved_preset != self.config.preset:
-            raise ValueError(f"cannot resume: checkpoint has PRESET {saved_preset!r}, config has {self.config.preset!r}")
-        self.model.load_state_dict(checkpoint["model_state_dict"])
+        self._load_model_weights(checkpoint, "resume")
         self.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
         self.scheduler.load_state_dict(checkpoint["scheduler_state_dict"])
         if self.use_amp and checkpoint["scaler_state_dict"]:
@@ -225,23 +219,17 @@ class Trainer:
         self.requests.post(Command.STOP)
 
     # --- the schedule: asked by fit and by the console ------------------------------------
-    def _due(self, every: int) -> bool:
-        return self.step % every == 0 or self.step >= self.config.max_steps
-
-    def _next(self, every: int) -> int:
-        return min((self.step // every + 1) * every, self.config.max_steps)
-
     def validation_due(self) -> bool:  # at this step boundary: a multiple of VAL_STEP_EVERY, or the last step
-        return self._due(self.config.val_step_every)
+        return is_due(self.step, self.config.val_step_every, self.config.max_steps)
 
     def checkpoint_due(self) -> bool:
-        return self._due(self.config.save_step_every)
+        return is_due(self.step, self.config.save_step_every, self.config.max_steps)
 
     def next_validation_step(self) -> int:  # the next one after any due now; the last step at the latest
-        return self._next(self.config.val_step_every)
+        return next_due(self.step, self.config.val_step_every, self.config.max_steps)
 
     def next_checkpoint_step(self) -> int:
-        return self._next(self.config.save_step_every)
+        return next_due(self.step, self.config.save_step_every, self.config.max_steps)
 
     def save(self, path: str | Path | None = None) -> Path:
         """Atomically write ``latest.pth`` (or ``path``); in a data-parallel group only rank 0 writes."""
