@@ -12,6 +12,7 @@ import pytest
 from ray.train import UserCallback
 
 from conftest import ray_processes, write_clips
+from test_serve import save_test_checkpoint
 from tune import search
 from vsr_core import cli
 from vsr_core.checkpoint import load_checkpoint
@@ -88,15 +89,19 @@ def record_reports(path: Path) -> UserCallback:
 
 
 def test_a_killed_worker_restarts_the_group_from_the_last_checkpoint(ray_session, data, tmp_path):
+    """A fine-tune run (from a checkpoint's weights): the restarted group continues from its own last
+    checkpoint, not from those weights again."""
     config = TrainConfig.from_dict({**data["base"], "MAX_STEPS": 240, "VAL_STEP_EVERY": 40, "LOG_TBOARD_EVERY": 40,
                                     "SAVE_STEP_EVERY": 240, "OUTPUT_DIR": str(tmp_path / "run")})
+    weights = save_test_checkpoint(tmp_path / "pretrained.pth", seed=7, step=500)
     log = tmp_path / "reports.jsonl"
     outcome = {}
 
     def run():
         try:
             outcome["result"] = fit_on_ray_train(config, 2, storage_path=str(tmp_path), name="ray_train",
-                                                 max_failures=1, callbacks=[record_reports(log)])
+                                                 max_failures=1, callbacks=[record_reports(log)],
+                                                 finetune_from=str(weights))
         except BaseException as exc:
             outcome["error"] = exc
 
@@ -120,3 +125,4 @@ def test_a_killed_worker_restarts_the_group_from_the_last_checkpoint(ray_session
     assert after[0] == before[-1] + 40 and before + after == list(range(40, 241, 40))
     final = load_checkpoint(Path(outcome["result"].checkpoint.path) / CHECKPOINT_FILE)
     assert final["step"] == 240 and load_checkpoint(tmp_path / "run" / "latest.pth")["step"] == 240
+    assert final["training_phase"] == "finetune"

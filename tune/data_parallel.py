@@ -59,6 +59,7 @@ def run_data_parallel_trial(config: TrainConfig, tune_config: dict[str, Any], tr
                 cpus_per_worker=tune_config.get("cpus_per_worker", 1),
                 gpus_per_worker=tune_config.get("gpus_per_worker", 0),
                 max_failures=tune_config.get("train_max_failures", 2), resume_checkpoint=checkpoint,
+                finetune_from=None if checkpoint else tune_config.get("finetune_from"),  # a retry resumes its run
                 log_dir=str(trial_dir / "tensorboard"), callbacks=[HandReportsToTrial(queue)], announce_to=queue)
         except BaseException as exc:  # raised in the trial below
             outcome["error"] = exc

@@ -109,7 +109,8 @@ class TrainReportHooks(TrainingHooks):
 def train_worker(loop_config: dict[str, Any]) -> None:
     """The function each Ray Train worker runs: the engine's Trainer on this worker's device.
     Resumes from the run's last reported checkpoint after a restart, else from ``resume_checkpoint``
-    (a Checkpoint folder holding checkpoint.pth) or ``resume_from`` (a file every node can read)."""
+    (a Checkpoint folder holding checkpoint.pth) or ``resume_from`` (a file every node can read);
+    a fine-tune (``finetune_from``) starts from its weights only when there is nothing to resume."""
     device = get_device()
     config = TrainConfig.from_dict({**loop_config["config"], "DEVICE": str(device)})
     parallel = DataParallel.from_process_group(device)
@@ -118,7 +119,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         resume_from = loop_config.get("resume_from")
         if checkpoint is not None:
             resume_from = Path(stack.enter_context(checkpoint.as_directory())) / CHECKPOINT_FILE
-        trainer = Trainer(config, resume_from=resume_from, finetune_from=loop_config.get("finetune_from"),
+        # a restarted fine-tune continues from its own last checkpoint, not from the weights it started with
+        finetune_from = None if resume_from else loop_config.get("finetune_from")
+        trainer = Trainer(config, resume_from=resume_from, finetune_from=finetune_from,
                           log_dir=loop_config.get("log_dir"), parallel=parallel)
     announce = loop_config.get("announce_to")  # who must be able to release this group's resources
     if announce is not None and trainer.is_main:
