@@ -23,15 +23,8 @@ H, W = 24, 30
 class ChoiceServer(Server):
     """test_serve's app with ``precision`` / ``backend`` in its user_config."""
 
-    choice: dict = {}
-
-    def config(self, checkpoint: Path) -> dict:
-        config = super().config(checkpoint)
-        config["applications"][0]["deployments"][0]["user_config"].update(self.choice)
-        return config
-
     def serve(self, **choice) -> dict:
-        self.choice = choice
+        self.extra = choice
         self.deploy(self.checkpoints["small"])
         deadline = time.time() + 240
         while time.time() < deadline:

@@ -39,13 +39,13 @@ def save_small_checkpoint(path: Path) -> Path:
 
 
 class JobServer(Server):
-    extra: dict = {}
-
     def config(self, checkpoint: Path) -> dict:
         config = super().config(checkpoint)
         user_config = config["applications"][0]["deployments"][0]["user_config"]
-        user_config.update(max_pixels_per_frame=1280 * 720, max_body_bytes=32 * 1024**2, max_video_frames=300,
-                           job_chunk_frames=16, api_key_file=str(self.key_file), **self.extra)
+        # the jobs' own limits and keys, under what a test puts in ``extra``
+        user_config.update({"max_pixels_per_frame": 1280 * 720, "max_body_bytes": 32 * 1024**2,
+                            "max_video_frames": 300, "job_chunk_frames": 16, "api_key_file": str(self.key_file),
+                            **self.extra})
         return config
 
     def submit(self, path: Path, headers=ALICE) -> requests.Response:

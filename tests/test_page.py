@@ -62,16 +62,6 @@ def chrome(download_dir: str | None = None, extra_flags: tuple[str, ...] = ()):
     return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
 
 
-class PageServer(Server):
-    api_key_file: str | None = None
-
-    def config(self, checkpoint: Path) -> dict:
-        config = super().config(checkpoint)
-        if self.api_key_file:
-            config["applications"][0]["deployments"][0]["user_config"]["api_key_file"] = self.api_key_file
-        return config
-
-
 @pytest.fixture(scope="module")
 def server(ray_session, tmp_path_factory):
     from ray import serve
@@ -80,7 +70,7 @@ def server(ray_session, tmp_path_factory):
     best = root / "sweep" / "best"
     save_test_checkpoint(best / "trial_3.pth", seed=4, step=240)
     write_best(best, BestInfo(checkpoint_file="trial_3.pth", metrics=METRICS, trial_id="trial_3"))
-    srv = PageServer(free_port(), {"best": best})
+    srv = Server(free_port(), {"best": best})
     srv.root = root
     srv.deploy(best)
     srv.wait_for_step(240)
@@ -302,7 +292,7 @@ def test_cancel_stops_a_running_job(server, browser, files):
 def test_with_an_api_key_the_page_asks_for_it(server, browser, files):
     key_file = Path(server.root) / "keys"
     key_file.write_text(KEY + "\n")
-    server.api_key_file = str(key_file)
+    server.extra = {"api_key_file": str(key_file)}
     server.deploy(server.checkpoints["best"])  # user_config only: an in-place reconfigure
     deadline = time.time() + 60
     while requests.get(server.url + "/v1/model", timeout=10).status_code != 401:

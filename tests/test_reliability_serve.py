@@ -54,22 +54,11 @@ VIDEO = "/v1/upscale/video"
 WINDOW = "/v1/upscale"
 
 
-class ConfigurableServer(Server):
-    """test_serve's Server, plus extra user_config keys (e.g. api_key_file) for the next deploy."""
-
-    extra: dict = {}
-
-    def config(self, checkpoint: Path) -> dict:
-        config = super().config(checkpoint)
-        config["applications"][0]["deployments"][0]["user_config"].update(self.extra)
-        return config
-
-
 @pytest.fixture(scope="module")
 def server(ray_session, checkpoints):
     from ray import serve
 
-    srv = ConfigurableServer(free_port(), checkpoints)
+    srv = Server(free_port(), checkpoints)
     srv.deploy(checkpoints["a"])
     srv.wait_for_step(100)
     yield srv

@@ -123,9 +123,10 @@ class Server:
         self.url = f"http://127.0.0.1:{port}"
         self.checkpoints = checkpoints
         self.jobs_dir = tempfile.mkdtemp(prefix="vsr-test-jobs-")
+        self.extra: dict = {}  # more user_config keys for the next deploy (a test's own limits, keys, choices)
 
     def config(self, checkpoint: Path) -> dict:
-        """serve/config.yaml with the test's port, resources, limits and checkpoint."""
+        """serve/config.yaml with the test's port, resources, limits, checkpoint and ``extra``."""
         config = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
         config["http_options"] = {"host": "127.0.0.1", "port": self.port}
         (app,) = config["applications"]
@@ -136,6 +137,7 @@ class Server:
         deployment["ray_actor_options"] = {"num_cpus": 0.5, "num_gpus": 0}
         deployment["user_config"].update(LIMITS, checkpoint=str(checkpoint), batch_wait_timeout_s=0.05,
                                          jobs_dir=self.jobs_dir, job_workers=1)
+        deployment["user_config"].update(self.extra)
         return config
 
     def deploy(self, checkpoint: Path) -> None:

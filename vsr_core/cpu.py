@@ -1,10 +1,12 @@
 """What this machine's CPU is and can do, read from /proc/cpuinfo (the one place that reads it)."""
 from __future__ import annotations
 
+import functools
 import platform
 from pathlib import Path
 
 
+@functools.lru_cache(maxsize=None)  # the CPU does not change under a running process
 def _cpuinfo_field(*names: str) -> str | None:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
