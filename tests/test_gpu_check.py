@@ -189,6 +189,7 @@ def test_data_parallel_part_is_skipped_without_two_gpus(clips, tmp_path):
 
 
 @pytest.mark.ray
+@pytest.mark.soak  # ~75 s of Ray Train start-up; fit_on_ray_train itself is tested in test_data_parallel_ray.py
 def test_data_parallel_part_on_two_cpu_workers(ray_session, clips, tmp_path):
     config = fp16_config(clips, tmp_path / "run", max_steps=4, val_step_every=2, save_step_every=4)
     result = gpu_check.run_part(lambda: gpu_parts.check_data_parallel(config, tmp_path / "rt", gpus_per_worker=0,
