@@ -32,8 +32,7 @@ def base_config(tmp: Path, name: str, **changes) -> TrainConfig:
 
 def loader_throughput(config: TrainConfig, num_workers: int, batches: int) -> float:
     """Samples/s of the Trainer's DataLoader alone (after its first batch: worker start-up)."""
-    dataset = WindowPatchDataset(training_clips(config.train_data, config.max_frames_per_clip), config.patch_size,
-                                 config.num_patches, config.seed)
+    dataset = WindowPatchDataset(training_clips(config), config.patch_size, config.num_patches, config.seed)
     loader = DataLoader(dataset, batch_size=config.batch_size, sampler=ContinuingSampler(0), num_workers=num_workers,
                         persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None)
     iterator = iter(loader)

@@ -47,6 +47,11 @@ def test_roundtrip_through_json(tmp_path):
         ({"DEVICE": "tpu"}, "DEVICE must be"),
         ({"TRAIN_DATA": 3}, "TRAIN_DATA must be a path or a list of paths"),
         ({"VAL_CROP": 100}, "VAL_CROP must be a multiple of 3"),
+        ({"HOLDOUT_FRACTION": 1}, r"HOLDOUT_FRACTION must be in \[0, 1\) \(0 = off\), got 1.0"),
+        ({"HOLDOUT_FRAMES": 4, "HOLDOUT_FRACTION": 0.2}, r"give HOLDOUT_FRAMES \(4\) or HOLDOUT_FRACTION \(0.2\), not both"),
+        ({"TRAIN_ON_VAL_DATA": True}, "TRAIN_ON_VAL_DATA needs HOLDOUT_FRAMES or HOLDOUT_FRACTION > 0"),
+        ({"EMA_DECAY": 1}, r"EMA_DECAY must be in \[0, 1\)"),
+        ({"EMA_DECAY": -0.5}, r"EMA_DECAY must be in \[0, 1\)"),
     ],
 )
 def test_bad_config_names_the_key_and_what_is_allowed(data, message):

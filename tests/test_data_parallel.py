@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from conftest import tiny_train_config, write_clips
-from vsr_core.checkpoint import load_checkpoint
+from vsr_core.checkpoint import RAW_WEIGHTS_KEY, load_checkpoint
 from vsr_core.data.datasets import ContinuingSampler
 from vsr_core.engine.distributed import DataParallel, effective_batch_text, scaled_lr_exponent
 from vsr_core.engine.schedule import cosine_lr
@@ -132,6 +132,42 @@ def test_only_rank_0_writes_and_a_one_worker_resume_continues_at_its_step_and_lr
     assert metrics.step == STEPS + 1 and math.isfinite(metrics.loss_total)
     assert resumed.lr == pytest.approx(cosine_lr(config.learning_rate, STEPS + 1, config.max_steps))
     assert resumed.samples_seen == (STEPS + 1) * BATCH * ACCUMULATION  # one worker's effective batch from here
+
+
+def _ema_worker(rank: int, world: int, init_file: str, config, results: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        trainer = Trainer(config, parallel=DataParallel.from_process_group(torch.device("cpu")))
+        raw = [{k: v.clone() for k, v in trainer.model.state_dict().items()}]  # the init, then after every step
+        trainer.optimizer.register_step_post_hook(
+            lambda *_: raw.append({k: v.clone() for k, v in trainer.model.state_dict().items()}))
+        for _ in range(3):
+            trainer.train_step()
+        trainer.save()  # rank 0 only
+        torch.save({"raw": raw, "averaged": trainer.ema.state_dict()}, f"{results}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_worker_keeps_the_same_average_and_rank_0_saves_it(clips, tmp_path):
+    config = tiny_train_config(clips, tmp_path / "run", batch_size=BATCH, accumulation_steps=ACCUMULATION,
+                               max_steps=10, device="cpu", ema_decay=0.9, lr_exponent=-2)
+    mp.spawn(_ema_worker, args=(2, str(tmp_path / "rendezvous"), config, str(tmp_path / "result")), nprocs=2,
+             join=True)
+    results = [torch.load(f"{tmp_path / 'result'}.{rank}", weights_only=True) for rank in range(2)]
+    torch.testing.assert_close(results[0]["averaged"], results[1]["averaged"], rtol=0, atol=0)
+    for name, averaged in results[0]["averaged"].items():  # the warm-up EMA of the raw weights, computed plainly
+        reference = results[0]["raw"][0][name].double()
+        for step, weights in enumerate(results[0]["raw"][1:]):
+            d = min(0.9, (1 + step) / (10 + step))
+            reference = d * reference + (1 - d) * weights[name].double()
+        torch.testing.assert_close(averaged.double(), reference, rtol=0, atol=1e-6, msg=lambda m: f"{name}: {m}")
+    assert len(results[0]["raw"]) == 4
+    checkpoint = load_checkpoint(tmp_path / "run" / "latest.pth")
+    torch.testing.assert_close(checkpoint["model_state_dict"], results[0]["averaged"], rtol=0, atol=0)
+    torch.testing.assert_close(checkpoint["optimizer_state_dict"][RAW_WEIGHTS_KEY], results[0]["raw"][-1],
+                               rtol=0, atol=0)
 
 
 def test_worker_shares_cover_the_single_stream_exactly_once():

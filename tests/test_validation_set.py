@@ -50,8 +50,8 @@ def test_detailed_crops_find_the_textured_cells():
 
 def test_held_out_frames_are_not_trained_on_and_validate_inside_their_range():
     clip = make_clip(num_frames=20, height=24, width=30)
-    items = build_validation_set([], [("train (held out)", clip)], frames_per_clip=3, holdout_frames=6)
     first = 20 - 6
+    items = build_validation_set([], [("train (held out)", clip, first)], frames_per_clip=3)
     assert [item.frame for item in items] == spread_indices(3, first + HOLDOUT_GAP, 19)
     for item in items:
         assert item.clip == "train (held out)" and item.hr.shape == (24, 30, 3)
@@ -60,17 +60,17 @@ def test_held_out_frames_are_not_trained_on_and_validate_inside_their_range():
         np.testing.assert_array_equal(item.lr_window, to_uint8(bicubic_downsample(to_tensor(clip[window]))))
         np.testing.assert_array_equal(item.hr, clip[item.frame])
     with pytest.raises(ValueError, match="validation set is empty"):
-        build_validation_set([], [("x", clip)], 3, 0)
+        build_validation_set([], [], 3)
 
 
 def test_training_clips_leave_out_the_held_out_frames(tmp_path):
     clips = write_clips(tmp_path, num_frames=10)
-    whole, = training_clips([str(clips["train"])])
-    cut, = training_clips([str(clips["train"])], holdout_frames=4)
+    whole, = training_clips(tiny_train_config(clips, tmp_path / "run"))
+    cut, = training_clips(tiny_train_config(clips, tmp_path / "run", holdout_frames=4))
     assert len(whole) == 10 and len(cut) == 6
     np.testing.assert_array_equal(cut, whole[:6])
     with pytest.raises(ValueError, match="HOLDOUT_FRAMES 8"):
-        training_clips([str(clips["train"])], holdout_frames=8)
+        training_clips(tiny_train_config(clips, tmp_path / "run", holdout_frames=8))
 
 
 def test_validator_gain_matches_an_independent_computation(tmp_path):

@@ -9,6 +9,14 @@ A checkpoint is a dict with exactly these keys::
 model size. Everything in it is loadable with ``torch.load(weights_only=True)``,
 so loading a checkpoint never executes code from the file.
 
+**Weight averaging** (``EMA_DECAY`` > 0, ``vsr_core.engine.ema``): ``model_state_dict`` holds the
+averaged weights, the ones validated and the ones every consumer loads (``model_from_checkpoint``:
+the Upscaler, Serve, ``vsr export``, a fine-tune). The raw weights training continues from are
+training state, like the optimizer's moments: ``optimizer_state_dict[RAW_WEIGHTS_KEY]``, which
+the Trainer pops before ``optimizer.load_state_dict`` (``split_training_state``). Without EMA
+(and in every checkpoint written before it existed) that key is absent and ``model_state_dict``
+is the raw weights, so old checkpoints load and resume as before.
+
 An exported model (a sweep's ``best/`` folder) is a checkpoint plus ``best.json``, a
 :class:`BestInfo`: written with :func:`write_best`, read with :func:`read_best`, nowhere else.
 
@@ -50,6 +58,7 @@ CHECKPOINT_KEYS = (
     "training_phase",
 )
 TRAINING_PHASES = ("pretrain", "finetune")
+RAW_WEIGHTS_KEY = "raw_model_state_dict"  # in optimizer_state_dict when model_state_dict holds averaged weights
 LATEST_NAME = "latest.pth"
 BEST_INFO_NAME = "best.json"
 
@@ -105,6 +114,22 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
                            path, problem, delay, attempt + 1, SAVE_ATTEMPTS)
             time.sleep(delay)
             attempt += 1
+
+
+def with_raw_weights(optimizer_state: dict[str, Any], raw_weights: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The ``optimizer_state_dict`` of a run that averages weights: the optimizer's own state plus
+    the raw weights (``model_state_dict`` then holds the average)."""
+    return {**optimizer_state, RAW_WEIGHTS_KEY: raw_weights}
+
+
+def split_training_state(checkpoint: dict[str, Any]) -> tuple[dict, dict, dict | None]:
+    """(the optimizer's own state, the raw weights training continues from, the averaged weights or
+    None when the checkpoint has none)."""
+    optimizer_state = dict(checkpoint["optimizer_state_dict"])
+    raw_weights = optimizer_state.pop(RAW_WEIGHTS_KEY, None)
+    if raw_weights is None:
+        return optimizer_state, checkpoint["model_state_dict"], None
+    return optimizer_state, raw_weights, checkpoint["model_state_dict"]
 
 
 def remove_stale_temp_files(folder: str | Path) -> list[Path]:

@@ -49,7 +49,9 @@ class TrainConfig:
     val_max_frames: int = 8  # validation frames per clip, spread over the clip (see data/validation_set.py)
     val_crop: int = 0  # HR side of the validation crops (0 = whole frames)
     val_crops_per_frame: int = 1  # with VAL_CROP: the most detailed crops taken per validation frame
-    holdout_frames: int = 0  # the last N frames of each training clip: not trained on, validated on
+    holdout_frames: int = 0  # the last N frames of each trained clip: not trained on, validated on
+    holdout_fraction: float = 0.0  # or that fraction of each trained clip (rounded up); exclusive with HOLDOUT_FRAMES
+    train_on_val_data: bool = False  # also train on the VAL_DATA clips, all but their held-out end
     # --- loss ---
     perceptual_weight: float = 0.1
     vgg_weights: str = "imagenet"  # or "random" (offline smoke tests only)
@@ -58,6 +60,7 @@ class TrainConfig:
     output_dir: str = "runs/default"
     milestone_every: int = 25_000  # keep a step_XXXXXXX.pth every this many steps (0 = never)
     max_bad_steps: int = 20  # stop after this many consecutive NaN/Inf-loss steps
+    ema_decay: float = 0.0  # weight averaging: validate and export an EMA of the weights (0 = off; e.g. 0.999)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (fp16 + GradScaler on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
@@ -139,6 +142,18 @@ class TrainConfig:
             raise ConfigError(f"PRECISION must be one of {list(PRECISIONS)}, got {self.precision!r}")
         if self.val_crop and self.val_crop % 3:
             raise ConfigError(f"VAL_CROP must be a multiple of 3 (or 0), got {self.val_crop}")
+        self._validate_holdout_and_averaging()
+
+    def _validate_holdout_and_averaging(self) -> None:
+        for name in ("holdout_fraction", "ema_decay"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{name.upper()} must be in [0, 1) (0 = off), got {getattr(self, name)}")
+        if self.holdout_frames and self.holdout_fraction:
+            raise ConfigError(f"give HOLDOUT_FRAMES ({self.holdout_frames}) or HOLDOUT_FRACTION "
+                              f"({self.holdout_fraction}), not both")
+        if self.train_on_val_data and not (self.holdout_frames or self.holdout_fraction):
+            raise ConfigError("TRAIN_ON_VAL_DATA needs HOLDOUT_FRAMES or HOLDOUT_FRACTION > 0: without a held-out "
+                              "range the VAL_DATA clips would be trained on whole")
 
 
 _FIELD_TYPES = get_type_hints(TrainConfig)

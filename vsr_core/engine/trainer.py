@@ -8,6 +8,7 @@ One optimizer step = ACCUMULATION_STEPS micro-batches of BATCH_SIZE windows: L1 
 PERCEPTUAL_WEIGHT x VGG19 perceptual loss, AdamW, the cosine LR schedule of ``schedule``,
 fp16 autocast + GradScaler on CUDA, fp32 on CPU (PRECISION: bf16 autocast is an option). A step
 whose loss is NaN/Inf is skipped (no update) and counted; MAX_BAD_STEPS in a row stop the run with ``TrainingDiverged``.
+With EMA_DECAY > 0 an average of the weights (``ema``) is what validation scores and checkpoints export.
 With a ``DataParallel`` the same loop runs in each worker of a data-parallel group (see ``distributed``).
 """
 from __future__ import annotations
@@ -24,10 +25,12 @@ import numpy as np
 import torch
 
 from vsr_core.archs import VSRPPPv2
-from vsr_core.checkpoint import LATEST_NAME, load_checkpoint, remove_stale_temp_files, save_checkpoint
+from vsr_core.checkpoint import (LATEST_NAME, load_checkpoint, remove_stale_temp_files, save_checkpoint,
+                                 split_training_state, with_raw_weights)
 from vsr_core.config import TrainConfig
 from vsr_core.data.datasets import training_loader
 from vsr_core.engine.distributed import DataParallel, effective_batch_text
+from vsr_core.engine.ema import WeightAverage
 from vsr_core.frames import autocast, pick_device, resolve_precision
 from vsr_core.engine.health import health_summary, training_status
 from vsr_core.engine.hooks import StepMetrics, TrainingHooks, ValidationMetrics
@@ -93,11 +96,16 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_amp)
         self.step = 0
         self.training_phase = "pretrain"
+        averaged = None
         if resume_from:
-            self._restore(load_checkpoint(resume_from, self.device))
+            averaged = self._restore(load_checkpoint(resume_from, self.device))
         elif finetune_from:
             self._load_weights(load_checkpoint(finetune_from, self.device))
             self.training_phase = "finetune"
+        # Made before the DDP wrap, from weights every worker has (same seed, same checkpoint).
+        self.ema = WeightAverage(self.model, config.ema_decay) if config.ema_decay else None
+        if self.ema and averaged is not None:  # else the average starts from the weights trained so far
+            self.ema.load_state_dict(averaged)
         self.train_model = parallel.wrap(self.model) if parallel else self.model  # what train_step runs
 
         self.skipped_steps = 0
@@ -132,26 +140,38 @@ class Trainer:
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
-    def checkpoint_dict(self) -> dict:  # the 8 keys (vsr_core.checkpoint)
-        return {"step": self.step, "epoch": self.epoch, "model_state_dict": self.model.state_dict(),
-                "optimizer_state_dict": self.optimizer.state_dict(), "scaler_state_dict": self.scaler.state_dict(),
+    @property
+    def inference_model(self) -> VSRPPPv2:
+        """What validation scores and checkpoints export: the weight average with EMA_DECAY > 0."""
+        return self.ema.model if self.ema else self.model
+
+    def checkpoint_dict(self) -> dict:  # the 8 keys (vsr_core.checkpoint: where raw and averaged weights go)
+        weights, optimizer_state = self.model.state_dict(), self.optimizer.state_dict()
+        if self.ema:
+            weights, optimizer_state = self.ema.state_dict(), with_raw_weights(optimizer_state, weights)
+        return {"step": self.step, "epoch": self.epoch, "model_state_dict": weights,
+                "optimizer_state_dict": optimizer_state, "scaler_state_dict": self.scaler.state_dict(),
                 "scheduler_state_dict": self.scheduler.state_dict(), "config": self.config.to_dict(),
                 "training_phase": self.training_phase}
 
-    def _load_model_weights(self, checkpoint: dict, action: str) -> None:
+    def _check_preset(self, checkpoint: dict, action: str) -> None:
         saved_preset = checkpoint["config"].get("PRESET")
         if saved_preset != self.config.preset:
             raise ValueError(f"cannot {action}: checkpoint has PRESET {saved_preset!r}, config has "
                              f"{self.config.preset!r}")
-        self.model.load_state_dict(checkpoint["model_state_dict"])
 
     def _load_weights(self, checkpoint: dict) -> None:
-        """Only the model's weights (a fine-tune): the optimizer, schedule and step start afresh."""
-        self._load_model_weights(checkpoint, "fine-tune")
+        """Only the model's weights (a fine-tune), the averaged ones if the run averaged: the
+        optimizer, schedule, step and any average start afresh."""
+        self._check_preset(checkpoint, "fine-tune")
+        self.model.load_state_dict(checkpoint["model_state_dict"])
 
-    def _restore(self, checkpoint: dict) -> None:
-        self._load_model_weights(checkpoint, "resume")
-        self.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
+    def _restore(self, checkpoint: dict) -> dict | None:
+        """Continue exactly where the checkpoint left off; returns its averaged weights (None if none)."""
+        self._check_preset(checkpoint, "resume")
+        optimizer_state, raw_weights, averaged = split_training_state(checkpoint)
+        self.model.load_state_dict(raw_weights)
+        self.optimizer.load_state_dict(optimizer_state)
         self.scheduler.load_state_dict(checkpoint["scheduler_state_dict"])
         if self.use_amp and checkpoint["scaler_state_dict"]:
             self.scaler.load_state_dict(checkpoint["scaler_state_dict"])
@@ -162,6 +182,7 @@ class Trainer:
                              f"{self.config.max_steps}")
         # The loaded states carry the checkpoint's LR, weight decay and T_max: follow this config instead.
         retarget(self.optimizer, self.scheduler, self.config, self.step)
+        return averaged
 
     # --- changing a run -------------------------------------------------------------------
     def check_config(self, **changes) -> TrainConfig:
@@ -277,6 +298,8 @@ class Trainer:
         if finite:
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if self.ema:  # before step += 1: the warm-up counts the steps done before this one
+                self.ema.update(self.model, self.step)
             self.consecutive_bad_steps = 0
         else:
             self.skipped_steps += 1
@@ -313,7 +336,7 @@ class Trainer:
         return self._validate()
 
     def _validate(self) -> ValidationMetrics:
-        metrics = self._validator(self.model, self.config, self.step) if self.is_main else None
+        metrics = self._validator(self.inference_model, self.config, self.step) if self.is_main else None
         if self.parallel:  # computed once, on rank 0; every worker's hooks see the same metrics
             metrics = self.parallel.share(metrics)
         self.tensorboard.log_validation(self.step, metrics.psnr, metrics.ssim, metrics.l1, metrics.image, metrics.gain)

@@ -11,10 +11,8 @@ import torch
 
 from vsr_core.archs import SCALE
 from vsr_core.config import TrainConfig
-from vsr_core.data.datasets import load_clip, training_sources, validation_sources
 from vsr_core.data.degradation import bicubic_upsample
-from vsr_core.data.validation_set import (VAL_SCAN_FRAMES, ValidationItem, build_validation_set, holdout_name,
-                                          stack_windows)
+from vsr_core.data.validation_set import ValidationItem, build_validation_set, stack_windows, validation_clips
 from vsr_core.engine.hooks import ValidationMetrics
 from vsr_core.frames import to_tensor, to_uint8
 from vsr_core.inference import Upscaler
@@ -22,11 +20,8 @@ from vsr_core.metrics import gain_over_bicubic, psnr, ssim
 
 
 def validation_items(config: TrainConfig) -> list[ValidationItem]:
-    val_clips = [(s.name, load_clip(s, VAL_SCAN_FRAMES)) for s in validation_sources(config.val_data)]
-    holdout = [(holdout_name(s), load_clip(s, config.max_frames_per_clip))
-               for s in training_sources(config.train_data)] if config.holdout_frames else []
-    return build_validation_set(val_clips, holdout, config.val_max_frames, config.holdout_frames,
-                                config.val_crop, config.val_crops_per_frame)
+    whole, held_out = validation_clips(config)
+    return build_validation_set(whole, held_out, config.val_max_frames, config.val_crop, config.val_crops_per_frame)
 
 
 def score_items(upscaler: Upscaler, items: list[ValidationItem], batch_size: int) -> list[dict]:
@@ -55,7 +50,8 @@ class Validator:
 
     def _prepare(self, config: TrainConfig) -> None:
         key = (tuple(config.train_data), tuple(config.val_data), config.val_max_frames, config.holdout_frames,
-               config.val_crop, config.val_crops_per_frame, config.max_frames_per_clip)
+               config.holdout_fraction, config.train_on_val_data, config.val_crop, config.val_crops_per_frame,
+               config.max_frames_per_clip)
         if key != self._key:
             self._items = validation_items(config)
             self._bicubic = score_items(Upscaler.bicubic(device=self.device), self._items, config.batch_size)
