@@ -9,7 +9,7 @@ from vsr_core.data.degradation import bicubic_upsample, crop_to_scale
 from vsr_core.evaluate import degrade_frame, evaluate_frames
 from vsr_core.frames import to_tensor, to_uint8
 from vsr_core.inference import Upscaler
-from vsr_core.metrics.temporal import flicker, optical_flow, tof
+from vsr_core.metrics.temporal import clip_flows, flicker, optical_flow, tof
 
 DX, DY = 2, 1  # the moving scene's shift per frame, in pixels (right, down)
 
@@ -74,6 +74,8 @@ def test_the_flow_of_a_known_shift_and_the_tof_of_a_frozen_output():
     assert tof(moving, moving, 3) == 0.0  # the output moves exactly like the ground truth
     frozen = [moving[0]] * len(moving)  # an output that does not move: its flow is 0
     assert tof(frozen, moving, 3) == pytest.approx(np.hypot(DX, DY), abs=0.05)
+    # the ground truth's flows computed once (as validation does) give the same number
+    assert tof(frozen, moving, 3, gt_flows=clip_flows(moving)) == tof(frozen, moving, 3)
 
 
 def test_degenerate_input_gets_a_clear_error():
@@ -91,6 +93,10 @@ def test_degenerate_input_gets_a_clear_error():
             metric([f[..., 0] for f in moving], [f[..., 0] for f in moving])
         with pytest.raises(ValueError, match="crop_border=60 leaves an empty image"):
             metric(moving, moving, 60)
+    with pytest.raises(ValueError, match="need 2 ground-truth flows for 3 frames, got 1"):
+        tof(moving, moving, gt_flows=clip_flows(moving)[:1])
+    with pytest.raises(ValueError, match=r"ground truth's flow has shape \(48, 60, 2\), the frames \(96, 120, 3\)"):
+        tof(moving, moving, gt_flows=[f[::2, ::2] for f in clip_flows(moving)])
     with pytest.raises(ValueError, match="optical flow needs uint8 frames, got float64"):
         tof([f.astype(np.float64) for f in moving], moving)
     assert flicker([f.astype(np.float64) for f in moving], moving) == 0.0  # flicker takes float frames

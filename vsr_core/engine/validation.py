@@ -21,7 +21,7 @@ from vsr_core.engine.hooks import ValidationMetrics
 from vsr_core.frames import to_tensor, to_uint8
 from vsr_core.inference import Upscaler
 from vsr_core.metrics import gain_over_bicubic, psnr, ssim
-from vsr_core.metrics.temporal import flicker, tof
+from vsr_core.metrics.temporal import clip_flows, flicker, tof
 
 
 def _validation_clips(config: TrainConfig) -> list[tuple[str, np.ndarray]]:
@@ -62,13 +62,15 @@ def score_items(upscaler: Upscaler, items: list[ValidationItem], batch_size: int
             for item, sr in zip(items, upscale_items(upscaler, items, batch_size))]
 
 
-def temporal_scores(upscaler: Upscaler, runs: list[list[ValidationItem]], batch_size: int) -> dict[str, dict]:
-    """Per clip: tOF and flicker of its upscaled run against the ground truth (crop_border 3)."""
+def temporal_scores(upscaler: Upscaler, runs: list[list[ValidationItem]], gt_flows: list[list[np.ndarray]],
+                    batch_size: int) -> dict[str, dict]:
+    """Per clip: tOF and flicker of its upscaled run against the ground truth (crop_border 3);
+    ``gt_flows``: each run's ``clip_flows`` of its ground truth (they do not change: computed once)."""
     outputs = iter(upscale_items(upscaler, [item for run in runs for item in run], batch_size))
     scores = {}
-    for run in runs:
+    for run, flows in zip(runs, gt_flows, strict=True):
         srs, hrs = [next(outputs) for _ in run], [item.hr for item in run]
-        scores[run[0].clip] = {"tof": tof(srs, hrs, SCALE), "flicker": flicker(srs, hrs, SCALE)}
+        scores[run[0].clip] = {"tof": tof(srs, hrs, SCALE, flows), "flicker": flicker(srs, hrs, SCALE)}
     return scores
 
 
@@ -98,6 +100,7 @@ class Validator:
         self.device, self.precision = device, precision
         self._items: list[ValidationItem] | None = None
         self._runs: list[list[ValidationItem]] | None = None
+        self._gt_flows: list[list[np.ndarray]] | None = None
         self._bicubic: list[dict] | None = None
         self._bicubic_temporal: dict[str, dict] | None = None
         self._key: tuple | None = None
@@ -107,9 +110,10 @@ class Validator:
                config.val_crop, config.val_crops_per_frame, config.max_frames_per_clip)
         if key != self._key:
             self._items, self._runs = validation_items(config), validation_runs(config)
+            self._gt_flows = [clip_flows([item.hr for item in run]) for run in self._runs]
             bicubic = Upscaler.bicubic(device=self.device)
             self._bicubic = score_items(bicubic, self._items, config.batch_size)
-            self._bicubic_temporal = temporal_scores(bicubic, self._runs, config.batch_size)
+            self._bicubic_temporal = temporal_scores(bicubic, self._runs, self._gt_flows, config.batch_size)
             self._key = key
 
     def __call__(self, model: torch.nn.Module, config: TrainConfig, step: int) -> ValidationMetrics:
@@ -119,7 +123,7 @@ class Validator:
         upscaler = Upscaler(model, device=self.device, precision=self.precision)
         batch_size = max(config.batch_size, 8)
         scores = score_items(upscaler, items, batch_size)
-        temporal = temporal_scores(upscaler, self._runs, batch_size)
+        temporal = temporal_scores(upscaler, self._runs, self._gt_flows, batch_size)
         model.train()
         mean = {k: float(np.mean([s[k] for s in scores])) for k in ("psnr", "ssim", "l1")}
         first = items[0]

@@ -41,7 +41,7 @@ import numpy as np
 
 from vsr_core.metrics.psnr_ssim import rgb_to_y
 
-__all__ = ["optical_flow", "tof_pair", "flicker_pair", "tof", "flicker"]
+__all__ = ["optical_flow", "clip_flows", "tof_pair", "flicker_pair", "tof", "flicker"]
 
 # TecoGAN's calcOpticalFlowFarneback arguments after (prev, next, flow)
 FARNEBACK_PARAMS = dict(pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2, flags=0)
@@ -88,13 +88,24 @@ def optical_flow(prev: np.ndarray, cur: np.ndarray) -> np.ndarray:
     return cv2.calcOpticalFlowFarneback(grays[0], grays[1], None, **FARNEBACK_PARAMS)
 
 
-def tof_pair(out_prev, out_cur, gt_prev, gt_cur, crop_border: int = 0) -> float:
+def tof_pair(out_prev, out_cur, gt_prev, gt_cur, crop_border: int = 0, gt_flow: np.ndarray | None = None) -> float:
     """tOF of one frame pair: mean L2 distance between the output's and the ground truth's flow
-    from t-1 to t, in HR pixels (see the module docstring)."""
+    from t-1 to t, in HR pixels (see the module docstring). ``gt_flow``: ``optical_flow(gt_prev,
+    gt_cur)`` when already computed (it does not depend on the output)."""
     out_prev, out_cur, gt_prev, gt_cur = _check_pair(out_prev, out_cur, gt_prev, gt_cur)
     _crop(out_prev, crop_border)  # fail before the expensive flows
-    diff = _crop(optical_flow(out_prev, out_cur), crop_border) - _crop(optical_flow(gt_prev, gt_cur), crop_border)
+    if gt_flow is None:
+        gt_flow = optical_flow(gt_prev, gt_cur)
+    elif gt_flow.shape != (*out_prev.shape[:2], 2):
+        raise ValueError(f"the ground truth's flow has shape {gt_flow.shape}, the frames {out_prev.shape}")
+    diff = _crop(optical_flow(out_prev, out_cur), crop_border) - _crop(gt_flow, crop_border)
     return float(np.sqrt(np.sum(diff.astype(np.float64) ** 2, axis=-1)).mean())
+
+
+def clip_flows(frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """``optical_flow(frames[t-1], frames[t])`` for t = 1..T-1: a ground truth's flows, computed once
+    for the ``tof`` of several outputs of the same frames."""
+    return [optical_flow(frames[t - 1], frames[t]) for t in range(1, len(frames))]
 
 
 def flicker_pair(out_prev, out_cur, gt_prev, gt_cur, crop_border: int = 0) -> float:
@@ -113,9 +124,18 @@ def _mean_over_pairs(pair_metric, outputs: Sequence[np.ndarray], gts: Sequence[n
                           for t in range(1, len(outputs))]))
 
 
-def tof(outputs: Sequence[np.ndarray], gts: Sequence[np.ndarray], crop_border: int = 0) -> float:
-    """tOF of a clip: the mean of ``tof_pair`` over its consecutive frame pairs (uint8 RGB frames)."""
-    return _mean_over_pairs(tof_pair, outputs, gts, crop_border)
+def tof(outputs: Sequence[np.ndarray], gts: Sequence[np.ndarray], crop_border: int = 0,
+        gt_flows: Sequence[np.ndarray] | None = None) -> float:
+    """tOF of a clip: the mean of ``tof_pair`` over its consecutive frame pairs (uint8 RGB frames).
+    ``gt_flows``: ``clip_flows(gts)`` when already computed."""
+    if gt_flows is not None and len(gt_flows) != len(gts) - 1:
+        raise ValueError(f"need {len(gts) - 1} ground-truth flows for {len(gts)} frames, got {len(gt_flows)}")
+    flows = iter(gt_flows if gt_flows is not None else [])
+
+    def pair(out_prev, out_cur, gt_prev, gt_cur, crop_border: int) -> float:
+        return tof_pair(out_prev, out_cur, gt_prev, gt_cur, crop_border, next(flows, None))
+
+    return _mean_over_pairs(pair, outputs, gts, crop_border)
 
 
 def flicker(outputs: Sequence[np.ndarray], gts: Sequence[np.ndarray], crop_border: int = 0) -> float:
