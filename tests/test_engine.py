@@ -92,6 +92,7 @@ def test_validation_is_deterministic_on_whole_frames(clips, tmp_path):
     trainer = Trainer(tiny_config(clips, tmp_path))
     first, second = trainer.validate(), trainer.validate()
     assert first.psnr == second.psnr and first.ssim == second.ssim  # no random augmentation
+    assert first.tof == second.tof and first.flicker == second.flicker and first.tof is not None
     # the image strip is LR-bicubic | output | GT of a whole (3-cropped) 36x42 frame
     assert first.image.shape == (36, 3 * 42, 3)
     assert trainer.model.training  # validation hands the model back in training mode
@@ -182,6 +183,7 @@ def test_tensorboard_has_every_tag_of_the_seed(clips, tmp_path):
     expected = {"Training/Loss_L1", "Training/Loss_Perceptual", "Training/Loss_Total", "Training/LearningRate",
                 "Validation/PSNR", "Validation/SSIM"} | {f"Layers/Block_{i:02d}" for i in range(30)}
     assert expected <= scalars
+    assert {"Validation/tOF", "Validation/Flicker"} <= scalars  # temporal consistency, beyond the seed's tags
     assert "Layers/ActivityDistribution" in events.Tags()["histograms"]
     assert events.Tags()["images"]
     assert len(events.Scalars("Training/Loss_Total")) == 2

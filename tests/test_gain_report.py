@@ -35,6 +35,10 @@ def test_evaluate_json_gain_and_the_demo_summary(tmp_path, capsys):
         expected = rows[(clip, "model")]["y_psnr"] - rows[(clip, "bicubic")]["y_psnr"]
         assert scored["gain_y_psnr"][clip] == pytest.approx(expected)
         assert f"{expected:+.2f} dB" in printed
+        for method in ("model", "bicubic"):  # temporal consistency of the same 4 frames (values: test_temporal_metrics)
+            row = rows[(clip, method)]
+            assert row["tof"] > 0 and row["flicker"] > 0
+            assert f"{row['tof']:.3f} {row['flicker']:>7.2f}" in printed
 
     lines = gain_summary(str(best), str(out))
     assert lines[0].startswith("  validation frames (the sweep's metric): +0.42 dB") and "step 7" in lines[0]

@@ -1,5 +1,6 @@
 """The validation signal: gain-over-bicubic arithmetic, the choice of frames and crops, the held-out
-range of the training clips, and the Validator's numbers against an independent computation."""
+range of the training clips, the temporal runs, and the Validator's numbers against an independent
+computation."""
 import numpy as np
 import pytest
 import torch
@@ -7,13 +8,15 @@ import torch
 from conftest import make_clip, random_model, tiny_train_config, write_clips
 from vsr_core.data.datasets import training_clips
 from vsr_core.data.degradation import bicubic_downsample, bicubic_upsample
-from vsr_core.data.validation_set import HOLDOUT_GAP, build_validation_set, detailed_crops, spread_indices
+from vsr_core.data.validation_set import (HOLDOUT_GAP, build_validation_set, detailed_crops, spread_indices,
+                                          temporal_run, temporal_runs)
 from vsr_core.engine.cli import load_config
 from vsr_core.engine.trainer import Trainer
 from vsr_core.engine.validation import Validator
 from vsr_core.frames import to_tensor, to_uint8, window_indices
 from vsr_core.inference import BicubicBaseline, Upscaler
 from vsr_core.metrics import format_gain, gain_over_bicubic, psnr
+from vsr_core.metrics.temporal import flicker, tof
 
 
 @pytest.fixture(autouse=True)
@@ -63,6 +66,21 @@ def test_held_out_frames_are_not_trained_on_and_validate_inside_their_range():
         build_validation_set([], [], 3)
 
 
+def test_a_temporal_run_is_consecutive_frames_of_one_detailed_crop():
+    clip = make_clip(num_frames=11, height=36, width=42)
+    run = temporal_run(clip, "val", crop=18)
+    assert [item.frame for item in run] == [3, 4, 5, 6]  # 4 frames from the middle of the clip
+    top, left = detailed_crops(clip[3], 18, 1)[0]  # the most detailed crop of the first, for all of them
+    for item in run:
+        assert (item.clip, item.top, item.left) == ("val", top, left)
+        hr_window = clip[window_indices(item.frame, 11), top : top + 18, left : left + 18]
+        np.testing.assert_array_equal(item.hr, clip[item.frame, top : top + 18, left : left + 18])
+        np.testing.assert_array_equal(item.lr_window, to_uint8(bicubic_downsample(to_tensor(hr_window))))
+    assert [item.frame for item in temporal_run(clip[:3], "short", crop=0)] == [0, 1, 2]  # whole frames, fewer
+    assert temporal_run(clip[:1], "one frame", crop=0) == []  # no pair to compare
+    assert [run[0].clip for run in temporal_runs([("a", clip), ("b", clip[:1])], 18)] == ["a"]
+
+
 def test_training_clips_leave_out_the_held_out_frames(tmp_path):
     clips = write_clips(tmp_path, num_frames=10)
     whole, = training_clips(tiny_train_config(clips, tmp_path / "run"))
@@ -95,8 +113,30 @@ def test_validator_gain_matches_an_independent_computation(tmp_path):
     assert metrics.gain == pytest.approx(gain_over_bicubic(model_psnr, bicubic_psnr), abs=1e-6)
     assert metrics.bicubic_psnr == pytest.approx(np.mean(bicubic_psnr), abs=1e-6)
 
-    # bicubic itself as the model: no gain at all
-    assert validator(BicubicBaseline(), config, step=0).gain == pytest.approx(0.0, abs=1e-9)
+    # tOF and flicker: one run in the validation clip and one in the held-out range (its frames only),
+    # each upscaled one window at a time; the metrics are the means over the runs
+    from vsr_core.engine.validation import validation_runs
+
+    runs = validation_runs(config)
+    assert [(run[0].clip, len(run)) for run in runs] == [("val.mp4", 4), ("train.mp4 (held out)", 4)]
+    assert all(item.frame >= 0 for item in runs[1])  # indices of the held-out range, never a trained frame
+    per_run = []
+    for run in runs:
+        hrs = [item.hr for item in run]
+        model_out = [upscaler.upscale_window_uint8(item.lr_window) for item in run]
+        bicubic_out = [to_uint8(bicubic_upsample(to_tensor(item.lr_window[2])[None]))[0] for item in run]
+        per_run.append((tof(model_out, hrs, 3), flicker(model_out, hrs, 3), tof(bicubic_out, hrs, 3),
+                        flicker(bicubic_out, hrs, 3)))
+    expected = np.mean(per_run, axis=0)
+    assert (metrics.tof, metrics.flicker, metrics.bicubic_tof, metrics.bicubic_flicker) == pytest.approx(
+        tuple(expected), rel=1e-6)
+    assert metrics.per_clip["val.mp4"]["tof"] == pytest.approx(per_run[0][0], rel=1e-6)
+    assert metrics.per_clip["train.mp4 (held out)"]["tof"] == pytest.approx(per_run[1][0], rel=1e-6)
+
+    # bicubic itself as the model: no gain at all, bicubic's own temporal scores
+    as_bicubic = validator(BicubicBaseline(), config, step=0)
+    assert as_bicubic.gain == pytest.approx(0.0, abs=1e-9)
+    assert (as_bicubic.tof, as_bicubic.flicker) == pytest.approx((metrics.bicubic_tof, metrics.bicubic_flicker))
 
 
 def test_finetune_defaults_for_vsr_train(tmp_path):

@@ -161,12 +161,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             rows.append((scores.clip, name, scores))
     bicubic_psnr = {clip: s.y_psnr for clip, name, s in rows if name == "bicubic"}
     gains = {clip: s.y_psnr - bicubic_psnr[clip] for clip, name, s in rows if name == "model"}
+
+    def temporal(value: float | None, decimals: int) -> str:  # None: a single frame has no frame pairs
+        return f"{'n/a':>7}" if value is None else f"{value:>7.{decimals}f}"
+
     print(f"{'clip':<24} {'method':<8} {'frames':>6} {'Y-PSNR':>8} {'Y-SSIM':>7} {'RGB-PSNR':>9} {'RGB-SSIM':>9} "
-          f"{'gain':>9}")
+          f"{'tOF':>7} {'flicker':>7} {'gain':>9}")
     for clip, name, s in rows:
         gain = format_gain(gains[clip]) if name == "model" else ""
         print(f"{clip:<24} {name:<8} {s.frames:>6} {s.y_psnr:>8.2f} {s.y_ssim:>7.4f} {s.rgb_psnr:>9.2f} {s.rgb_ssim:>9.4f} "
-              f"{gain:>9}")
+              f"{temporal(s.tof, 3)} {temporal(s.flicker, 2)} {gain:>9}")
+    print("tOF: optical-flow difference to the original's motion (HR pixels); flicker: frame-to-frame change the "
+          "original does not have (Y gray levels); both lower is better, n/a for a single frame")
     if args.json:
         Path(args.json).write_text(json.dumps({"checkpoint": args.checkpoint, "max_frames": args.max_frames,
                                                "gain_y_psnr": gains, "rows": [

@@ -1,5 +1,6 @@
 """Quality of an upscaler on real clips: downsample (the documented degradation),
-upscale through the inference path, compare with the original frames.
+upscale through the inference path, compare with the original frames: frame by frame
+(PSNR, SSIM, L1) and from frame to frame (tOF, flicker: ``metrics.temporal``).
 
 Used by ``vsr evaluate`` and by validation during training.
 """
@@ -18,6 +19,7 @@ from vsr_core.frames import to_tensor, to_uint8
 from vsr_core.data.video_io import iter_frames
 from vsr_core.inference import Upscaler
 from vsr_core.metrics import psnr, ssim
+from vsr_core.metrics.temporal import flicker_pair, tof_pair
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,8 @@ class ClipScores:
     rgb_psnr: float
     rgb_ssim: float
     l1: float  # mean absolute error in [0,1] units
+    tof: float | None = None  # HR pixels (metrics.temporal); None for a single frame
+    flicker: float | None = None  # Y gray levels (metrics.temporal); None for a single frame
 
 
 def center_crop(frame: np.ndarray, size: int | None) -> np.ndarray:
@@ -48,7 +52,8 @@ def evaluate_frames(
     upscaler: Upscaler, hr_frames: Iterator[np.ndarray], name: str = "clip", crop_border: int = SCALE
 ) -> tuple[ClipScores, list[np.ndarray]]:
     """Score a stream of HR frames. Returns the scores and the first (LR, SR, HR) triple
-    (for a validation image). Holds only the HR frames still waiting for their output."""
+    (for a validation image). Holds only the HR frames still waiting for their output, and the
+    previous (SR, HR) pair for the temporal metrics."""
     waiting: deque[np.ndarray] = deque()
     first: list[np.ndarray] = []
 
@@ -61,8 +66,9 @@ def evaluate_frames(
                 first.append(lr)
             yield lr
 
-    totals = np.zeros(5)
+    totals, temporal_totals = np.zeros(5), np.zeros(2)
     count = 0
+    previous: tuple[np.ndarray, np.ndarray] | None = None
     for sr in upscaler.stream(lr_stream()):
         hr = waiting.popleft()
         if count == 0:
@@ -74,11 +80,15 @@ def evaluate_frames(
             ssim(sr, hr, crop_border),
             np.abs(sr.astype(np.float32) - hr.astype(np.float32)).mean() / 255,
         ]
+        if previous is not None:
+            temporal_totals += [tof_pair(previous[0], sr, previous[1], hr, crop_border),
+                                flicker_pair(previous[0], sr, previous[1], hr, crop_border)]
+        previous = (sr, hr)
         count += 1
     if count == 0:
         raise ValueError(f"{name}: no frames to evaluate")
-    mean = totals / count
-    return ClipScores(name, count, *map(float, mean)), first
+    temporal = map(float, temporal_totals / (count - 1)) if count > 1 else (None, None)
+    return ClipScores(name, count, *map(float, totals / count), *temporal), first
 
 
 def evaluate_clip(

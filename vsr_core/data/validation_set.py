@@ -19,6 +19,10 @@ within a few tenths of a dB of it, so the ranking of checkpoints is mostly noise
 
 Every item is a (LR window, HR center) pair; the validator scores them all and reports the
 mean gain over bicubic on the same items.
+
+Apart from them, and never in the gain: a **temporal run** per validation clip (not the held-out
+ranges), ``TEMPORAL_FRAMES`` consecutive frames of one detailed crop, for tOF and flicker
+(``metrics.temporal``): how the output changes from frame to frame, which no single item shows.
 """
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ from vsr_core.metrics import rgb_to_y
 HOLDOUT_GAP = CENTER  # the first held-out frames only serve as window context: no GT center next to training
 VAL_SCAN_FRAMES = 600  # validation frames are spread over at most this many first frames of a validation clip
 # (a clip is decoded into the frame cache whole: a long video would fill the disk for 8 frames)
+TEMPORAL_FRAMES = 4  # consecutive frames per validation clip for tOF and flicker (3 frame pairs)
 
 
 @dataclass(frozen=True)
@@ -84,22 +89,45 @@ def detailed_crops(hr: np.ndarray, size: int, count: int) -> list[tuple[int, int
     return [(top0 + int(i) // cols * size, left0 + int(i) % cols * size) for i in order]
 
 
+def _boxes(hr_center: np.ndarray, crop: int, count: int) -> list[tuple[int, int]]:
+    return detailed_crops(hr_center, crop, count) if crop else [(0, 0)]
+
+
+def _items_at(clip: np.ndarray, name: str, center: int, first: int, crop: int,
+              boxes: Sequence[tuple[int, int]]) -> list[ValidationItem]:
+    """One item per (top, left) box around ``center``; the window reflects inside ``first..T-1``."""
+    indices = window_indices(center - first, len(clip) - first)
+    frames = np.stack([crop_to_scale(np.asarray(clip[first + i])) for i in indices])
+    h, w = (crop, crop) if crop else frames.shape[1:3]
+    items = []
+    for top, left in boxes:
+        hr_window = frames[:, top : top + h, left : left + w]
+        lr_window = to_uint8(bicubic_downsample(to_tensor(hr_window)))
+        items.append(ValidationItem(name, center, top, left, lr_window, hr_window[CENTER].copy()))
+    return items
+
+
 def clip_items(clip: np.ndarray, name: str, centers: Sequence[int], first: int, crop: int,
                crops_per_frame: int) -> list[ValidationItem]:
     """Items for ``centers`` of ``clip`` [T,H,W,3]; windows reflect inside ``first..T-1`` (a held-out
     range never reaches into the frames before it)."""
     items = []
-    length = len(clip) - first
     for center in centers:
         hr_center = crop_to_scale(np.array(clip[center]))  # a copy: the clip is a read-only memmap
-        boxes = detailed_crops(hr_center, crop, crops_per_frame) if crop else [(0, 0)]
-        frames = np.stack([crop_to_scale(np.asarray(clip[first + i])) for i in window_indices(center - first, length)])
-        for top, left in boxes:
-            h, w = (crop, crop) if crop else hr_center.shape[:2]
-            hr_window = frames[:, top : top + h, left : left + w]
-            lr_window = to_uint8(bicubic_downsample(to_tensor(hr_window)))
-            items.append(ValidationItem(name, center, top, left, lr_window, hr_window[CENTER].copy()))
+        items += _items_at(clip, name, center, first, crop, _boxes(hr_center, crop, crops_per_frame))
     return items
+
+
+def temporal_run(clip: np.ndarray, name: str, crop: int, frames: int = TEMPORAL_FRAMES) -> list[ValidationItem]:
+    """``frames`` consecutive items (fewer for a shorter clip; none for a single frame) from the middle
+    of ``clip``, all of one box: the most detailed ``crop`` of the first of them (the whole frame
+    for ``crop`` 0), each with its own 5-frame window."""
+    count = min(frames, len(clip))
+    if count < 2:
+        return []
+    start = (len(clip) - count) // 2
+    box = _boxes(crop_to_scale(np.array(clip[start])), crop, 1)
+    return [item for t in range(start, start + count) for item in _items_at(clip, name, t, 0, crop, box)]
 
 
 def holdout_name(source: Path) -> str:
@@ -134,6 +162,11 @@ def build_validation_set(val_clips: Sequence[tuple[str, np.ndarray]],
     if not items:
         raise ValueError("the validation set is empty: give VAL_DATA clips, or HOLDOUT_FRAMES or HOLDOUT_FRACTION > 0")
     return items
+
+
+def temporal_runs(val_clips: Sequence[tuple[str, np.ndarray]], crop: int = 0) -> list[list[ValidationItem]]:
+    """One ``temporal_run`` per validation clip (name, [T,H,W,3] uint8) that has two frames or more."""
+    return [run for name, clip in val_clips if (run := temporal_run(clip, name, crop))]
 
 
 def stack_windows(items: Sequence[ValidationItem]) -> torch.Tensor:

@@ -35,6 +35,12 @@ class ValidationMetrics:
     bicubic_psnr: float  # the baseline on the same frames
     per_clip: dict[str, dict[str, float]] = field(default_factory=dict)
     image: np.ndarray | None = None  # LR-bicubic | output | GT of the first validation item
+    # temporal consistency (metrics.temporal) on a few consecutive frames per validation clip, kept out of
+    # the gain; lower is better; None when no validation clip has two frames
+    tof: float | None = None  # HR pixels
+    flicker: float | None = None  # Y gray levels
+    bicubic_tof: float | None = None  # the baseline on the same frames
+    bicubic_flicker: float | None = None
 
     @property
     def gain(self) -> float:

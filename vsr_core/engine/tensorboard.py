@@ -26,13 +26,17 @@ class TensorBoardLogger:
         self.writer.add_histogram("Layers/ActivityDistribution", np.asarray(activity), step)
 
     def log_validation(self, step: int, psnr: float, ssim: float, l1: float, image: np.ndarray | None,
-                       gain: float | None = None) -> None:
-        """``image``: HxWx3 uint8 strip (LR-bicubic | output | GT); ``gain``: dB over bicubic."""
+                       gain: float | None = None, tof: float | None = None, flicker: float | None = None) -> None:
+        """``image``: HxWx3 uint8 strip (LR-bicubic | output | GT); ``gain``: dB over bicubic; ``tof``,
+        ``flicker``: temporal consistency (``metrics.temporal``)."""
         if gain is not None:
             self.writer.add_scalar("Validation/Gain_over_bicubic_dB", gain, step)
         self.writer.add_scalar("Validation/PSNR", psnr, step)
         self.writer.add_scalar("Validation/SSIM", ssim, step)
         self.writer.add_scalar("Validation/L1", l1, step)
+        for tag, value in (("Validation/tOF", tof), ("Validation/Flicker", flicker)):
+            if value is not None:
+                self.writer.add_scalar(tag, value, step)
         if image is not None:
             self.writer.add_image("Validation/LR_bicubic|Output|GT", torch.from_numpy(image), step, dataformats="HWC")
         self.writer.flush()
@@ -54,7 +58,7 @@ class NullTensorBoard(TensorBoardLogger):
 
     def log_layers(self, *args) -> None: ...
 
-    def log_validation(self, *args) -> None: ...
+    def log_validation(self, *args, **kwargs) -> None: ...
 
     def log_text(self, *args) -> None: ...
 

@@ -339,7 +339,8 @@ class Trainer:
         metrics = self._validator(self.inference_model, self.config, self.step) if self.is_main else None
         if self.parallel:  # computed once, on rank 0; every worker's hooks see the same metrics
             metrics = self.parallel.share(metrics)
-        self.tensorboard.log_validation(self.step, metrics.psnr, metrics.ssim, metrics.l1, metrics.image, metrics.gain)
+        self.tensorboard.log_validation(self.step, metrics.psnr, metrics.ssim, metrics.l1, metrics.image, metrics.gain,
+                                        tof=metrics.tof, flicker=metrics.flicker)
         self.last_validation = metrics
         self.validation_gains.append((self.step, metrics.gain))
         return metrics
