@@ -91,7 +91,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     encoder = EncoderSettings(args.codec, args.crf, args.preset, args.pix_fmt)  # checked before the model loads
     upscaler = _upscaler_from_args(args)
     pool = _ray_pool_from_args(args) if args.ray else None
-    where = f"on {pool.size()} Ray workers, precision {upscaler.requested_precision} (as each worker resolves it), " \
+    where = f"on {pool.size()} Ray workers, precision {upscaler.options.precision} (as each worker resolves it), " \
         f"{upscaler.backend}" if pool else f"on {upscaler.device}, {upscaler.precision}, {upscaler.backend}"
     print(f"upscaling {args.input} {where}", flush=True)
     _say_if_matroska(args.input, args.output)

@@ -51,7 +51,7 @@ class LiveFrames:
         height, width = frames[centers[0]].shape[-2:]
         reuse = upscaler.reuses_features(height, width)
         # reused features: at most batch_size windows per pass (the memory budget was checked for that)
-        step = windows_per_pass(height, width, max_batch_pixels, upscaler.batch_size if reuse else len(centers))
+        step = windows_per_pass(height, width, max_batch_pixels, upscaler.options.batch_size if reuse else len(centers))
         outputs = []
         for i in range(0, len(centers), step):
             part = centers[i : i + step]

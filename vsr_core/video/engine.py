@@ -154,13 +154,14 @@ def upscale_file(
     if chunk_frames is None:  # a resumed run keeps its chunks; a new one sizes them for its workers
         chunk_frames = work.planned().get("chunk_frames") if resume else None
         chunk_frames = chunk_frames or auto_chunk_frames(total, ray_pool.size() if ray_pool else 1)
-    chunk_frames = round_chunk_frames(chunk_frames, upscaler.batch_size)
+    chunk_frames = round_chunk_frames(chunk_frames, upscaler.options.batch_size)
     # A preview's windows read the frames around it, so its frames are the whole run's frames;
     # a --max-frames run is a clip of its own (its last frames reflect, as a cut clip's do).
     clip = all_timestamps if preview is not None else timestamps
     chunks = plan_chunks(clip, chunk_frames, first if preview is not None else 0,
                          stop if preview is not None else total)
-    options = {"batch_size": upscaler.batch_size, "tile": upscaler.tile, "tile_overlap": upscaler.tile_overlap,
+    options = {"batch_size": upscaler.options.batch_size, "tile": upscaler.options.tile,
+               "tile_overlap": upscaler.options.tile_overlap,
                "precision": upscaler.precision, "backend": upscaler.backend,
                "max_frames": max_frames, "preview": list(preview) if preview else None,
                "output_kind": Path(output).suffix.lower() if is_video else "frames",

@@ -16,7 +16,7 @@ import copy
 import tempfile
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import ray
 import torch
 
 from vsr_core.inference import Upscaler
+from vsr_core.options import InferenceOptions
 from vsr_core.video.chunk import pack_segment, run_chunk
 from vsr_core.video.plan import Chunk, JobCancelled
 
@@ -76,7 +77,7 @@ class ChunkProgress:
 class ChunkWorker:
     """Holds the model (loaded on its first chunk, once) and runs chunks."""
 
-    def __init__(self, options: dict[str, Any], num_threads: int):
+    def __init__(self, options: InferenceOptions, num_threads: int):
         torch.set_num_threads(num_threads)
         self.options = options
         self.upscaler: Upscaler | None = None
@@ -90,7 +91,7 @@ class ChunkWorker:
         # The model travels as a reference inside a list, fetched on the first chunk: a worker
         # that Ray restarts (max_restarts) fetches it again when its chunk is retried.
         if self.upscaler is None:
-            self.upscaler = Upscaler(ray.get(model[0]), **self.options)
+            self.upscaler = Upscaler(ray.get(model[0]), self.options)
 
         def report(frames: int) -> None:
             progress.report.remote(chunk.index, frames)
@@ -119,9 +120,7 @@ def run_chunks_on_ray(
     if not chunks:
         return
     device = "auto" if pool.num_gpus > 0 else "cpu"
-    options = dict(device=device, batch_size=upscaler.batch_size, tile=upscaler.tile,
-                   tile_overlap=upscaler.tile_overlap, memory_budget=upscaler.memory_budget,
-                   precision=upscaler.requested_precision, backend=upscaler.backend)
+    options = replace(upscaler.options, device=device, backend=upscaler.backend)
     model_ref = ray.put(_portable_model(upscaler.model))
     worker_class = ray.remote(ChunkWorker).options(
         num_cpus=pool.num_cpus, num_gpus=pool.num_gpus, max_restarts=pool.max_restarts,
