@@ -16,7 +16,6 @@ runs the model in another, so decoding, the model and the caller's encoding over
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 import queue
 import sys
@@ -24,7 +23,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -37,8 +36,6 @@ from vsr_core.data.degradation import bicubic_upsample
 from vsr_core.frames import pick_device, resolve_precision, to_frames, to_tensor, to_uint8, window_indices
 from vsr_core.memory import MemoryPlanner, PassPlan, current_bytes, resolve_budget
 from vsr_core.options import InferenceOptions
-
-logger = logging.getLogger(__name__)
 
 
 # glibc mallopt parameters
@@ -310,17 +307,18 @@ def windows_per_pass(height: int, width: int, max_batch_pixels: int, most: int) 
     return max(1, min(most, max_batch_pixels // max(1, height * width)))
 
 
-def upscale_grouped(
-    upscaler: Upscaler, windows: list[np.ndarray], max_batch_pixels: int = 2**62
-) -> list[tuple[np.ndarray | Exception, int]]:
-    """[5,H,W,3] uint8 windows of possibly different sizes -> (3x center frame, number of
-    windows in the forward pass that computed it), in order.
+class WindowResult(NamedTuple):
+    """One window's 3x center frame, and how many windows the forward pass that computed it held."""
 
-    Windows of the same size are stacked into one ``upscale_windows`` call (split so that
-    a pass holds at most ``max_batch_pixels`` LR pixels); different sizes run separately.
-    A failure affects only its pass (returned as the exception, per window).
-    """
-    results: list[tuple[np.ndarray | Exception, int] | None] = [None] * len(windows)
+    frame: np.ndarray
+    batch_size: int
+
+
+def window_passes(upscaler: Upscaler, windows: Sequence[np.ndarray],
+                  max_batch_pixels: int = 2**62) -> list[list[int]]:
+    """Which of the [5,H,W,3] ``windows`` (possibly of different sizes) share a forward pass, as
+    lists of their indices: windows of the same size, at most ``max_batch_pixels`` LR pixels (and
+    what the memory budget holds) per pass; different sizes run separately."""
     groups: dict[tuple, list[int]] = {}
     for i, window in enumerate(windows):
         groups.setdefault(window.shape, []).append(i)
@@ -330,17 +328,24 @@ def upscale_grouped(
         if upscaler.memory is not None:
             step = upscaler.memory.windows_that_fit(shape[1], shape[2], step)
         passes += [indices[k : k + step] for k in range(0, len(indices), step)]
-    for indices in passes:
-        try:
-            batch = to_tensor(np.stack([windows[i] for i in indices]))
-            outputs = to_uint8(upscaler.upscale_windows(batch))
-            for j, i in enumerate(indices):
-                results[i] = (outputs[j], len(indices))
-        except Exception as exc:  # noqa: BLE001 - reported per request
-            logger.exception("upscaling %d window(s) of shape %s failed", len(indices), windows[indices[0]].shape)
-            for i in indices:
-                results[i] = (exc, len(indices))
-    return results  # type: ignore[return-value]
+    return passes
+
+
+def upscale_pass(upscaler: Upscaler, windows: Sequence[np.ndarray]) -> list[WindowResult]:
+    """Same-size uint8 windows [5,H,W,3] in one ``upscale_windows`` call -> their results, in order."""
+    outputs = to_uint8(upscaler.upscale_windows(to_tensor(np.stack(windows))))
+    return [WindowResult(output, len(windows)) for output in outputs]
+
+
+def upscale_grouped(upscaler: Upscaler, windows: Sequence[np.ndarray],
+                    max_batch_pixels: int = 2**62) -> list[WindowResult]:
+    """[5,H,W,3] uint8 windows of possibly different sizes -> their results, in order, computed
+    pass by pass (``window_passes``). A failing pass raises; the Serve queue (``serve.batching``)
+    runs the passes one by one, so that a failure fails only the windows of its pass."""
+    results: dict[int, WindowResult] = {}
+    for indices in window_passes(upscaler, windows, max_batch_pixels):
+        results.update(zip(indices, upscale_pass(upscaler, [windows[i] for i in indices])))
+    return [results[i] for i in range(len(windows))]
 
 
 _END = object()
