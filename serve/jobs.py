@@ -4,7 +4,7 @@ with progress, cancel and results that outlive the replica that took the upload.
 A job is a folder under ``jobs_dir``: ``job.json`` (state and progress, rewritten
 atomically), the upload, the engine's work folder (finished chunks) and the result. The
 replica only writes the upload and reads the folder; the work is done by a ``JobRunner``,
-a detached Ray actor per job that runs ``vsr_core.video.engine.upscale_file`` with its own
+a detached Ray actor per job that runs ``vsr_core.video.pipeline.upscale_file`` with its own
 pool of chunk workers. So window requests never wait for job chunks (other processes,
 their own CPUs), a replica restart does not touch a running job, and a job whose runner
 died (node loss) is started again by any replica's recovery loop and continues from its
@@ -216,8 +216,8 @@ class JobRunner:
     def _upscale(store: JobStore, record: JobRecord):
         from vsr_core.data.video_encoder import EncoderSettings
         from vsr_core.inference import Upscaler
-        from vsr_core.video.engine import upscale_file
-        from vsr_core.video.on_ray import RayPool
+        from vsr_core.video.pipeline import upscale_file
+        from vsr_core.video.ray_workers import RayPool
 
         options = record.options
         upscaler = Upscaler.from_checkpoint(record.checkpoint, device=options["device"],
