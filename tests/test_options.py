@@ -104,3 +104,40 @@ def test_an_upscaler_is_built_from_options_and_overrides():
         Upscaler(model, batch_size=0)
     assert Upscaler.bicubic(device="cpu").options.precision == "fp32"  # the exact reference
     assert Upscaler.bicubic(InferenceOptions(device="cpu")).options.precision == "auto"  # as asked
+
+
+def test_serve_settings_are_inference_options_for_replicas_and_jobs():
+    from serve.settings import ServeSettings, settings_from
+    from vsr_core.options import OPTION_HELP
+
+    assert ServeSettings().inference_options() == InferenceOptions(memory_budget=SERVICE_MEMORY_BUDGET)
+    custom = settings_from({"device": "cpu", "batch_size": 2, "tile": 64, "tile_overlap": 16, "precision": "bf16",
+                            "backend": "onnxruntime", "memory_budget_mb": 512})
+    assert custom.inference_options() == InferenceOptions("cpu", 2, 64, 16, "bf16", "onnxruntime", 512 * MiB)
+    assert custom.job_inference_options() == custom.inference_options()
+    assert ServeSettings(job_gpus_per_worker=1).job_inference_options().device == "cuda"
+    assert ServeSettings(device="cuda").job_inference_options().device == "cpu"  # the replica's device is its own
+    for config, problem in (({"precision": "int8"}, "precision: Value error, must be one of auto"),
+                            ({"tile": 16}, r"tile: 16 must be larger than tile_overlap \(32\)"),
+                            ({"batch_size": 0}, "batch_size: Value error, must be an integer >= 1"),
+                            ({"device": "gpu"}, "device: Value error, 'gpu' is not a device")):
+        with pytest.raises(ValueError, match=f"^invalid user_config: .*{problem}"):
+            settings_from(config)
+    assert ServeSettings.model_fields["precision"].description == OPTION_HELP["precision"]
+
+
+def test_the_replicas_window_options_and_a_job_record(tmp_path):
+    from serve.jobs import JobRecord, JobStore
+    from serve.model import window_budget, window_options
+    from serve.settings import ServeSettings
+
+    settings = ServeSettings(device="cpu", backend="torch-compile", batch_size=8, memory_budget_mb=4096)
+    windows = window_options(settings)
+    # windows: no compile per window size, the replica's budget less its request buffers, the library's batch size
+    assert windows == InferenceOptions(device="cpu", backend="torch", memory_budget=window_budget(settings))
+    store = JobStore(tmp_path)
+    record = JobRecord(store.new_id(), "", "in.mp4", "in.mp4", "model.pth", settings.job_inference_options().to_dict(),
+                       {"chunk_frames": None})
+    store.write(record)
+    assert InferenceOptions.from_dict(store.read(record.id).inference) == InferenceOptions(
+        device="cpu", batch_size=8, backend="torch-compile", memory_budget=4096 * MiB)
