@@ -31,8 +31,8 @@ from common import Report, header, measure
 from vsr_core.data.video_io import FrameWriter, iter_frames, probe_video
 from vsr_core.inference import Upscaler
 from vsr_core.netutil import free_port
-from vsr_core.video.engine import upscale_file
-from vsr_core.video.on_ray import RayPool
+from vsr_core.video.pipeline import upscale_file
+from vsr_core.video.ray_workers import RayPool
 
 PRESET = "small"
 FRAMES = 300

@@ -45,7 +45,7 @@ from fastapi.responses import FileResponse, Response
 from PIL import Image
 from ray import serve as ray_serve  # the top-level folder is also called `serve`
 
-from serve.batching import ModelQueue
+from serve.batching import ModelQueue, PassResult, Window
 from serve.job_api import JobApi
 from serve.api import (
     AUTH_ERROR,
@@ -88,7 +88,8 @@ class VSRUpscaler:
         self._reconfigure_lock = asyncio.Lock()
         # One model thread: forward passes never compete for the replica's CPUs, and
         # the event loop stays free to accept, decode and batch requests.
-        self._model_queue = ModelQueue(ThreadPoolExecutor(max_workers=1, thread_name_prefix="vsr-model"))
+        self._model_queue: ModelQueue[LoadedModel] = ModelQueue(
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="vsr-model"))
         self._threads_from_cpus = replica_cpus()
         self._set_threads(None)
         self._jobs = JobApi(lambda: self._settings)
@@ -155,11 +156,12 @@ class VSRUpscaler:
         return loaded
 
     # --- windows ---------------------------------------------------------------------------
-    async def _upscale_window(self, window: np.ndarray) -> tuple[Any, int, LoadedModel | None, float]:
-        """-> (3x frame or its pass's exception, windows in that pass, the model, seconds of the pass)"""
+    async def _upscale_window(self, window: Window) -> PassResult[LoadedModel]:
+        """The window's answer from the current model's next forward pass (raises that pass's
+        error, or 503 without a model)."""
         loaded = self._loaded  # the window runs on this model, even across a swap
         if loaded is None:
-            return ApiError(503, "model_not_loaded", "no model is loaded yet"), 0, None, 0.0
+            raise ApiError(503, "model_not_loaded", "no model is loaded yet")
         return await self._model_queue.upscale(loaded, window)
 
     @api.post("/v1/upscale", response_class=Response, summary="Upscale the center frame of a 5-frame window by 3x",
@@ -172,14 +174,12 @@ class VSRUpscaler:
         times = [time.perf_counter()]
         window = await window_from(request, self._settings.max_body_bytes, self._settings.max_pixels_per_frame)
         times.append(time.perf_counter())
-        output, batch, loaded, model_s = await self._upscale_window(window)
-        if isinstance(output, BaseException):
-            raise output
+        result = await self._upscale_window(window)
         times.append(time.perf_counter())
-        body = await asyncio.to_thread(encode_frame, output, media)
+        body = await asyncio.to_thread(encode_frame, result.frame, media)
         times.append(time.perf_counter())
-        headers = {**model_headers(loaded), "X-VSR-Batch": str(batch),  # windows in that forward pass
-                   "Server-Timing": server_timing(times, model_s)}
+        headers = {**model_headers(result.model), "X-VSR-Batch": str(result.batch_size),  # windows in that pass
+                   "Server-Timing": server_timing(times, result.seconds)}
         return Response(body, media_type=media, headers=headers)
 
     @api.websocket("/v1/stream")

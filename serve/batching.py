@@ -4,9 +4,10 @@ request and stream (``/v1/upscale``, ``WS /v1/stream``) is batched here with the
 A forward pass starts when a pass's worth of windows wait (``max_batch_size`` windows or
 ``max_batch_pixels`` LR pixels), or ``batch_wait_timeout_s`` after the oldest waiting window
 arrived, whichever is first, and only once the model thread is free; it takes the waiting
-windows, oldest first, up to that much (same model; ``upscale_grouped`` stacks same-size
-windows). A stream's windows come as
-``LiveWindow``s and reuse their stream's frame features (``vsr_core.live``).
+windows, oldest first, up to that much (same model), and runs them in forward passes:
+same-size uploaded windows together (``vsr_core.inference.window_passes``), a stream's windows
+(``LiveWindow``s) together, reusing its frames' features (``vsr_core.live_stream``). Each
+window's caller gets a ``PassResult``, or the exception of its own pass, raised where it awaits.
 
 Why not ``@serve.batch``: it closes a batch ``batch_wait_timeout_s`` after its first window
 also while the model is still busy with the previous batch, so under steady load it cut the
@@ -16,56 +17,89 @@ windows with 8 waiting; benchmarks/README.md). Here the batch is formed when the
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Generic, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 
-from vsr_core.inference import Upscaler, upscale_grouped
-from vsr_core.live import LiveWindow, upscale_live
+from vsr_core.inference import Upscaler, WindowResult, upscale_pass, window_passes
+from vsr_core.live_stream import LiveWindow, live_passes, upscale_live_pass
+
+logger = logging.getLogger("ray.serve")
+
+Window = np.ndarray | LiveWindow  # an uploaded [5,H,W,3] window, or a window of a live stream
 
 
-def run_pass(upscaler: Upscaler, windows: list[np.ndarray | LiveWindow], max_batch_pixels: int) -> list[tuple]:
-    """One pass over the waiting windows: uploaded [5,H,W,3] windows and live-stream windows."""
-    results: list = [None] * len(windows)
-    live = [isinstance(window, LiveWindow) for window in windows]
-    for is_live, upscale in ((False, upscale_grouped), (True, upscale_live)):
-        indices = [i for i, flag in enumerate(live) if flag is is_live]
-        if indices:
-            for i, result in zip(indices, upscale(upscaler, [windows[i] for i in indices], max_batch_pixels)):
-                results[i] = result
-    return results
+class ServedModel(Protocol):
+    """What the queue needs of a model a replica serves (``serve.model.LoadedModel``)."""
+
+    @property
+    def upscaler(self) -> Upscaler: ...
 
 
-def window_pixels(window: np.ndarray | LiveWindow) -> int:
+M = TypeVar("M", bound=ServedModel)
+
+
+class PassResult(NamedTuple, Generic[M]):
+    """A window's answer: its 3x frame, the windows in its forward pass, the model it ran on (a
+    replica may have swapped in another meanwhile) and the seconds of that pass."""
+
+    frame: np.ndarray
+    batch_size: int
+    model: M
+    seconds: float
+
+
+def forward_passes(upscaler: Upscaler, windows: list[Window],
+                   max_batch_pixels: int) -> list[tuple[list[int], Callable[[], list[WindowResult]]]]:
+    """The forward passes over ``windows``: (indices of its windows, the call that computes them).
+    Uploaded windows go by size (``window_passes``), a live stream's windows together, reusing
+    its features (``live_passes``)."""
+    uploaded = [i for i, window in enumerate(windows) if not isinstance(window, LiveWindow)]
+    live = [i for i, window in enumerate(windows) if isinstance(window, LiveWindow)]
+    passes = []
+    for group in window_passes(upscaler, [windows[i] for i in uploaded], max_batch_pixels):
+        indices = [uploaded[k] for k in group]
+        passes.append((indices, partial(upscale_pass, upscaler, [windows[i] for i in indices])))
+    for group in live_passes([windows[i] for i in live]):
+        indices = [live[k] for k in group]
+        passes.append((indices, partial(upscale_live_pass, upscaler, [windows[i] for i in indices], max_batch_pixels)))
+    return passes
+
+
+def window_pixels(window: Window) -> int:
     """LR pixels of one window's frame (what ``max_batch_pixels`` counts)."""
     return window.pixels if isinstance(window, LiveWindow) else window.shape[1] * window.shape[2]
 
 
 @dataclass
-class _Waiting:
-    window: np.ndarray | LiveWindow
-    loaded: Any  # the LoadedModel the window runs on, even if the replica swaps models meanwhile
-    future: asyncio.Future
+class _Waiting(Generic[M]):
+    window: Window
+    loaded: M  # the model the window runs on, even if the replica swaps models meanwhile
+    future: asyncio.Future[PassResult[M]]
     arrived: float
 
 
-class ModelQueue:
+class ModelQueue(Generic[M]):
     def __init__(self, executor: ThreadPoolExecutor, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.01,
                  max_batch_pixels: int = 2**62):
         self._executor = executor  # one thread: passes never compete for the CPUs
         self.configure(max_batch_size, batch_wait_timeout_s, max_batch_pixels)
-        self._waiting: list[_Waiting] = []
+        self._waiting: list[_Waiting[M]] = []
         self._arrival = asyncio.Event()
         self._draining = False
 
     def configure(self, max_batch_size: int, batch_wait_timeout_s: float, max_batch_pixels: int) -> None:
         self.max_batch_size, self.wait_s, self.max_batch_pixels = max_batch_size, batch_wait_timeout_s, max_batch_pixels
 
-    async def upscale(self, loaded: Any, window: np.ndarray | LiveWindow) -> tuple[Any, int, Any, float]:
-        """(3x frame or the exception of its pass, windows in that pass, ``loaded``, seconds of the pass)."""
+    async def upscale(self, loaded: M, window: Window) -> PassResult[M]:
+        """The window's answer; raises the exception of its forward pass. Cancelling the call
+        drops the window if its pass has not started."""
         loop = asyncio.get_running_loop()
         item = _Waiting(window, loaded, loop.create_future(), loop.time())
         self._waiting.append(item)
@@ -73,10 +107,9 @@ class ModelQueue:
         if not self._draining:
             self._draining = True
             loop.create_task(self._drain())
-        output, batch, seconds = await item.future  # cancelling this drops the window if not yet running
-        return output, batch, loaded, seconds
+        return await item.future
 
-    def _one_pass(self) -> list[_Waiting]:
+    def _one_pass(self) -> list[_Waiting[M]]:
         """The waiting windows of the oldest one's model, oldest first, up to one forward pass
         (``max_batch_size`` windows, ``max_batch_pixels``; at least one window). Not more: the
         answers of a pass go out while the next one runs, and their clients' next windows arrive
@@ -114,15 +147,35 @@ class ModelQueue:
                     return
                 take = self._one_pass()
                 self._waiting = [item for item in self._waiting if all(item is not t for t in take)]
-                started = time.perf_counter()
-                try:
-                    results = await loop.run_in_executor(self._executor, run_pass, take[0].loaded.upscaler,
-                                                         [item.window for item in take], self.max_batch_pixels)
-                except Exception as exc:  # noqa: BLE001 - upscale_grouped reports per window; never leave callers hanging
-                    results = [(exc, len(take))] * len(take)
-                seconds = time.perf_counter() - started
-                for item, (output, batch) in zip(take, results):
-                    if not item.future.done():
-                        item.future.set_result((output, batch, seconds))
+                await self._run(take)
         finally:
             self._draining = False
+
+    async def _run(self, take: list[_Waiting[M]]) -> None:
+        """Compute ``take`` pass by pass on the model thread; each window's future gets its
+        result, or the exception of its own pass (the other passes still run)."""
+        loop, loaded = asyncio.get_running_loop(), take[0].loaded
+        try:
+            passes = forward_passes(loaded.upscaler, [item.window for item in take], self.max_batch_pixels)
+        except Exception as exc:  # noqa: BLE001 - never leave callers hanging
+            _fail([item.future for item in take], exc)
+            return
+        for indices, compute in passes:
+            items = [take[i] for i in indices]
+            started = time.perf_counter()
+            try:
+                results = await loop.run_in_executor(self._executor, compute)
+            except Exception as exc:  # noqa: BLE001 - raised in each of this pass's callers
+                logger.warning("a forward pass of %d window(s) failed: %r", len(items), exc)
+                _fail([item.future for item in items], exc)
+                continue
+            seconds = time.perf_counter() - started
+            for item, result in zip(items, results):
+                if not item.future.done():
+                    item.future.set_result(PassResult(result.frame, result.batch_size, loaded, seconds))
+
+
+def _fail(futures: list[asyncio.Future], exc: Exception) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_exception(exc)

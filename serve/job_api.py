@@ -161,13 +161,11 @@ class JobApi:
             if preview and info.duration and preview[0] >= info.duration:
                 raise ApiError(400, "invalid_option", f"preview_start: {preview[0]} s is after the end of the "
                                f"video ({info.duration:.2f} s)")
-            options = {"device": settings.device, "batch_size": settings.batch_size, "tile": settings.tile,
-                       "tile_overlap": settings.tile_overlap, "memory_budget": settings.memory_budget,
-                       "chunk_frames": settings.job_chunk_frames,
-                       "precision": settings.precision, "backend": settings.backend,
-                       "workers": settings.job_workers, "cpus_per_worker": settings.job_cpus_per_worker,
+            options = {"chunk_frames": settings.job_chunk_frames, "workers": settings.job_workers,
+                       "cpus_per_worker": settings.job_cpus_per_worker,
                        "gpus_per_worker": settings.job_gpus_per_worker, **video_options}
-            record = jobs.JobRecord(job_id, owner, source, name, str(loaded.path), options,
+            record = jobs.JobRecord(job_id, owner, source, name, str(loaded.path),
+                                    settings.job_inference_options().to_dict(), options,
                                     frames_total=info.num_frames, uploaded=uploaded)
             store.write(record)
         except BaseException:

@@ -4,7 +4,7 @@ with progress, cancel and results that outlive the replica that took the upload.
 A job is a folder under ``jobs_dir``: ``job.json`` (state and progress, rewritten
 atomically), the upload, the engine's work folder (finished chunks) and the result. The
 replica only writes the upload and reads the folder; the work is done by a ``JobRunner``,
-a detached Ray actor per job that runs ``vsr_core.video.engine.upscale_file`` with its own
+a detached Ray actor per job that runs ``vsr_core.video.pipeline.upscale_file`` with its own
 pool of chunk workers. So window requests never wait for job chunks (other processes,
 their own CPUs), a replica restart does not touch a running job, and a job whose runner
 died (node loss) is started again by any replica's recovery loop and continues from its
@@ -45,7 +45,8 @@ class JobRecord:
     source: str  # the video: the upload in the job folder, or an allowed path/URI
     source_name: str  # shown to users (never a server path)
     checkpoint: str
-    options: dict[str, Any]  # Upscaler and RayPool options, chunk_frames, max_frames
+    inference: dict[str, Any]  # the chunk workers' InferenceOptions.to_dict()
+    options: dict[str, Any]  # the job's own: chunk_frames, workers, cpus_per_worker, gpus_per_worker, encoder, preview
     state: str = "queued"  # queued | running | done | failed | cancelled
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
@@ -214,20 +215,17 @@ class JobRunner:
 
     @staticmethod
     def _upscale(store: JobStore, record: JobRecord):
+        from vsr_core.checkpoint import model_from_checkpoint
         from vsr_core.data.video_encoder import EncoderSettings
-        from vsr_core.inference import Upscaler
-        from vsr_core.video.engine import upscale_file
-        from vsr_core.video.on_ray import RayPool
+        from vsr_core.options import InferenceOptions
+        from vsr_core.video.pipeline import upscale_file
+        from vsr_core.video.ray_workers import RayExecutor, RayPool
 
         options = record.options
-        upscaler = Upscaler.from_checkpoint(record.checkpoint, device=options["device"],
-                                            batch_size=options["batch_size"], tile=options["tile"],
-                                            tile_overlap=options["tile_overlap"],
-                                            memory_budget=options.get("memory_budget"),  # for each chunk worker
-                                            precision=options.get("precision", "auto"),  # older records: defaults
-                                            backend=options.get("backend", "torch"))
         pool = RayPool(workers=options["workers"], num_cpus=options["cpus_per_worker"],
                        num_gpus=options["gpus_per_worker"])
+        model, _ = model_from_checkpoint(record.checkpoint)  # on this CPU-only runner; the workers get a copy
+        executor = RayExecutor(model, InferenceOptions.from_dict(record.inference), pool)
         last_write = 0.0
 
         def on_progress(progress) -> None:
@@ -239,12 +237,11 @@ class JobRunner:
             record.fps, record.eta_seconds = round(progress.fps, 3), progress.eta_seconds
             store.write(record)
 
-        return upscale_file(record.source, store.result_path(record.id), upscaler,
-                            max_frames=options.get("max_frames"), chunk_frames=options["chunk_frames"],
-                            work_folder=store.work_folder(record.id), resume=True, ray_pool=pool,
-                            on_progress=on_progress, should_stop=lambda: store.is_cancelled(record.id),
-                            encoder=EncoderSettings(**options.get("encoder", {})),
-                            preview=tuple(options["preview"]) if options.get("preview") else None)
+        preview = options["preview"]
+        return upscale_file(record.source, store.result_path(record.id), executor, on_progress=on_progress,
+                            should_stop=lambda: store.is_cancelled(record.id), chunk_frames=options["chunk_frames"],
+                            work_folder=store.work_folder(record.id), resume=True,
+                            encoder=EncoderSettings(**options["encoder"]), preview=tuple(preview) if preview else None)
 
 
 def _public_error(exc: Exception, job_folder: Path, source: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from vsr_core.checkpoint import CheckpointError, read_best, resolve_checkpoint_p
 from vsr_core.frames import pick_device
 from vsr_core.inference import Upscaler
 from vsr_core.memory import default_memory_budget
+from vsr_core.options import InferenceOptions
 
 logger = logging.getLogger("ray.serve")
 
@@ -23,7 +24,7 @@ logger = logging.getLogger("ray.serve")
 class LoadedModel:
     upscaler: Upscaler
     info: dict[str, Any]  # what /v1/model reports
-    key: tuple  # identifies checkpoint file version + Upscaler options; equal key = no reload needed
+    key: tuple  # identifies checkpoint file version + Upscaler options (model_key); equal key = no reload needed
     path: Path  # the checkpoint file (never shown to clients unless expose_paths)
 
 
@@ -32,9 +33,19 @@ def model_key(settings: ServeSettings) -> tuple:
         raise ValueError("user_config must set 'checkpoint' (a .pth file, a run folder or a best/ folder)")
     path = resolve_checkpoint_path(settings.checkpoint).resolve()
     stat = path.stat()
-    return (str(path), stat.st_mtime_ns, stat.st_size, settings.revision, settings.device, settings.tile,
-            settings.tile_overlap, settings.memory_budget_mb, settings.max_batch_size, settings.max_pixels_per_frame,
-            settings.precision, settings.backend, settings.expose_paths)  # /v1/model's description changes with it
+    # the Upscaler's options, and what /v1/model says besides them (the video jobs' backend, the path)
+    return (str(path), stat.st_mtime_ns, stat.st_size, settings.revision, window_options(settings), settings.backend,
+            settings.expose_paths)
+
+
+def window_options(settings: ServeSettings) -> InferenceOptions:
+    """The replica's own Upscaler (windows and streams): the settings' options, but on torch where
+    they ask for torch-compile (windows come in every size, one or a few at a time: a compile per
+    size would stall them), within ``window_budget``, and with the library's batch size
+    (``batch_size`` is the video jobs')."""
+    options = settings.inference_options()
+    return replace(options, backend="torch" if options.backend == "torch-compile" else options.backend,
+                   memory_budget=window_budget(settings), batch_size=InferenceOptions().batch_size)
 
 
 def _file_id(path: Path) -> str:
@@ -58,15 +69,11 @@ def _best_metrics(path: Path) -> tuple[dict | None, str | None]:
 
 def load_model(settings: ServeSettings) -> LoadedModel:
     """Load the checkpoint completely (blocking; run it off the event loop)."""
-    # Windows come in every size, one or a few at a time: a compile per size would stall them.
-    window_backend = "torch" if settings.backend == "torch-compile" else settings.backend
-    options = dict(device=settings.device, tile=settings.tile, tile_overlap=settings.tile_overlap,
-                   precision=settings.precision, backend=window_backend,
-                   memory_budget=window_budget(settings))
+    options = window_options(settings)
     for _ in range(3):  # a run's latest.pth may be replaced (atomically) while we read it
         key = model_key(settings)
         path = Path(key[0])
-        upscaler = Upscaler.from_checkpoint(path, **options)
+        upscaler = Upscaler.from_checkpoint(path, options)
         meta = upscaler.checkpoint_info
         if model_key(settings) == key:
             break

@@ -4,16 +4,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from vsr_core.backends import BACKENDS
-from vsr_core.frames import PRECISIONS
+from vsr_core.options import OPTION_HELP, SERVICE_MEMORY_BUDGET, InferenceOptions, MiB, OptionError, check_option
 
 API_KEY_ENV = "VSR_API_KEY"
 DEFAULT_JOBS_DIR = "~/.cache/vsr/jobs"
+_DEFAULT = InferenceOptions()
+# user_config keys that are InferenceOptions fields as they are (memory_budget_mb is the budget in MiB)
+INFERENCE_KEYS = ("device", "batch_size", "tile", "tile_overlap", "precision", "backend")
 
 
 class ServeSettings(BaseModel):
@@ -24,21 +27,19 @@ class ServeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     checkpoint: str | None = Field(None, description="a .pth file, a training run folder, or a Tune best/ folder")
-    device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1' ...")
+    device: str = Field(_DEFAULT.device, description=f"the replica's device: {OPTION_HELP['device']} (a video job's "
+                        "chunk workers run on CUDA when job_gpus_per_worker > 0, else on the CPU)")
     revision: str | None = Field(None, description="free-form; change it to reload a checkpoint overwritten in place")
-    batch_size: int = Field(4, ge=1, description="windows per forward pass in video jobs")
-    precision: str = Field(
-        "auto", description="auto: fp16 on CUDA; on a CPU bf16 where it has native bf16 and measured faster, else fp32")
-    backend: str = Field(
-        "torch", description="how the model runs; torch-compile applies to video jobs only (a compile per frame "
-        "size costs tens of seconds), windows then run on torch")
-    tile: int = Field(0, ge=0, description="largest tile side in LR pixels (0: as large as the memory budget "
-                      "allows; frames that fit it are not tiled)")
-    tile_overlap: int = Field(32, ge=0)
+    batch_size: int = Field(_DEFAULT.batch_size, description=f"{OPTION_HELP['batch_size']} in video jobs")
+    precision: str = Field(_DEFAULT.precision, description=OPTION_HELP["precision"])
+    backend: str = Field(_DEFAULT.backend, description=f"{OPTION_HELP['backend']}; torch-compile applies to video "
+                         "jobs only (a compile per frame size costs tens of seconds), windows then run on torch")
+    tile: int = Field(_DEFAULT.tile, description=OPTION_HELP["tile"])
+    tile_overlap: int = Field(_DEFAULT.tile_overlap, description=OPTION_HELP["tile_overlap"])
     memory_budget_mb: int | None = Field(
-        None, ge=1, description="most memory (MiB) a replica (and each chunk worker of a video job) may use; "
-        "frames are split into tiles and batches to fit. Default: the replica's ray_actor_options.memory, else "
-        "half the node's memory times the replica's share of its CPUs")
+        None, ge=1, description=f"{OPTION_HELP['memory_budget']} (MiB; for a replica and each chunk worker of a "
+        f"video job). Default ('{SERVICE_MEMORY_BUDGET}'): the replica's ray_actor_options.memory, else half the "
+        "node's memory times the replica's share of its CPUs")
     max_batch_size: int = Field(8, ge=1, description="most windows (from concurrent requests and streams) in one "
                                 "forward pass (serve.batching)")
     batch_wait_timeout_s: float = Field(0.01, ge=0, description="longest wait for more windows "
@@ -75,18 +76,36 @@ class ServeSettings(BaseModel):
     job_cpus_per_worker: float = Field(1.0, gt=0, description="CPUs (= torch threads) of each chunk worker")
     job_gpus_per_worker: float = Field(0.0, ge=0, description="GPUs of each chunk worker")
 
+    @field_validator(*INFERENCE_KEYS)
+    @classmethod
+    def _valid_option(cls, value: Any, info: ValidationInfo) -> Any:
+        try:
+            check_option(info.field_name, value)
+        except OptionError as exc:
+            raise ValueError(exc.problem) from None
+        return value
+
+    @model_validator(mode="after")
+    def _options_agree(self) -> ServeSettings:
+        self.inference_options()  # e.g. a tile no larger than its overlap (OptionError names the key)
+        return self
+
     @property
     def memory_budget(self) -> int | str:
-        """For ``Upscaler(memory_budget=...)``: bytes, or "auto" (each process derives its own)."""
-        return self.memory_budget_mb * 2**20 if self.memory_budget_mb else "auto"
+        """``memory_budget_mb`` as ``InferenceOptions.memory_budget``: bytes, or "auto" (each process
+        derives its own)."""
+        return self.memory_budget_mb * MiB if self.memory_budget_mb else SERVICE_MEMORY_BUDGET
 
-    @field_validator("precision", "backend")
-    @classmethod
-    def _one_of_the_known(cls, value: str, info) -> str:
-        known = PRECISIONS if info.field_name == "precision" else BACKENDS
-        if value not in known:
-            raise ValueError(f"must be one of {', '.join(known)}")
-        return value
+    def inference_options(self) -> InferenceOptions:
+        """The replica's inference options (its windows run them with a few changes: ``serve.model``)."""
+        return InferenceOptions(**{key: getattr(self, key) for key in INFERENCE_KEYS},
+                                memory_budget=self.memory_budget)
+
+    def job_inference_options(self) -> InferenceOptions:
+        """What a video job's chunk workers run: the same options on the device of their GPU share
+        (``device`` is the replica's own)."""
+        return replace(self.inference_options(),
+                       device=InferenceOptions.ray_worker_device(self.job_gpus_per_worker))
 
     def limits(self) -> dict[str, float]:
         return {
@@ -104,7 +123,8 @@ def settings_from(config: dict[str, Any] | None) -> ServeSettings:
     try:
         return ServeSettings.model_validate(dict(config or {}))
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'user_config'}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"]
+                             for e in exc.errors())
         raise ValueError(f"invalid user_config: {problems}") from None
 
 

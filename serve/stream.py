@@ -20,7 +20,7 @@ Frames computed before the error are still sent first.
 The windows reflect at the borders exactly as ``vsr_core.frames.window_indices`` does for
 ``vsr upscale``: the first window is frames [2,1,0,1,2]; only at end-of-stream is the clip's
 length known and the last two windows reflect at the last frame. Each frame's features are
-extracted once and reused by its 5 windows, as ``vsr upscale`` does (``vsr_core.live``). The
+extracted once and reused by its 5 windows, as ``vsr upscale`` does (``vsr_core.live_stream``). The
 windows go through the replica's batches with the ``/v1/upscale`` traffic (serve.batching);
 at most 2 x ``max_batch_size`` of them are in flight per stream (then the server stops
 reading and TCP slows the client down), so that the next batch waits while one runs. The
@@ -39,17 +39,17 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from fastapi import WebSocket, WebSocketDisconnect
 
 from serve.api import ApiError
+from serve.batching import PassResult
 from serve.formats import STREAM_OUTPUTS, encode_frame
 from serve.settings import ServeSettings, authorized_owner
 from vsr_core.archs import CENTER, SCALE
 from vsr_core.image_io import InvalidImageError, decode_image
-from vsr_core.live import LiveFrames, LiveWindow
+from vsr_core.live_stream import LiveFrames, LiveWindow
 
 logger = logging.getLogger("ray.serve")
 
@@ -58,8 +58,8 @@ HEADER_KEYS = ("width", "height", "format", "output", "token")
 CLOSE_NORMAL, CLOSE_BAD_DATA, CLOSE_POLICY, CLOSE_INTERNAL = 1000, 1003, 1008, 1011
 UNKNOWN_LENGTH = 2**62  # window_indices reflects at no end before end-of-stream
 
-#: one window -> (3x frame or the exception of its pass, batch size, model, seconds of the pass)
-UpscaleWindow = Callable[[LiveWindow], Awaitable[tuple[Any, int, Any, float]]]
+#: one window -> its answer from the replica's batches (raises the error of its forward pass)
+UpscaleWindow = Callable[[LiveWindow], Awaitable[PassResult]]
 
 
 class StreamError(Exception):
@@ -273,13 +273,11 @@ class _Session:
 
     async def compute(self, window: LiveWindow) -> bytes:
         started = time.perf_counter()
-        output, _, _, model_s = await self.upscale(window)
+        result = await self.upscale(window)
         self.timing.wait_s += time.perf_counter() - started
-        self.timing.model_s += model_s
-        if isinstance(output, BaseException):
-            raise output
+        self.timing.model_s += result.seconds
         started = time.perf_counter()
-        data = await asyncio.to_thread(encode_frame, output, self.media_type)
+        data = await asyncio.to_thread(encode_frame, result.frame, self.media_type)
         self.timing.encode_s += time.perf_counter() - started
         return data
 

@@ -107,10 +107,37 @@ def test_a_pass_takes_one_pass_worth_and_answers_before_the_next():
     assert max(answered[i] for i in range(3)) + upscaler.delay / 2 < min(answered[i] for i in range(3, 8))
 
 
+def test_a_failing_pass_raises_in_its_own_callers_only():
+    """Windows of two sizes run in two passes; the pass that fails raises its error where its
+    windows are awaited, and the other pass's callers get their frames."""
+
+    class FailsOnWideWindows(SlowUpscaler):
+        def upscale_windows(self, windows):
+            if windows.shape[-1] == 14:
+                raise MemoryError("the budget cannot hold this frame")
+            return super().upscale_windows(windows)
+
+    upscaler = FailsOnWideWindows(random_model("tiny", seed=1), device="cpu", delay=0.0)
+    loaded = SimpleNamespace(upscaler=upscaler)
+    good = [make_clip(5, 10, 12, seed=s) for s in range(2)]
+    wide = make_clip(5, 10, 14, seed=5)
+
+    async def scenario():
+        queue = ModelQueue(ThreadPoolExecutor(1), max_batch_size=8, batch_wait_timeout_s=0.05)
+        windows = [good[0], wide, good[1]]
+        return await asyncio.gather(*(queue.upscale(loaded, w) for w in windows), return_exceptions=True)
+
+    first, failed, last = asyncio.run(scenario())
+    assert isinstance(failed, MemoryError) and "cannot hold" in str(failed)
+    assert (first.batch_size, last.batch_size) == (2, 2) and first.model is loaded and first.seconds > 0
+    for window, result in zip(good, (first, last)):
+        assert max_diff(result.frame, upscaler.upscale_window_uint8(window)) <= 1
+
+
 def test_live_windows_reuse_features_and_equal_the_stream():
-    """A live stream's windows (vsr_core.live), computed in passes as its frames arrive, give
+    """A live stream's windows (vsr_core.live_stream), computed in passes as its frames arrive, give
     `vsr upscale`'s frames (Upscaler.stream); the frames no later window reads are dropped."""
-    from vsr_core.live import LiveFrames, LiveWindow
+    from vsr_core.live_stream import LiveFrames, LiveWindow
 
     upscaler = Upscaler(random_model("tiny", seed=3), device="cpu", batch_size=4)
     clip = make_clip(11, 10, 12, seed=9)

@@ -12,7 +12,7 @@ import torch
 from conftest import make_clip, random_model, ray_processes, write_av_clip
 from vsr_core.data.video_io import FrameWriter, frame_timestamps, probe_video, read_frames
 from vsr_core.inference import Upscaler
-from vsr_core.video.engine import upscale_file
+from vsr_core.video.pipeline import upscale_file
 from vsr_core.video.plan import JobCancelled, PlanMismatchError, plan_chunks
 
 
@@ -172,7 +172,7 @@ def test_bad_input_gives_a_clear_error_and_writes_nothing(tmp_path, upscaler):
 # --- on Ray ----------------------------------------------------------------------------------
 @pytest.mark.ray
 def test_chunks_on_ray_equal_one_stream_exactly(ray_session, tmp_path, upscaler):
-    from vsr_core.video.on_ray import RayPool
+    from vsr_core.video.ray_workers import RayPool
 
     source = write_av_clip(tmp_path / "in.mp4", make_clip(37, 20, 26))
     result = upscale_file(source, tmp_path / "out", upscaler, chunk_frames=4, ray_pool=RayPool(workers=2))
@@ -201,7 +201,7 @@ def single_thread_reference(upscaler, source):
 
 @pytest.mark.ray
 def test_a_killed_chunk_worker_costs_only_its_chunk(ray_session, tmp_path):
-    from vsr_core.video.on_ray import RayPool
+    from vsr_core.video.ray_workers import RayPool
 
     upscaler = Upscaler(random_model("small"), device="cpu", batch_size=4)
     source = write_clip(tmp_path / "in.mp4", 40, height=72, width=96)
@@ -224,7 +224,7 @@ def test_a_killed_chunk_worker_costs_only_its_chunk(ray_session, tmp_path):
 def test_cancel_stops_the_workers(ray_session, tmp_path):
     import time
 
-    from vsr_core.video.on_ray import RayPool
+    from vsr_core.video.ray_workers import RayPool
 
     upscaler = Upscaler(random_model("small"), device="cpu", batch_size=4)
     source = write_clip(tmp_path / "in.mp4", 64, height=72, width=96)
@@ -247,8 +247,8 @@ import ray
 from ray.cluster_utils import Cluster
 from conftest import random_model
 from vsr_core.inference import Upscaler
-from vsr_core.video.engine import upscale_file
-from vsr_core.video.on_ray import RayPool
+from vsr_core.video.pipeline import upscale_file
+from vsr_core.video.ray_workers import RayPool
 
 source, output = sys.argv[1:3]
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
@@ -286,10 +286,10 @@ def test_chunks_run_on_both_nodes_of_a_two_node_cluster(tmp_path):
 
 
 def test_a_short_join_fails_loudly_and_writes_no_output(tmp_path, upscaler, monkeypatch):
-    import vsr_core.video.engine as engine
+    import vsr_core.video.finalize as finalize
 
-    real = engine.join_segments
-    monkeypatch.setattr(engine, "join_segments", lambda *args: real(*args) - 1)  # a frame went missing
+    real = finalize.join_segments
+    monkeypatch.setattr(finalize, "join_segments", lambda *args: real(*args) - 1)  # a frame went missing
     source = write_clip(tmp_path / "in.mp4", 9)
     with pytest.raises(RuntimeError, match="8 frames, the input 9"):
         upscale_file(source, tmp_path / "out.mp4", upscaler, chunk_frames=4)

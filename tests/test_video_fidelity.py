@@ -15,7 +15,7 @@ from video_clips import flat_clip_frames, flat_colors, video_facts, write_clip, 
 from vsr_core.data.video_encoder import EncoderError, EncoderSettings, available_codecs
 from vsr_core.data.video_io import probe_video, read_frames
 from vsr_core.inference import Upscaler
-from vsr_core.video.engine import upscale_file
+from vsr_core.video.pipeline import upscale_file
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from video_clips import video_facts, write_clip
 from vsr_core.data.video_encoder import EncoderSettings
 from vsr_core.data.video_io import frame_timestamps, read_frames
 from vsr_core.inference import BicubicBaseline, Upscaler
-from vsr_core.video.engine import upscale_file
+from vsr_core.video.pipeline import upscale_file
 from vsr_core.video.plan import JobCancelled, PlanMismatchError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -144,14 +144,14 @@ def test_a_frame_the_decoder_drops_fails_the_run(tmp_path, upscaler, monkeypatch
 
 
 def test_the_output_check_refuses_a_video_of_another_duration(tmp_path, upscaler, monkeypatch):
-    import vsr_core.video.engine as engine
+    import vsr_core.video.finalize as finalize
 
-    real = engine.join_segments
+    real = finalize.join_segments
 
     def stretched(segments, timestamps, *args):  # the last frame 2 frames (1024 ticks of 1/12800 s) late
         return real(segments, [*timestamps[:-1], timestamps[-1] + 2 * 512], *args)
 
-    monkeypatch.setattr(engine, "join_segments", stretched)
+    monkeypatch.setattr(finalize, "join_segments", stretched)
     source = write_clip(tmp_path / "in.mp4", make_clip(8, 24, 32))
     with pytest.raises(RuntimeError, match="more than one frame apart"):
         upscale_file(source, tmp_path / "out.mp4", upscaler, chunk_frames=4)

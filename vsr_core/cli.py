@@ -6,59 +6,42 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from vsr_core.backends import BACKENDS
 from vsr_core.engine.cli import add_train_parser
 from vsr_core.export import FORMATS
-from vsr_core.frames import PRECISIONS
 from vsr_core.metrics import format_gain
+from vsr_core.options import InferenceOptions
 from vsr_core.video.plan import DEFAULT_CHUNK_FRAMES
+
+if TYPE_CHECKING:
+    import torch
+
+
+def _model_from_args(args: argparse.Namespace) -> torch.nn.Module:
+    """The model of --checkpoint, or the bicubic baseline of --bicubic."""
+    from vsr_core.checkpoint import model_from_checkpoint
+    from vsr_core.inference import BicubicBaseline
+
+    if args.bicubic:
+        return BicubicBaseline()
+    if not args.checkpoint:
+        raise SystemExit("error: give --checkpoint CKPT (a .pth file, run folder or best/ folder), or --bicubic")
+    return model_from_checkpoint(args.checkpoint)[0]
 
 
 def _upscaler_from_args(args: argparse.Namespace):
     from vsr_core.inference import Upscaler
 
-    options = dict(device=args.device, batch_size=args.batch_size, tile=args.tile, tile_overlap=args.tile_overlap,
-                   memory_budget=args.memory_budget, precision=args.precision, backend=args.backend)
-    if args.bicubic:
-        return Upscaler.bicubic(**options)
-    if not args.checkpoint:
-        raise SystemExit("error: give --checkpoint CKPT (a .pth file, run folder or best/ folder), or --bicubic")
-    return Upscaler.from_checkpoint(args.checkpoint, **options)
+    return Upscaler(_model_from_args(args), InferenceOptions.from_args(args))
 
 
 def _add_inference_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", help="checkpoint file, training run folder, or a sweep's best/ folder")
     parser.add_argument("--bicubic", action="store_true", help="bicubic baseline through the same pipeline")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1 ...")
-    parser.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
-    parser.add_argument("--tile", type=int, default=0, help="largest LR tile side (0: whole frames when they "
-                        "fit the memory budget, else tiles as large as fit)")
-    parser.add_argument("--tile-overlap", type=int, default=32, help="tile overlap in LR pixels")
-    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
-                        help="auto: fp16 on CUDA; on a CPU bf16 where it has native bf16 and measured faster, "
-                        "else fp32")
-    parser.add_argument("--backend", default="torch", choices=BACKENDS,
-                        help="torch (eager), torch-compile (compiles once per frame size: for long videos), "
-                        "onnxruntime (fp32)")
-    parser.add_argument("--memory-budget", type=_memory_budget, default="auto", metavar="MIB",
-                        help="most memory (MiB) the process may use: frames are split into tiles and batches "
-                        "to fit ('auto', the default: half this machine's memory, or a Ray worker's share; "
-                        "'off': no budget)")
-
-
-def _memory_budget(text: str) -> int | str | None:
-    if text in ("auto", "off"):
-        return None if text == "off" else text
-    try:
-        mib = float(text)
-    except ValueError:
-        mib = 0
-    if mib <= 0:
-        raise argparse.ArgumentTypeError(f"expected MiB > 0, 'auto' or 'off', got {text!r}")
-    return int(mib * 2**20)
+    InferenceOptions.add_arguments(parser)
 
 
 def _add_encoder_args(parser: argparse.ArgumentParser) -> None:
@@ -74,25 +57,35 @@ def _add_encoder_args(parser: argparse.ArgumentParser) -> None:
                        "subsampling and bit depth)")
 
 
-def _ray_pool_from_args(args: argparse.Namespace):
-    """Connect to Ray (``--address``, else a local instance) and describe the chunk workers."""
+def _chunk_runner(args: argparse.Namespace):
+    """What runs the chunks and where, in words: an Upscaler in this process, or (--ray) the
+    model and the options on Ray chunk workers (a --device that contradicts their GPUs fails
+    here, before Ray starts). Ray is connected to --address, else a local instance is started."""
+    from vsr_core.inference import Upscaler
+
+    options = InferenceOptions.from_args(args)
+    if not args.ray:
+        upscaler = Upscaler(_model_from_args(args), options)
+        return upscaler, f"on {upscaler.device}, {upscaler.precision}, {upscaler.backend}"
     import ray
 
-    from vsr_core.video.on_ray import RayPool
+    from vsr_core.video.ray_workers import RayExecutor, RayPool
 
+    pool = RayPool(workers=args.workers, num_cpus=args.cpus_per_worker, num_gpus=args.gpus_per_worker)
+    executor = RayExecutor(_model_from_args(args), options, pool)
     ray.init(address=args.address, log_to_driver=False, configure_logging=False)
-    return RayPool(workers=args.workers, num_cpus=args.cpus_per_worker, num_gpus=args.gpus_per_worker)
+    worker = executor.options
+    return executor, (f"on {pool.size()} Ray workers ({worker.device}), precision {worker.precision} (as each "
+                      f"worker resolves it), {worker.backend}")
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
     from vsr_core.data.video_encoder import EncoderSettings
-    from vsr_core.video.engine import default_work_folder, upscale_file
+    from vsr_core.video.pipeline import upscale_file
+    from vsr_core.video.plan import default_work_folder
 
     encoder = EncoderSettings(args.codec, args.crf, args.preset, args.pix_fmt)  # checked before the model loads
-    upscaler = _upscaler_from_args(args)
-    pool = _ray_pool_from_args(args) if args.ray else None
-    where = f"on {pool.size()} Ray workers, precision {upscaler.requested_precision} (as each worker resolves it), " \
-        f"{upscaler.backend}" if pool else f"on {upscaler.device}, {upscaler.precision}, {upscaler.backend}"
+    runner, where = _chunk_runner(args)
     print(f"upscaling {args.input} {where}", flush=True)
     _say_if_matroska(args.input, args.output)
     bar = tqdm(total=None, unit="frame", desc="upscale", dynamic_ncols=True)
@@ -102,9 +95,9 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         bar.update(progress.frames_done - bar.n)
 
     try:
-        result = upscale_file(args.input, args.output, upscaler, max_frames=args.max_frames,
+        result = upscale_file(args.input, args.output, runner, on_progress=show, max_frames=args.max_frames,
                               chunk_frames=args.chunk_frames, work_folder=args.work_folder, resume=args.resume,
-                              ray_pool=pool, on_progress=show, encoder=encoder, preview=args.preview)
+                              encoder=encoder, preview=args.preview)
     except KeyboardInterrupt:
         bar.close()
         folder = args.work_folder or default_work_folder(args.output)
@@ -113,10 +106,15 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         return 130
     finally:
         bar.close()
-        if pool is not None:
+        if args.ray:
             import ray
 
             ray.shutdown()
+    _print_result(result)
+    return 0
+
+
+def _print_result(result) -> None:
     resumed = f", {result.resumed_frames} of them from an earlier run" if result.resumed_frames else ""
     print(f"wrote {result.frames} frames ({result.width}x{result.height}, {result.fps:g} fps{resumed}) to "
           f"{result.output} in {result.seconds:.1f}s ({result.frames / result.seconds:.2f} frames/s); {result.encoder}")
@@ -124,7 +122,6 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         p = result.projection
         print(f"preview: {p.fps:.2f} frames/s; the whole video ({p.total_frames} frames) would take about "
               f"{_duration(p.projected_seconds)} and {p.projected_bytes / 1e6:.1f} MB")
-    return 0
 
 
 def _say_if_matroska(source: str, output: str) -> None:
@@ -238,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument("--workers", type=int, default=None,
                        help="chunk workers (with --ray; default: as many as the cluster has room for)")
     video.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs (= torch threads) per worker")
-    video.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per worker (e.g. 1 on GPU nodes)")
+    video.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per worker (e.g. 1 on GPU nodes); a "
+                       "worker with GPUs runs on CUDA, one without on the CPU (an explicit --device must agree)")
     up.set_defaults(func=cmd_upscale)
 
     ev = sub.add_parser("evaluate", help="Y/RGB PSNR and SSIM of the model and of bicubic on clips, and the "

@@ -16,26 +16,26 @@ runs the model in another, so decoding, the model and the caller's encoding over
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 import queue
 import sys
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from vsr_core.archs import CENTER, NUM_FRAMES, SCALE
-from vsr_core.backends import BACKEND_PRECISIONS, check_backend, make_runner
+from vsr_core.backends import BACKEND_PRECISIONS, make_runner
 from vsr_core.checkpoint import model_from_checkpoint
 from vsr_core.data.degradation import bicubic_upsample
 from vsr_core.frames import pick_device, resolve_precision, to_frames, to_tensor, to_uint8, window_indices
 from vsr_core.memory import MemoryPlanner, PassPlan, current_bytes, resolve_budget
-
-logger = logging.getLogger(__name__)
+from vsr_core.options import InferenceOptions
 
 
 # glibc mallopt parameters
@@ -99,57 +99,45 @@ def _blend_ramp(length: int, start: int, size: int, overlap: int, device) -> tor
 class Upscaler:
     """Runs a VSR model (or the bicubic baseline) on windows, clips and streams."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        device: str | torch.device = "auto",
-        batch_size: int = 4,
-        tile: int = 0,
-        tile_overlap: int = 32,
-        memory_budget: int | str | None = None,
-        precision: str = "auto",
-        backend: str = "torch",
-    ):
-        """``memory_budget``: the most memory (bytes) the process may use while upscaling, or
-        "auto" for a safe default derived from this machine or Ray actor (see ``vsr_core.memory``);
-        each call then runs as many windows per pass as fit, in tiles when not even one whole
-        frame fits (``tile`` becomes an upper bound). None: no budget."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if tile and tile <= tile_overlap:
-            raise ValueError(f"tile ({tile}) must be larger than tile_overlap ({tile_overlap}), or 0 for no tiling")
-        self.device = pick_device(device) if isinstance(device, str) else device
+    def __init__(self, model: nn.Module, options: InferenceOptions | None = None, **overrides: Any):
+        """``options`` (default ``InferenceOptions()``) with ``overrides`` (its fields, e.g.
+        ``device="cpu", batch_size=8``) applied; ``self.options`` is what it was built with.
+
+        ``memory_budget`` (bytes, or "auto" for a safe default derived from this machine or Ray
+        actor, see ``vsr_core.memory``): each call then runs as many windows per pass as fit, in
+        tiles when not even one whole frame fits (``tile`` becomes an upper bound)."""
+        self.options = replace(options or InferenceOptions(), **overrides)
+        self.device = pick_device(self.options.device)
         self.model = model.to(self.device).eval()
         allocator_cache = ALLOCATOR_CACHE_BYTES if self.device.type == "cpu" and tune_cpu_allocator() else 0
-        self.batch_size = batch_size
-        self.tile = tile
-        self.tile_overlap = tile_overlap
-        self.memory_budget = memory_budget  # as given ("auto" is resolved again by each worker)
-        budget_bytes = resolve_budget(memory_budget, self.device)
+        budget_bytes = resolve_budget(self.options.memory_budget, self.device)
         self.memory = None if budget_bytes is None else MemoryPlanner(
-            self.model, budget_bytes, current_bytes(self.device), tile_overlap, max_tile=tile,
-            reserve_bytes=allocator_cache)  # freed blocks the tuned allocator keeps count as used
-        # requested_precision: what was asked ("auto" is resolved again by each process that runs
-        # the model, e.g. a chunk worker on another node); precision and backend: what runs here
-        # (the bicubic baseline always runs on torch).
-        self.requested_precision = precision
-        self.precision = resolve_precision(precision, self.device, allowed=BACKEND_PRECISIONS[check_backend(backend)],
+            self.model, budget_bytes, current_bytes(self.device), self.options.tile_overlap,
+            max_tile=self.options.tile, reserve_bytes=allocator_cache)  # the tuned allocator's cache counts as used
+        # precision and backend: what runs in this process (options.precision "auto" is resolved by each
+        # process that runs the model, e.g. a chunk worker on another node; the bicubic baseline always
+        # runs on torch).
+        backend = self.options.backend
+        self.precision = resolve_precision(self.options.precision, self.device, allowed=BACKEND_PRECISIONS[backend],
                                            where=f"with the {backend} backend")
         self.runner = make_runner(backend, self.model, self.device, self.precision)
         self.backend = self.runner.name
         self.checkpoint_info: dict | None = None  # set by from_checkpoint
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, **options) -> "Upscaler":
+    def from_checkpoint(cls, path: str | Path, options: InferenceOptions | None = None,
+                        **overrides: Any) -> "Upscaler":
         model, checkpoint = model_from_checkpoint(path)
-        upscaler = cls(model, **options)
+        upscaler = cls(model, options, **overrides)
         # What the file says about itself (no weights), so callers need not load it twice.
         upscaler.checkpoint_info = {k: checkpoint[k] for k in ("step", "epoch", "training_phase", "config")}
         return upscaler
 
     @classmethod
-    def bicubic(cls, **options) -> "Upscaler":
-        return cls(BicubicBaseline(), **{"precision": "fp32", **options})  # the exact reference
+    def bicubic(cls, options: InferenceOptions | None = None, **overrides: Any) -> "Upscaler":
+        """The bicubic baseline through the same pipeline; in fp32 (the exact reference) unless
+        ``options`` or ``overrides`` say otherwise."""
+        return cls(BicubicBaseline(), options or InferenceOptions(precision="fp32"), **overrides)
 
     # --- tensors -----------------------------------------------------------------
     def _run_model(self, windows: torch.Tensor) -> torch.Tensor:
@@ -160,7 +148,7 @@ class Upscaler:
         """[B,5,3,H,W] float in [0,1] -> [B,3,3H,3W] in [0,1] (on the Upscaler's device)."""
         windows = windows.to(self.device, non_blocking=True)
         b, h, w = windows.shape[0], *windows.shape[-2:]
-        plan = self.memory.plan(b, h, w) if self.memory is not None else PassPlan(b, self.tile, self.tile)
+        plan = self.memory.plan(b, h, w) if self.memory is not None else PassPlan(b, self.options.tile, self.options.tile)
         if plan.windows >= b:
             return self._upscale_pass(windows, plan.tile_height, plan.tile_width)
         out = torch.empty(b, 3, h * SCALE, w * SCALE, device=self.device)
@@ -176,11 +164,11 @@ class Upscaler:
         out = torch.zeros(windows.shape[0], 3, h * SCALE, w * SCALE, device=self.device)
         weight_sum = torch.zeros(1, 1, h * SCALE, w * SCALE, device=self.device)
         th, tw = min(tile_height, h), min(tile_width, w)
-        for y in _tile_starts(h, th, self.tile_overlap):
-            for x in _tile_starts(w, tw, self.tile_overlap):
+        for y in _tile_starts(h, th, self.options.tile_overlap):
+            for x in _tile_starts(w, tw, self.options.tile_overlap):
                 pred = self._run_model(windows[..., y : y + th, x : x + tw])
-                wy = _blend_ramp(th, y, h, self.tile_overlap, self.device)
-                wx = _blend_ramp(tw, x, w, self.tile_overlap, self.device)
+                wy = _blend_ramp(th, y, h, self.options.tile_overlap, self.device)
+                wx = _blend_ramp(tw, x, w, self.options.tile_overlap, self.device)
                 weight = wy[:, None] * wx[None, :]
                 ys, xs = slice(y * SCALE, (y + th) * SCALE), slice(x * SCALE, (x + tw) * SCALE)
                 out[..., ys, xs] += pred.mul_(weight)
@@ -198,9 +186,9 @@ class Upscaler:
         memory budget for the cached features of ``batch_size`` + 4 frames)."""
         model_ok = callable(getattr(self.model, "extract_features", None)) and callable(
             getattr(self.model, "reconstruct_frames", None))
-        fits = self.memory is None or self.memory.fits_stream(self.batch_size, height, width)
-        return (model_ok and fits and self.runner.reuses_features
-                and (not self.tile or (height <= self.tile and width <= self.tile)))
+        batch_size, tile = self.options.batch_size, self.options.tile
+        fits = self.memory is None or self.memory.fits_stream(batch_size, height, width)
+        return model_ok and fits and self.runner.reuses_features and (not tile or (height <= tile and width <= tile))
 
     def stream(self, frames: Iterable[np.ndarray], prefetch: int = 0, *, first: int = 0,
                total: int | None = None, start: int | None = None, stop: int | None = None) -> Iterator[np.ndarray]:
@@ -238,13 +226,14 @@ class Upscaler:
                                first, total, start, stop)
         # With prefetch the model runs in a thread of its own; closing either generator
         # closes the one it reads from, in that one's thread (see _background).
-        yield from windows if prefetch <= 0 else _background(windows, self.batch_size, "vsr-model")
+        yield from windows if prefetch <= 0 else _background(windows, self.options.batch_size, "vsr-model")
 
     def _stream(self, frames: Iterable[np.ndarray], first: int, total: int | None, start: int,
                 stop: int | None) -> Iterator[np.ndarray]:
         buffer: dict[int, torch.Tensor] = {}  # LR frames [3,H,W] by clip index
         features: dict[int, torch.Tensor] = {}  # per-frame features [1,C,H,W], when reused
         source = iter(frames)
+        batch_size = self.options.batch_size
         total_given = total is not None
         next_read, next_out = first, start
         first_shape = None
@@ -252,7 +241,7 @@ class Upscaler:
         try:
             while True:
                 end = stop if stop is not None else total  # None: until the frames run out
-                batch_end = (next_out // self.batch_size + 1) * self.batch_size  # aligned batches
+                batch_end = (next_out // batch_size + 1) * batch_size  # aligned batches
                 if end is not None:
                     batch_end = min(batch_end, end)
                 need = batch_end - 1 + CENTER  # the last frame this batch's windows read
@@ -318,17 +307,18 @@ def windows_per_pass(height: int, width: int, max_batch_pixels: int, most: int) 
     return max(1, min(most, max_batch_pixels // max(1, height * width)))
 
 
-def upscale_grouped(
-    upscaler: Upscaler, windows: list[np.ndarray], max_batch_pixels: int = 2**62
-) -> list[tuple[np.ndarray | Exception, int]]:
-    """[5,H,W,3] uint8 windows of possibly different sizes -> (3x center frame, number of
-    windows in the forward pass that computed it), in order.
+class WindowResult(NamedTuple):
+    """One window's 3x center frame, and how many windows the forward pass that computed it held."""
 
-    Windows of the same size are stacked into one ``upscale_windows`` call (split so that
-    a pass holds at most ``max_batch_pixels`` LR pixels); different sizes run separately.
-    A failure affects only its pass (returned as the exception, per window).
-    """
-    results: list[tuple[np.ndarray | Exception, int] | None] = [None] * len(windows)
+    frame: np.ndarray
+    batch_size: int
+
+
+def window_passes(upscaler: Upscaler, windows: Sequence[np.ndarray],
+                  max_batch_pixels: int = 2**62) -> list[list[int]]:
+    """Which of the [5,H,W,3] ``windows`` (possibly of different sizes) share a forward pass, as
+    lists of their indices: windows of the same size, at most ``max_batch_pixels`` LR pixels (and
+    what the memory budget holds) per pass; different sizes run separately."""
     groups: dict[tuple, list[int]] = {}
     for i, window in enumerate(windows):
         groups.setdefault(window.shape, []).append(i)
@@ -338,17 +328,24 @@ def upscale_grouped(
         if upscaler.memory is not None:
             step = upscaler.memory.windows_that_fit(shape[1], shape[2], step)
         passes += [indices[k : k + step] for k in range(0, len(indices), step)]
-    for indices in passes:
-        try:
-            batch = to_tensor(np.stack([windows[i] for i in indices]))
-            outputs = to_uint8(upscaler.upscale_windows(batch))
-            for j, i in enumerate(indices):
-                results[i] = (outputs[j], len(indices))
-        except Exception as exc:  # noqa: BLE001 - reported per request
-            logger.exception("upscaling %d window(s) of shape %s failed", len(indices), windows[indices[0]].shape)
-            for i in indices:
-                results[i] = (exc, len(indices))
-    return results  # type: ignore[return-value]
+    return passes
+
+
+def upscale_pass(upscaler: Upscaler, windows: Sequence[np.ndarray]) -> list[WindowResult]:
+    """Same-size uint8 windows [5,H,W,3] in one ``upscale_windows`` call -> their results, in order."""
+    outputs = to_uint8(upscaler.upscale_windows(to_tensor(np.stack(windows))))
+    return [WindowResult(output, len(windows)) for output in outputs]
+
+
+def upscale_grouped(upscaler: Upscaler, windows: Sequence[np.ndarray],
+                    max_batch_pixels: int = 2**62) -> list[WindowResult]:
+    """[5,H,W,3] uint8 windows of possibly different sizes -> their results, in order, computed
+    pass by pass (``window_passes``). A failing pass raises; the Serve queue (``serve.batching``)
+    runs the passes one by one, so that a failure fails only the windows of its pass."""
+    results: dict[int, WindowResult] = {}
+    for indices in window_passes(upscaler, windows, max_batch_pixels):
+        results.update(zip(indices, upscale_pass(upscaler, [windows[i] for i in indices])))
+    return [results[i] for i in range(len(windows))]
 
 
 _END = object()

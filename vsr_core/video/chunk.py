@@ -8,34 +8,32 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
-from fractions import Fraction
 from pathlib import Path
 
-from vsr_core.data.video_color import ColorTags
-from vsr_core.data.video_encoder import EncoderSettings
 from vsr_core.data.video_io import FrameWriter, iter_timed_frames
 from vsr_core.inference import Upscaler
-from vsr_core.video.plan import Chunk
+from vsr_core.video.plan import ChunkTask
 
 
-def run_chunk(upscaler: Upscaler, source: str, chunk: Chunk, total: int, segment: Path, rate: Fraction,
-              time_base: Fraction, on_frame: Callable[[int], None] | None = None,
-              encoder: EncoderSettings | None = None, color: ColorTags | None = None) -> int:
-    """Upscale the output frames of ``chunk`` into ``segment``; returns the frames written.
+def run_chunk(upscaler: Upscaler, task: ChunkTask, segment: Path,
+              on_frame: Callable[[int], None] | None = None) -> int:
+    """Upscale the output frames of ``task.chunk`` into ``segment``; returns the frames written.
 
     Each output frame keeps the timestamp of its input frame, and the input's colour and bit
-    depth (``color``), encoded with ``encoder``. ``on_frame(n)`` is called with the number of
-    frames written so far (for progress). Any failure raises: a frame is never skipped."""
+    depth (``task.color``), encoded with ``task.encoder``. ``on_frame(n)`` is called with the
+    number of frames written so far (for progress). Any failure raises: a frame is never skipped."""
+    chunk = task.chunk
     timestamps: list[int] = []
 
     def frames():
-        for pts, frame in iter_timed_frames(source, start_pts=chunk.first_pts, count=chunk.last - chunk.first,
+        for pts, frame in iter_timed_frames(task.source, start_pts=chunk.first_pts, count=chunk.last - chunk.first,
                                             deep=True):
             timestamps.append(pts)
             yield frame
 
-    outputs = upscaler.stream(frames(), first=chunk.first, total=total, start=chunk.start, stop=chunk.stop)
-    with FrameWriter(segment, rate, time_base, first_index=chunk.start, encoder=encoder, color=color) as writer:
+    outputs = upscaler.stream(frames(), first=chunk.first, total=task.clip_frames, start=chunk.start, stop=chunk.stop)
+    with FrameWriter(segment, task.frame_rate, task.time_base, first_index=chunk.start, encoder=task.encoder,
+                     color=task.color) as writer:
         for frame in outputs:
             writer.write(frame, pts=timestamps[chunk.start - chunk.first + writer.count])
             if on_frame is not None:

@@ -21,6 +21,7 @@ import heapq
 import logging
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -134,15 +135,22 @@ def _chapters(source_container, start_time: float | None, end_time: float | None
     return kept
 
 
-def join_segments(segments: list[Path], timestamps: list[int], time_base: Fraction, source: str | None,
-                  output: Path, end_time: float | None = None, start_time: float | None = None,
-                  metadata: dict[str, str] | None = None) -> int:
+@dataclass(frozen=True)
+class CopiedStreams:
+    """The input whose audio, subtitle and attachment streams, chapters and metadata go into the
+    output: those of ``[start_time, end_time)`` seconds (None: from the start / to the end; a
+    ``--max-frames`` or ``--preview`` run keeps only the matching audio and chapters)."""
+
+    source: str
+    start_time: float | None = None
+    end_time: float | None = None
+
+
+def join_segments(segments: list[Path], timestamps: list[int], time_base: Fraction, output: Path,
+                  copied: CopiedStreams | None = None, metadata: dict[str, str] | None = None) -> int:
     """Write ``output`` from the video segments (in order; their frames have ``timestamps`` in
-    ``time_base``) plus the audio, subtitle and attachment streams, chapters and metadata of
-    ``source`` (a video, or None) and ``metadata`` (``vsr_`` keys: how the output was made);
-    returns the number of video frames written. Copied packets outside ``[start_time,
-    end_time)`` (seconds) are left out (a ``--max-frames`` or ``--preview`` run keeps only the
-    matching audio and chapters)."""
+    ``time_base``) plus the ``copied`` streams of the input (a video, or None) and ``metadata``
+    (``vsr_`` keys: how the output was made); returns the number of video frames written."""
     output.parent.mkdir(parents=True, exist_ok=True)
     # An mp4 keeps only its standard metadata keys unless told to write them all.
     options = {"movflags": "use_metadata_tags"} if output.suffix.lower() in MP4_SUFFIXES else {}
@@ -150,44 +158,63 @@ def join_segments(segments: list[Path], timestamps: list[int], time_base: Fracti
         # opaque: take the segment's codec as it is (an encoder of that name need not exist: AV1 is
         # written by libsvtav1 and read by another decoder)
         video_out = out.add_stream_from_template(first.streams.video[0], opaque=True)
-        copies: dict[int, av.stream.Stream] = {}
-        source_container = open_container(source) if source is not None else None
+        source = open_container(copied.source) if copied is not None else None
         try:
-            if source_container is not None:
-                out.metadata.update(_film_metadata(source_container.metadata))
-                video_out.metadata.update(_film_metadata(source_container.streams.video[0].metadata))
-                out.set_chapters(_chapters(source_container, start_time, end_time))
+            if source is not None:
+                _copy_film_metadata(source, out, video_out, copied)
             out.metadata.update({f"{METADATA_PREFIX}{k}": v for k, v in (metadata or {}).items()})
-            for stream in source_container.streams if source_container else []:
-                if stream.type == "attachment" and output.suffix.lower() not in MP4_SUFFIXES:
-                    out.add_attachment(stream.metadata.get("filename", f"attachment{stream.index}"),
-                                       stream.mimetype or "application/octet-stream", stream.data)
-                    continue
-                if stream.type not in COPIED_STREAM_TYPES:
-                    continue
-                if not _copyable(stream, output.suffix.lower()):
-                    logger.warning("not copying %s stream %d (%s): %s cannot hold it", stream.type, stream.index,
-                                   stream.codec_context.name, output.suffix)
-                    continue
-                copies[stream.index] = out.add_stream_from_template(stream)
-                copies[stream.index].metadata.update(_film_metadata(stream.metadata))
-            extra = _packets(source_container, [source_container.streams[i] for i in copies]) if copies else iter(())
-            merged = heapq.merge(((float(p.dts * p.time_base), 0, p) for p in _restamped(segments, timestamps, time_base)),
-                                 ((float(p.dts * p.time_base), 1, p) for p in extra), key=lambda item: item[:2])
-            frames = 0
-            for _, kind, packet in merged:
-                if kind == 0:
-                    packet.stream = video_out
-                    frames += 1
-                elif packet.pts is not None and not _within(packet.pts * packet.time_base, start_time, end_time):
-                    continue
-                else:
-                    packet.stream = copies[packet.stream.index]
-                out.mux(packet)
-            return frames
+            copies = _add_copied_streams(source, out, output.suffix.lower()) if source is not None else {}
+            extra = _packets(source, [source.streams[i] for i in copies]) if copies else iter(())
+            return _mux(out, video_out, _restamped(segments, timestamps, time_base), extra, copies, copied)
         finally:
-            if source_container is not None:
-                source_container.close()
+            if source is not None:
+                source.close()
+
+
+def _copy_film_metadata(source, out, video_out, copied: CopiedStreams) -> None:
+    out.metadata.update(_film_metadata(source.metadata))
+    video_out.metadata.update(_film_metadata(source.streams.video[0].metadata))
+    out.set_chapters(_chapters(source, copied.start_time, copied.end_time))
+
+
+def _add_copied_streams(source, out, suffix: str) -> dict[int, av.stream.Stream]:
+    """The output's copies of the input's audio and subtitle streams (by input index), and its
+    attachments (Matroska only), for those the output's container (``suffix``) can hold."""
+    copies: dict[int, av.stream.Stream] = {}
+    for stream in source.streams:
+        if stream.type == "attachment" and suffix not in MP4_SUFFIXES:
+            out.add_attachment(stream.metadata.get("filename", f"attachment{stream.index}"),
+                               stream.mimetype or "application/octet-stream", stream.data)
+            continue
+        if stream.type not in COPIED_STREAM_TYPES:
+            continue
+        if not _copyable(stream, suffix):
+            logger.warning("not copying %s stream %d (%s): %s cannot hold it", stream.type, stream.index,
+                           stream.codec_context.name, suffix)
+            continue
+        copies[stream.index] = out.add_stream_from_template(stream)
+        copies[stream.index].metadata.update(_film_metadata(stream.metadata))
+    return copies
+
+
+def _mux(out, video_out, video: Iterator[av.Packet], extra: Iterator[av.Packet], copies: dict[int, av.stream.Stream],
+         copied: CopiedStreams | None) -> int:
+    """Packets of all streams merged in decoding-time order, one at a time; copied packets
+    outside the kept time range are left out. Returns the video frames written."""
+    start_time, end_time = (copied.start_time, copied.end_time) if copied is not None else (None, None)
+    merged = heapq.merge(((float(p.dts * p.time_base), 0, p) for p in video),
+                         ((float(p.dts * p.time_base), 1, p) for p in extra), key=lambda item: item[:2])
+    frames = 0
+    for _, kind, packet in merged:
+        if kind == 0:
+            packet.stream = video_out
+            frames += 1
+        elif packet.pts is not None and not _within(packet.pts * packet.time_base, start_time, end_time):
+            continue
+        else:
+            packet.stream = copies[packet.stream.index]
+        out.mux(packet)
+    return frames
 
 
 def _within(seconds, start_time: float | None, end_time: float | None) -> bool:

@@ -18,7 +18,7 @@ import torch
 
 from vsr_core.archs import CENTER
 from vsr_core.frames import to_tensor, to_uint8, window_indices
-from vsr_core.inference import Upscaler, windows_per_pass
+from vsr_core.inference import Upscaler, WindowResult, windows_per_pass
 
 
 class LiveFrames:
@@ -51,7 +51,7 @@ class LiveFrames:
         height, width = frames[centers[0]].shape[-2:]
         reuse = upscaler.reuses_features(height, width)
         # reused features: at most batch_size windows per pass (the memory budget was checked for that)
-        step = windows_per_pass(height, width, max_batch_pixels, upscaler.batch_size if reuse else len(centers))
+        step = windows_per_pass(height, width, max_batch_pixels, upscaler.options.batch_size if reuse else len(centers))
         outputs = []
         for i in range(0, len(centers), step):
             part = centers[i : i + step]
@@ -81,22 +81,18 @@ class LiveWindow:
         return self.frames.pixels
 
 
-def upscale_live(upscaler: Upscaler, windows: list[LiveWindow], max_batch_pixels: int = 2**62,
-                 ) -> list[tuple[np.ndarray | Exception, int]]:
-    """Windows of live streams -> (3x frame or the exception of its stream's pass, windows computed
-    with it), in order; each stream's windows are computed together, reusing its features."""
-    results: list = [None] * len(windows)
+def live_passes(windows: Sequence[LiveWindow]) -> list[list[int]]:
+    """Which of ``windows`` run together, as lists of their indices: the windows of one stream
+    (its frames, its length so far), so that they reuse that stream's features."""
     groups: dict[tuple[int, int], list[int]] = {}
     for i, window in enumerate(windows):
         groups.setdefault((id(window.frames), window.length), []).append(i)
-    for indices in groups.values():
-        first = windows[indices[0]]
-        try:
-            outputs = first.frames.upscale(upscaler, [windows[i].center for i in indices], first.length,
-                                           max_batch_pixels)
-            for i, output in zip(indices, outputs):
-                results[i] = (output, len(indices))
-        except Exception as exc:  # noqa: BLE001 - reported to that stream only
-            for i in indices:
-                results[i] = (exc, len(indices))
-    return results
+    return list(groups.values())
+
+
+def upscale_live_pass(upscaler: Upscaler, windows: Sequence[LiveWindow],
+                      max_batch_pixels: int = 2**62) -> list[WindowResult]:
+    """Windows of one live stream (``live_passes``) -> their results, in order (raises what the pass raises)."""
+    first = windows[0]
+    outputs = first.frames.upscale(upscaler, [window.center for window in windows], first.length, max_batch_pixels)
+    return [WindowResult(output, len(windows)) for output in outputs]

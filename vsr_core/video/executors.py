@@ -1,0 +1,97 @@
+"""Who runs a video plan's chunks: ``LocalExecutor`` (one after another, in this process) or
+``ray_workers.RayExecutor`` (chunk workers on a Ray cluster), both a ``ChunkExecutor``. Either
+writes each finished chunk's segment into the plan's work folder, commits it, and tells the
+run's ``ProgressTracker``, which reports progress and says when the run is cancelled.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from vsr_core.inference import Upscaler
+from vsr_core.video.chunk import run_chunk
+from vsr_core.video.plan import Chunk, JobCancelled, ModelIdentity, VideoPlan
+
+
+@dataclass(frozen=True)
+class Progress:
+    frames_done: int
+    frames_total: int
+    fps: float  # frames per second in this run (resumed chunks excluded)
+    eta_seconds: float | None
+
+    @property
+    def fraction(self) -> float:
+        return self.frames_done / max(1, self.frames_total)
+
+
+@dataclass(frozen=True)
+class RunControl:
+    """A caller's hold on a run: ``on_progress`` gets a ``Progress`` as frames get done (a few
+    times a second at most on Ray), ``should_stop()`` returning True cancels (``JobCancelled``)."""
+
+    on_progress: Callable[[Progress], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+
+
+class ProgressTracker:
+    """The frames of one run: resumed, in finished chunks, and written so far by running ones."""
+
+    def __init__(self, control: RunControl, total: int, resumed: int):
+        self.control, self.total, self.resumed = control, total, resumed
+        self.finished = resumed
+        self.started = time.perf_counter()
+
+    def report(self, running_frames: int = 0) -> None:
+        """``running_frames``: the frames written so far by the chunks that are still running."""
+        if self.control.on_progress is None:
+            return
+        done = self.finished + running_frames
+        elapsed = time.perf_counter() - self.started
+        fps = (done - self.resumed) / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - done) / fps if fps > 0 else None
+        self.control.on_progress(Progress(done, self.total, fps, eta))
+
+    def chunk_done(self, chunk: Chunk) -> None:
+        self.finished += chunk.frames
+        self.report()
+
+    def stop_if_cancelled(self) -> None:
+        if self.control.should_stop is not None and self.control.should_stop():
+            raise JobCancelled("cancelled")
+
+
+class ChunkExecutor(Protocol):
+    def identity(self) -> ModelIdentity:
+        """What the segments' pixels depend on besides the input (``plan.json``)."""
+
+    def parallel_chunks(self) -> int:
+        """How many chunks run at once (it sizes the default chunks)."""
+
+    def run(self, plan: VideoPlan, tracker: ProgressTracker) -> set[str]:
+        """Run ``plan.todo``, committing each chunk's segment to the work folder as it finishes;
+        return the ids of the Ray nodes that ran them (none in-process)."""
+
+
+class LocalExecutor:
+    """The chunks one after another in this process, with this ``Upscaler``."""
+
+    def __init__(self, upscaler: Upscaler):
+        self.upscaler = upscaler
+
+    def identity(self) -> ModelIdentity:
+        upscaler = self.upscaler
+        return ModelIdentity.of(upscaler.model, upscaler.options, upscaler.precision, upscaler.backend)
+
+    def parallel_chunks(self) -> int:
+        return 1
+
+    def run(self, plan: VideoPlan, tracker: ProgressTracker) -> set[str]:
+        for chunk in plan.todo:
+            tracker.stop_if_cancelled()
+            run_chunk(self.upscaler, plan.task(chunk), plan.work.partial_path(chunk), on_frame=tracker.report)
+            plan.work.commit(chunk)
+            tracker.chunk_done(chunk)
+        return set()
