@@ -94,3 +94,67 @@ def test_unknown_preset_names_allowed_values():
     with pytest.raises(ValueError, match="allowed"):
         VSRPPPv2.from_preset("huge")
     assert {"full", "small", "tiny"} <= set(PRESETS)
+
+
+def _reference_forward(model, frames):
+    """The model's formula as the seed wrote it (PixelShuffle of the residual + bilinear
+    interpolation of the center frame over the 3x frame), in float64: an independent reference
+    for the sub-pixel path the model runs."""
+    from vsr_core.archs.vsrppp_v2 import CENTER
+
+    model = model.double()
+    frames = frames.double()
+    feats = model.extract_features(frames)
+    backward = model.backward_blocks(model.backward_fuse(torch.cat([feats[:, 3], feats[:, 4]], dim=1)))
+    forward = model.forward_blocks(model.forward_fuse(torch.cat([feats[:, 0], feats[:, 1]], dim=1)))
+    w = torch.softmax(model.temporal_logits, dim=0)
+    weighted = backward * w[0] + feats[:, CENTER] * w[1] + forward * w[2]
+    residual = model.upsample(model.fusion(weighted))
+    return residual + torch.nn.functional.interpolate(frames[:, CENTER], scale_factor=3, mode="bilinear",
+                                                      align_corners=False)
+
+
+@pytest.mark.parametrize("height,width", [(1, 1), (4, 7), (45, 80)])
+def test_forward_matches_the_seed_formula_within_float_rounding(height, width):
+    import copy
+
+    model = random_model("tiny", seed=5)
+    torch.nn.init.normal_(model.upsample[0].bias, std=0.05)
+    frames = torch.rand(2, 5, 3, height, width)
+    with torch.no_grad():
+        got = model(frames)
+        expected = _reference_forward(copy.deepcopy(model), frames)  # the same weights in float64
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    assert (got.double() - expected).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("height,width", [(1, 1), (2, 3), (9, 11), (180, 320)])
+def test_the_anchor_at_lr_resolution_is_bilinear_upsampling(height, width):
+    from vsr_core.archs.subpixels import bilinear_subpixels, shuffle_subpixels
+
+    frames = torch.rand(2, 3, height, width)
+    exact = torch.nn.functional.interpolate(frames.double(), scale_factor=3, mode="bilinear", align_corners=False)
+    got = shuffle_subpixels(bilinear_subpixels(frames)).permute(0, 3, 1, 2)
+    assert (got.double() - exact).abs().max() < 1e-6
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the anchor stays fp32 under autocast
+        under_autocast = bilinear_subpixels(frames)
+    assert under_autocast.dtype == torch.float32
+    assert torch.equal(shuffle_subpixels(under_autocast).permute(0, 3, 1, 2), got)
+
+
+def test_subpixel_channels_are_pixel_shuffle_channels_reordered():
+    from vsr_core.archs.subpixels import ORDER, shuffle_subpixels
+
+    assert sorted(ORDER) == list(range(27))
+    subpixels = torch.rand(2, 27, 4, 5)
+    in_pixel_shuffle_order = torch.empty_like(subpixels)
+    in_pixel_shuffle_order[:, list(ORDER)] = subpixels
+    expected = torch.nn.functional.pixel_shuffle(in_pixel_shuffle_order, 3)  # [B,3,3H,3W]
+    assert torch.equal(shuffle_subpixels(subpixels).permute(0, 3, 1, 2), expected)
+
+
+def test_checkpoints_keep_their_keys():
+    # the anchor's fixed filter is no parameter or buffer: state dicts are what they were
+    keys = set(VSRPPPv2.from_preset("tiny").state_dict())
+    assert "upsample.0.weight" in keys and "upsample.0.bias" in keys
+    assert not [k for k in keys if "bilinear" in k or "anchor" in k]

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from vsr_core.archs import CENTER, NUM_FRAMES
+from vsr_core.archs.subpixels import shuffle_subpixels
 from vsr_core.cpu import cpu_flags, cpu_model
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,18 @@ def to_frames(frames: torch.Tensor, dtype: np.dtype, in_place: bool = False) -> 
         work = frames.detach() if in_place else frames.detach().clone()
         scaled = work.clamp_(0, 1).mul_(65535).round_().to(torch.int32).movedim(-3, -1).cpu().numpy()
     return scaled.astype(np.uint16)
+
+
+def subpixels_to_frames(subpixels: torch.Tensor, dtype: np.dtype = np.uint8) -> np.ndarray:
+    """Sub-pixel channels [B,27,H,W] (``archs.subpixels``) -> ``dtype`` frames [B,3H,3W,3]:
+    ``to_frames`` of their shuffle, the same values, cheaper: the arithmetic (clamp, scale,
+    round; in place on ``subpixels``) runs on the model's own layout, and only the integers
+    are shuffled into frames."""
+    deep = dtype == np.uint16
+    with torch.inference_mode():
+        values = subpixels.detach().clamp_(0, 1).mul_(65535 if deep else 255).round_()
+        out = shuffle_subpixels(values.to(torch.int32 if deep else torch.uint8)).cpu().numpy()
+    return out.astype(np.uint16) if deep else out
 
 
 def pick_device(device: str = "auto") -> torch.device:

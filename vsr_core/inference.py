@@ -33,7 +33,15 @@ from vsr_core.archs import CENTER, NUM_FRAMES, SCALE
 from vsr_core.backends import BACKEND_PRECISIONS, make_runner
 from vsr_core.checkpoint import model_from_checkpoint
 from vsr_core.data.degradation import bicubic_upsample
-from vsr_core.frames import pick_device, resolve_precision, to_frames, to_tensor, to_uint8, window_indices
+from vsr_core.frames import (
+    pick_device,
+    resolve_precision,
+    subpixels_to_frames,
+    to_frames,
+    to_tensor,
+    to_uint8,
+    window_indices,
+)
 from vsr_core.memory import MemoryPlanner, PassPlan, current_bytes, resolve_budget
 from vsr_core.options import InferenceOptions
 
@@ -182,10 +190,10 @@ class Upscaler:
     # --- streams -----------------------------------------------------------------
     def reuses_features(self, height: int, width: int) -> bool:
         """Whether ``stream`` extracts each frame's features once for frames of this size
-        (needs a model with ``extract_features``/``reconstruct_frames``, no tiling, and room in the
+        (needs a model with ``extract_features``/``reconstruct_subpixels``, no tiling, and room in the
         memory budget for the cached features of ``batch_size`` + 4 frames)."""
         model_ok = callable(getattr(self.model, "extract_features", None)) and callable(
-            getattr(self.model, "reconstruct_frames", None))
+            getattr(self.model, "reconstruct_subpixels", None))
         batch_size, tile = self.options.batch_size, self.options.tile
         fits = self.memory is None or self.memory.fits_stream(batch_size, height, width)
         return model_ok and fits and self.runner.reuses_features and (not tile or (height <= tile and width <= tile))
@@ -267,8 +275,7 @@ class Upscaler:
                     return
                 n = total if total is not None else 2**62  # no reflection at an end not yet seen
                 if reuse:
-                    out = self.upscale_reusing_features(centers, n, buffer, features)
-                    yield from to_frames(out, first_dtype, in_place=True)
+                    yield from self.upscale_reusing_features(centers, n, buffer, features, first_dtype)
                 else:  # as many windows at a time as the memory budget holds
                     step = len(centers) if self.memory is None else self.memory.windows_that_fit(
                         first_shape[0], first_shape[1], len(centers))
@@ -286,21 +293,43 @@ class Upscaler:
 
     @torch.inference_mode()
     def upscale_reusing_features(self, centers: Sequence[int], num_frames: int, frames: dict[int, torch.Tensor],
-                                  features: dict[int, torch.Tensor]) -> torch.Tensor:
-        """The windows around ``centers``: features of frames not seen yet are extracted
-        and cached in ``features``; cached ones are reused. Each frame's features are
-        extracted on their own (a batch of 1): CPU convolutions may round differently in
-        batches of another size, and a frame must get the same features whichever batch
-        (or chunk of a video) first reads it."""
+                                  features: dict[int, torch.Tensor], dtype: np.dtype = np.uint8) -> np.ndarray:
+        """The 3x frames [B,3H,3W,3] (``dtype``: uint8, or uint16 for deep video) of the windows
+        around ``centers``: features of frames not seen yet are extracted and cached in
+        ``features``; cached ones are reused. Each frame's features are extracted on their own (a
+        batch of 1): CPU convolutions may round differently in batches of another size, and a
+        frame must get the same features whichever batch (or chunk of a video) first reads it.
+
+        The model stops before its PixelShuffle (``reconstruct_subpixels``) and the conversion to
+        ``dtype`` runs on those 27 channels, then shuffles the bytes (``subpixels_to_frames``):
+        the same frames as ``to_frames(model(...))``, without a float pass over the 3x frames."""
         windows = [window_indices(c, num_frames) for c in centers]
-        for j in sorted({j for window in windows for j in window} - features.keys()):
-            with self.runner.context():
-                features[j] = self.model.extract_features(frames[j].to(self.device, non_blocking=True)[None, None])[0]
-        slots = [torch.cat([features[window[k]] for window in windows]) for k in range(NUM_FRAMES)]
+        span = sorted({j for window in windows for j in window})
+        for j in span:
+            if j not in features:
+                with self.runner.context():
+                    features[j] = self.model.extract_features(frames[j].to(self.device, non_blocking=True)[None, None])[0]
+        slots = _window_slots(torch.cat([features[j] for j in span]), span, windows)
         center = torch.stack([frames[c] for c in centers]).to(self.device, non_blocking=True)
         with self.runner.context():
-            out = self.model.reconstruct_frames(slots, center).float()
-        return out.clamp_(0, 1)
+            subpixels = self.model.reconstruct_subpixels(slots, center)
+        return subpixels_to_frames(subpixels, dtype)  # clamped there
+
+
+def _window_slots(stacked: torch.Tensor, span: list[int], windows: list[list[int]]) -> list[torch.Tensor]:
+    """The model's 5 inputs for a batch of windows: slot k holds frame ``window[k]`` of each
+    window, taken from ``stacked`` (the features of the frames ``span``, in that order). Away from
+    the clip's ends a slot reads consecutive frames: a view, no copy (each frame's features are
+    copied once per batch, into ``stacked``, instead of once per window that reads them)."""
+    position = {j: i for i, j in enumerate(span)}
+    slots = []
+    for k in range(NUM_FRAMES):
+        rows = [position[window[k]] for window in windows]
+        if rows == list(range(rows[0], rows[0] + len(rows))):
+            slots.append(stacked[rows[0] : rows[0] + len(rows)])
+        else:  # reflected at an end of the clip
+            slots.append(stacked[torch.tensor(rows, device=stacked.device)])
+    return slots
 
 
 def windows_per_pass(height: int, width: int, max_batch_pixels: int, most: int) -> int:

@@ -56,11 +56,11 @@ class LiveFrames:
         for i in range(0, len(centers), step):
             part = centers[i : i + step]
             if reuse:
-                out = upscaler.upscale_reusing_features(part, length, frames, self._features)
+                outputs += list(upscaler.upscale_reusing_features(part, length, frames, self._features))
             else:  # tiled, ONNX, or a model without separate feature extraction
                 out = upscaler.upscale_windows(torch.stack([
                     torch.stack([frames[j] for j in window_indices(c, length)]) for c in part]))
-            outputs += list(to_uint8(out, in_place=True))
+                outputs += list(to_uint8(out, in_place=True))
         with self._lock:  # the next window (centers[-1] + 1) reads from centers[-1] - 1 on
             for j in [j for j in self._frames if j < centers[-1] + 1 - CENTER]:
                 del self._frames[j]

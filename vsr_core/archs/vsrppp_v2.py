@@ -11,6 +11,14 @@ Data flow (C = channels, N = HeavyBlocks per branch)::
       -> + bilinear 3x upsampling of the center frame F2 ("anchor")
     output [B,3,3H,3W]
 
+How it runs (``reconstruct_subpixels``, ``archs.subpixels``): the last conv's 27 output
+channels are taken in (i, j, colour) order instead of PixelShuffle's (colour, i, j) (its weights
+permuted on the fly, so checkpoints are unchanged), the anchor is added to them at LR resolution
+as the 27 sub-pixel channels of the bilinear upsampling (a fixed 3x3 filter, fp32), and the
+shuffle into [B,3,3H,3W] moves runs of 9 values. The same sum within float rounding, without
+the interpolation and the add over the 3x frame. A stream stops before the shuffle, converts the
+27 channels to uint8 and shuffles bytes (``frames.subpixels_to_frames``).
+
 HeavyBlock (EDSR-style residual block, no batch norm)::
 
     y = x + conv3x3(relu(conv3x3(x)))
@@ -39,7 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SCALE = 3
+from vsr_core.archs.subpixels import ORDER, SCALE, bilinear_subpixels, shuffle_subpixels
+
 NUM_FRAMES = 5
 CENTER = NUM_FRAMES // 2
 
@@ -56,6 +65,8 @@ class ModelSpec:
 PRESETS: dict[str, ModelSpec] = {
     "full": ModelSpec(channels=96, blocks_per_branch=15),  # the seed's model, ~5.1M params
     "small": ModelSpec(channels=32, blocks_per_branch=4),  # trains in minutes on a laptop CPU
+    # real time on 2 CPU cores at 320x180 LR (benchmarks/README.md, "realtime preset")
+    "realtime": ModelSpec(channels=16, blocks_per_branch=2),
     "tiny": ModelSpec(channels=8, blocks_per_branch=1),  # for tests
 }
 
@@ -125,6 +136,12 @@ class VSRPPPv2(nn.Module):
     def reconstruct_frames(self, feats: Sequence[torch.Tensor], center_frame: torch.Tensor) -> torch.Tensor:
         """``reconstruct`` with the window's 5 frame features as separate [B,C,H,W] tensors
         (e.g. per-frame features cached by a stream and reused by the 5 windows that read them)."""
+        # [B,3H,3W,3] viewed as [B,3,3H,3W]: channels-last, as the convs' outputs
+        return shuffle_subpixels(self.reconstruct_subpixels(feats, center_frame)).permute(0, 3, 1, 2)
+
+    def reconstruct_subpixels(self, feats: Sequence[torch.Tensor], center_frame: torch.Tensor) -> torch.Tensor:
+        """``reconstruct_frames`` before its shuffle: [B,27,H,W] (fp32), channel ``(i*3 + j)*3 + c``
+        is colour c of the output pixel (3y+i, 3x+j) (``archs.subpixels``)."""
         if len(feats) != NUM_FRAMES:
             raise ValueError(f"expected the features of {NUM_FRAMES} frames, got {len(feats)}")
         fmt = self.memory_format  # the conv inputs; .contiguous is a no-op if they already are
@@ -136,9 +153,10 @@ class VSRPPPv2(nn.Module):
             weighted = backward * w[0] + feats[CENTER] * w[1] + forward * w[2]
         else:  # the same sum in place in a fresh buffer: no temporaries (nothing is kept for autograd)
             weighted = backward.mul_(w[0]).addcmul_(feats[CENTER], w[1]).addcmul_(forward, w[2])
-        residual = self.upsample(self.fusion(weighted))
-        anchor = F.interpolate(center_frame, scale_factor=SCALE, mode="bilinear", align_corners=False)
-        return residual + anchor
+        last = self.upsample[0]  # (upsample[1], its PixelShuffle, is replaced by shuffle_subpixels)
+        order = torch.tensor(ORDER, device=last.weight.device)
+        residual = F.conv2d(self.fusion(weighted), last.weight[order], last.bias[order], padding=1)
+        return bilinear_subpixels(center_frame, fmt).add_(residual)  # into the fresh fp32 anchor: no temporary
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         if frames.dim() != 5 or frames.shape[1] != NUM_FRAMES or frames.shape[2] != 3:
