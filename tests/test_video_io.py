@@ -79,3 +79,58 @@ def test_sample_clips_are_found_and_readable():
     assert next(iter_frames(sample_clip(DEFAULT_VAL_CLIP))).shape == (272, 640, 3)
     with pytest.raises(FileNotFoundError, match="available"):
         sample_clip("nope.mp4")
+
+
+def smooth_frames(count: int, height: int = 90, width: int = 120) -> np.ndarray:
+    """Frames without noise, like 3x video (noise makes every zlib level compress alike)."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    return np.stack([np.stack([127 + 100 * np.sin(xx / 7 + yy / 11 + t), 127 + 100 * np.cos(yy / 5 - t),
+                               127 + 90 * np.sin(xx * yy / 300)], -1).astype(np.uint8) for t in range(count)])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_png_frames_are_lossless_at_every_level_and_smaller_at_higher_ones(dtype):
+    import io
+
+    from PIL import Image
+
+    from vsr_core.data.video_encoder import PngSettings
+    from vsr_core.data.video_io import png_bytes
+
+    frame = smooth_frames(1)[0].astype(dtype)
+    if dtype == np.uint16:
+        frame = frame * 256 + np.arange(120, dtype=np.uint16)[None, :, None]  # the low bits must survive too
+    sizes = {}
+    for level in (0, 1, 9):
+        data = png_bytes(frame, PngSettings(level))
+        with Image.open(io.BytesIO(data)) as image:
+            back = np.asarray(image) if dtype == np.uint8 else None
+        if dtype == np.uint16:  # Pillow reads 16-bit RGB PNGs as 8 bits: decode with PyAV
+            import av
+
+            with av.open(io.BytesIO(data)) as container:
+                back = next(container.decode(video=0)).to_ndarray(format="rgb48le")
+        assert np.array_equal(back, frame)
+        sizes[level] = len(data)
+    assert sizes[9] < sizes[1] < sizes[0]
+
+
+def test_the_png_level_is_checked_and_names_the_field():
+    from vsr_core.data.video_encoder import EncoderError, PngSettings
+
+    for bad in (-1, 10, 1.5, True):
+        with pytest.raises(EncoderError, match="png_level"):
+            PngSettings(bad)
+
+
+def test_frame_folder_png_level_changes_only_the_file_sizes(tmp_path):
+    from vsr_core.data.video_encoder import PngSettings
+
+    clip = smooth_frames(3)
+    for level in (1, 9):
+        with FrameWriter(tmp_path / f"level{level}", fps=25, png=PngSettings(level)) as writer:
+            for frame in clip:
+                writer.write(frame)
+        assert np.array_equal(read_frames(tmp_path / f"level{level}"), clip)
+    size = {level: sum(p.stat().st_size for p in (tmp_path / f"level{level}").iterdir()) for level in (1, 9)}
+    assert size[9] < size[1]

@@ -45,7 +45,7 @@ def _add_inference_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_encoder_args(parser: argparse.ArgumentParser) -> None:
-    from vsr_core.data.video_encoder import CODECS, DEFAULT_CODEC, DEFAULT_CRF, DEFAULT_PRESET
+    from vsr_core.data.video_encoder import CODECS, DEFAULT_CODEC, DEFAULT_CRF, DEFAULT_PNG_LEVEL, DEFAULT_PRESET
 
     group = parser.add_argument_group("encoder (video outputs; the choice is written into the output's metadata)")
     group.add_argument("--codec", choices=list(CODECS), default=DEFAULT_CODEC, help="default %(default)s")
@@ -55,6 +55,9 @@ def _add_encoder_args(parser: argparse.ArgumentParser) -> None:
                        ", ".join(f"{c} {p}" for c, p in DEFAULT_PRESET.items()) + ")")
     group.add_argument("--pix-fmt", default=None, help="e.g. yuv420p, yuv420p10le (default: the input's chroma "
                        "subsampling and bit depth)")
+    group.add_argument("--png-level", type=int, default=None, metavar="0-9",
+                       help=f"a frame-folder output's PNG compression: zlib level (default {DEFAULT_PNG_LEVEL}, the "
+                       "fastest; 6-9: smaller files, several times slower)")
 
 
 def _chunk_runner(args: argparse.Namespace):
@@ -80,11 +83,12 @@ def _chunk_runner(args: argparse.Namespace):
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
-    from vsr_core.data.video_encoder import EncoderSettings
+    from vsr_core.data.video_encoder import EncoderSettings, PngSettings
     from vsr_core.video.pipeline import upscale_file
     from vsr_core.video.plan import default_work_folder
 
     encoder = EncoderSettings(args.codec, args.crf, args.preset, args.pix_fmt)  # checked before the model loads
+    png = None if args.png_level is None else PngSettings(args.png_level)
     runner, where = _chunk_runner(args)
     print(f"upscaling {args.input} {where}", flush=True)
     _say_if_matroska(args.input, args.output)
@@ -97,7 +101,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     try:
         result = upscale_file(args.input, args.output, runner, on_progress=show, max_frames=args.max_frames,
                               chunk_frames=args.chunk_frames, work_folder=args.work_folder, resume=args.resume,
-                              encoder=encoder, preview=args.preview)
+                              encoder=encoder, preview=args.preview, png=png)
     except KeyboardInterrupt:
         bar.close()
         folder = args.work_folder or default_work_folder(args.output)

@@ -33,7 +33,7 @@ def run_chunk(upscaler: Upscaler, task: ChunkTask, segment: Path,
 
     outputs = upscaler.stream(frames(), first=chunk.first, total=task.clip_frames, start=chunk.start, stop=chunk.stop)
     with FrameWriter(segment, task.frame_rate, task.time_base, first_index=chunk.start, encoder=task.encoder,
-                     color=task.color) as writer:
+                     color=task.color, png=task.png) as writer:
         for frame in outputs:
             writer.write(frame, pts=timestamps[chunk.start - chunk.first + writer.count])
             if on_frame is not None:

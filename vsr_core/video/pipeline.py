@@ -58,7 +58,7 @@ def upscale_file(source: str | os.PathLike, output: str | os.PathLike, upscaler:
                  ray_pool: RayPool | None = None, on_progress: Callable[[Progress], None] | None = None,
                  should_stop: Callable[[], bool] | None = None, **request: Any) -> UpscaleResult:
     """Upscale ``source`` into ``output`` (see ``VideoRequest``; ``request`` are its other fields:
-    max_frames, chunk_frames, work_folder, resume, encoder, preview).
+    max_frames, chunk_frames, work_folder, resume, encoder, preview, png).
 
     ``upscaler`` runs the chunks one after another in this process, or, with ``ray_pool``, its
     model and options go to Ray chunk workers (``ray.init`` must have been called); either way the
@@ -97,4 +97,4 @@ def run_plan(plan: VideoPlan, executor: ChunkExecutor, control: RunControl, star
     info = plan.info
     return UpscaleResult(plan.total, 3 * info.width, 3 * info.height, info.fps, time.perf_counter() - started,
                          plan.resumed_frames, tuple(sorted(nodes)), plan.output,
-                         plan.encoder.describe() if plan.encoder else "png", projection)
+                         plan.describe_output(), projection)

@@ -30,7 +30,7 @@ import torch
 from vsr_core import storage
 from vsr_core.archs import CENTER
 from vsr_core.data.video_color import ColorTags
-from vsr_core.data.video_encoder import EncoderSettings
+from vsr_core.data.video_encoder import EncoderSettings, PngSettings
 from vsr_core.data.video_io import VIDEO_EXTENSIONS, VideoInfo, frame_timestamps, probe_video
 from vsr_core.options import InferenceOptions
 from vsr_core.video.mux import output_container
@@ -77,6 +77,7 @@ class ChunkTask:
     segment_suffix: str  # ".mp4", or "" for a folder of PNG frames
     encoder: EncoderSettings | None  # resolved; None for PNG frames
     color: ColorTags
+    png: PngSettings | None = None  # PNG frames: their compression (default ``PngSettings()``)
 
 
 @dataclass(frozen=True)
@@ -220,6 +221,7 @@ class VideoRequest:
     resume: bool = False  # continue from the finished chunks of the same plan
     encoder: EncoderSettings | None = None  # codec, CRF, preset, pixel format (defaults in ``video_encoder``)
     preview: tuple[float, float] | None = None  # (START, DURATION) seconds: only that stretch, and a projection
+    png: PngSettings | None = None  # a frame-folder output's PNG compression (the pixels are the same at any level)
 
     def __post_init__(self):
         object.__setattr__(self, "source", str(self.source))
@@ -270,7 +272,15 @@ class VideoPlan:
 
     def task(self, chunk: Chunk) -> ChunkTask:
         return ChunkTask(self.request.source, chunk, self.clip_frames, self.info.frame_rate, self.info.time_base,
-                         self.work.suffix, self.encoder, self.info.color)
+                         self.work.suffix, self.encoder, self.info.color, None if self.encoder else self.png)
+
+    @property
+    def png(self) -> PngSettings:
+        return self.request.png or PngSettings()
+
+    def describe_output(self) -> str:
+        """The encoder settings (a video) or the PNG compression (frames) of the output."""
+        return self.encoder.describe() if self.encoder else self.png.describe()
 
 
 def select_frames(timestamps: list[int], time_base, max_frames: int | None,
