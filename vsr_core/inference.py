@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-import queue
 import sys
-import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -44,6 +42,7 @@ from vsr_core.frames import (
 )
 from vsr_core.memory import MemoryPlanner, PassPlan, current_bytes, resolve_budget
 from vsr_core.options import InferenceOptions
+from vsr_core.overlap import background
 
 
 # glibc mallopt parameters
@@ -230,11 +229,11 @@ class Upscaler:
         if first < 0 or start < first or (first > 0 and first > start - CENTER):
             raise ValueError(f"frames from {first} do not hold the context of frame {start} "
                              f"(they must start at max(0, start - {CENTER}))")
-        windows = self._stream(frames if prefetch <= 0 else _background(frames, prefetch, "vsr-decode"),
+        windows = self._stream(frames if prefetch <= 0 else background(frames, prefetch, "vsr-decode"),
                                first, total, start, stop)
         # With prefetch the model runs in a thread of its own; closing either generator
-        # closes the one it reads from, in that one's thread (see _background).
-        yield from windows if prefetch <= 0 else _background(windows, self.options.batch_size, "vsr-model")
+        # closes the one it reads from, in that one's thread (see overlap.background).
+        yield from windows if prefetch <= 0 else background(windows, self.options.batch_size, "vsr-model")
 
     def _stream(self, frames: Iterable[np.ndarray], first: int, total: int | None, start: int,
                 stop: int | None) -> Iterator[np.ndarray]:
@@ -375,50 +374,3 @@ def upscale_grouped(upscaler: Upscaler, windows: Sequence[np.ndarray],
     for indices in window_passes(upscaler, windows, max_batch_pixels):
         results.update(zip(indices, upscale_pass(upscaler, [windows[i] for i in indices])))
     return [results[i] for i in range(len(windows))]
-
-
-_END = object()
-
-
-def _background(items: Iterable, maxsize: int, name: str) -> Iterator:
-    """Iterate ``items`` in a daemon thread, at most ``maxsize`` items ahead of the consumer.
-    Exceptions are re-raised in the consumer; closing the consumer stops the thread."""
-    channel: queue.Queue = queue.Queue(maxsize=max(1, maxsize))
-    stop = threading.Event()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                channel.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        source = iter(items)
-        try:
-            for item in source:
-                if not put((item, None)):
-                    return
-            put((_END, None))
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            put((_END, exc))
-        finally:
-            close = getattr(source, "close", None)
-            if close is not None:  # a generator (e.g. a nested _background): stop it here, in its thread
-                close()
-
-    thread = threading.Thread(target=produce, name=name, daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, error = channel.get()
-            if error is not None:
-                raise error
-            if item is _END:
-                return
-            yield item
-    finally:
-        stop.set()
-        thread.join()

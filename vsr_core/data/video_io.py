@@ -246,11 +246,12 @@ class FrameWriter:
     8 or 16 bits as the frames are). Frames are written at the timestamps given to ``write`` (in
     ``time_base``, default one unit per frame at ``fps``), or one frame apart when none is given.
     ``first_index`` numbers the PNG files of a folder (a chunk of a longer video writes its own
-    range). ``settings`` holds the encoder settings actually used, once a frame is written."""
+    range). ``threads``: the video encoder's threads (0: FFmpeg's choice, e.g. x264's 1.5 per
+    core). ``settings`` holds the encoder settings actually used, once a frame is written."""
 
     def __init__(self, path: str | Path, fps: float | Fraction, time_base: Fraction | None = None,
                  first_index: int = 0, encoder: EncoderSettings | None = None, color: ColorTags | None = None,
-                 png: PngSettings | None = None):
+                 png: PngSettings | None = None, threads: int = 0):
         self.path = Path(path)
         self.rate = as_rate(fps)
         self.fps = float(self.rate)
@@ -260,6 +261,7 @@ class FrameWriter:
         self.is_video = self.path.suffix.lower() in VIDEO_EXTENSIONS
         self.encoder = encoder or EncoderSettings()
         self.png = png or PngSettings()
+        self.threads = threads
         self.color = color
         self.settings: EncoderSettings | None = None
         self._container = None
@@ -279,6 +281,7 @@ class FrameWriter:
         stream = self._container.add_stream(self.settings.encoder, rate=self.rate)
         stream.width, stream.height, stream.pix_fmt = width, height, self.settings.pix_fmt
         stream.codec_context.time_base = self.time_base
+        stream.codec_context.thread_count = self.threads
         stream.time_base = self.time_base
         tag_stream(stream.codec_context, self.color)
         stream.options = self.settings.options(self.color)

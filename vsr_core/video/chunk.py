@@ -3,15 +3,25 @@
 The same function runs in-process (``vsr upscale``) and in a Ray chunk worker. A segment is
 an mp4 file (for video outputs) or a folder of PNG frames (for frame-folder outputs), which
 a worker on another node sends back as bytes (``pack_segment`` / ``unpack_segment``).
+
+The three stages overlap: the decoder runs ahead in a thread of its own, the model in the
+calling thread, and the encoder (colour conversion, x264 or PNG) behind it in another thread
+(``overlap``; FFmpeg and torch release the GIL). So the model never waits for a whole encode,
+and the encoder uses the CPU time the model leaves. On a CPU the video encoder gets one thread:
+beside the model's own threads, which take every core, x264's default of 1.5 threads per core
+only made the stages take the cores from each other in turns (benchmarks/README.md, "Overlap").
+The frames are the same as a serial run's, in the same order.
 """
 from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 from vsr_core.data.video_io import FrameWriter, iter_timed_frames
 from vsr_core.inference import Upscaler
+from vsr_core.overlap import BackgroundSink, background
 from vsr_core.video.plan import ChunkTask
 
 
@@ -20,10 +30,11 @@ def run_chunk(upscaler: Upscaler, task: ChunkTask, segment: Path,
     """Upscale the output frames of ``task.chunk`` into ``segment``; returns the frames written.
 
     Each output frame keeps the timestamp of its input frame, and the input's colour and bit
-    depth (``task.color``), encoded with ``task.encoder``. ``on_frame(n)`` is called with the
-    number of frames written so far (for progress). Any failure raises: a frame is never skipped."""
+    depth (``task.color``), encoded with ``task.encoder``. ``on_frame(n)`` is called (in this
+    thread) with the number of frames encoded so far (for progress). Any failure raises: a frame
+    is never skipped."""
     chunk = task.chunk
-    timestamps: list[int] = []
+    timestamps: list[int] = []  # appended by the decoder thread before it hands each frame over
 
     def frames():
         for pts, frame in iter_timed_frames(task.source, start_pts=chunk.first_pts, count=chunk.last - chunk.first,
@@ -31,16 +42,34 @@ def run_chunk(upscaler: Upscaler, task: ChunkTask, segment: Path,
             timestamps.append(pts)
             yield frame
 
-    outputs = upscaler.stream(frames(), first=chunk.first, total=task.clip_frames, start=chunk.start, stop=chunk.stop)
-    with FrameWriter(segment, task.frame_rate, task.time_base, first_index=chunk.start, encoder=task.encoder,
-                     color=task.color, png=task.png) as writer:
-        for frame in outputs:
-            writer.write(frame, pts=timestamps[chunk.start - chunk.first + writer.count])
-            if on_frame is not None:
-                on_frame(writer.count)
+    ahead = upscaler.options.batch_size  # a batch of frames waits on each side of the model
+    outputs = upscaler.stream(background(frames(), ahead, "vsr-decode"), first=chunk.first,
+                              total=task.clip_frames, start=chunk.start, stop=chunk.stop)
+    with closing(outputs), FrameWriter(segment, task.frame_rate, task.time_base, first_index=chunk.start,
+                                       encoder=task.encoder, color=task.color, png=task.png,
+                                       threads=encoder_threads(upscaler)) as writer:
+        reported = 0
+
+        def report() -> None:
+            nonlocal reported
+            if on_frame is not None and writer.count > reported:
+                reported = writer.count
+                on_frame(reported)
+
+        with BackgroundSink(lambda item: writer.write(*item), ahead, "vsr-encode") as encoder:
+            for index, frame in enumerate(outputs):
+                encoder.put((frame, timestamps[chunk.start - chunk.first + index]))
+                report()
+        report()
     if writer.count != chunk.frames:
         raise RuntimeError(f"chunk {chunk.index} wrote {writer.count} frames; it has {chunk.frames}")
     return writer.count
+
+
+def encoder_threads(upscaler: Upscaler) -> int:
+    """The video encoder's threads beside this model: one when the model runs on the CPU (its
+    threads take the cores), FFmpeg's choice when it runs elsewhere (the cores are free)."""
+    return 1 if upscaler.device.type == "cpu" else 0
 
 
 def pack_segment(segment: Path) -> bytes | dict[str, bytes]:
