@@ -249,7 +249,7 @@ def test_subtitles_chapters_and_metadata_are_copied(tmp_path, bicubic):
     assert chapters_in_seconds(facts) == CHAPTERS
     assert facts["metadata"]["title"] == "A film" and facts["metadata"]["artist"] == "Someone"
     assert facts["metadata"]["vsr_encoder"] == result.encoder
-    assert result.encoder.startswith("h264 (libx264) crf=18 preset=slow pix_fmt=yuv420p")
+    assert result.encoder.startswith("h264 (libx264) crf=18 preset=medium pix_fmt=yuv420p")
     assert subtitle_packets(tmp_path / "out.mp4") == subtitle_packets(source)
     with av.open(str(tmp_path / "out.mp4")) as out:
         assert out.streams.audio[0].codec_context.name == "aac"

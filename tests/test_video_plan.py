@@ -35,7 +35,7 @@ def test_chunks_are_aligned_to_the_batch_size_and_carry_their_context(tmp_path, 
     assert [(c.start, c.stop, c.first, c.last) for c in plan.chunks] == [(0, 8, 0, 10), (8, 16, 6, 18),
                                                                           (16, 23, 14, 23)]  # 6 -> 8: batches of 4
     assert plan.todo == plan.chunks and plan.resumed_frames == 0 and plan.total == plan.clip_frames == 23
-    assert (plan.encoder.codec, plan.encoder.crf, plan.encoder.preset) == ("h264", 18, "slow")  # resolved
+    assert (plan.encoder.codec, plan.encoder.crf, plan.encoder.preset) == ("h264", 18, "medium")  # resolved
     assert plan.output == str(tmp_path / "out.mp4") and plan.work.folder == tmp_path / "out.mp4.parts"
     task = plan.task(plan.chunks[1])
     assert (task.chunk, task.clip_frames, task.segment_suffix, task.encoder) == (plan.chunks[1], 23, ".mp4",

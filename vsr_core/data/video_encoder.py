@@ -2,10 +2,13 @@
 
 The defaults are chosen for quality: the point of the output is detail. CRF 18 (H.264) is
 close to visually lossless, where x264's default of 23 visibly loses some of it; H.265 and
-AV1 get CRFs of about the same quality on their own scales. The preset is ``slow`` for x264 /
-x265 and 6 for SVT-AV1: better compression at the same quality, and on any machine the model
-costs many times more than the encoder. The pixel format follows the input (its chroma
-subsampling and bit depth: 10-bit in, 10-bit out), so nothing the input had is lost.
+AV1 get CRFs of about the same quality on their own scales. The presets were measured at the
+same CRF on 3x frames (benchmarks/README.md, "Encoder defaults"): x264 ``medium`` gives
+``slow``'s file size (1.02-1.05x) and PSNR (-0.03 to -0.07 dB) for 0.65-0.75x its CPU time; the
+faster presets save more time but lose 0.3-1 dB or grow the file at the same CRF (``veryfast``
+is the choice for real time). x265 stays ``slow`` (``medium`` lost 0.3 dB) and SVT-AV1 at 6.
+The pixel format follows the input (its chroma subsampling and bit depth: 10-bit in, 10-bit
+out), so nothing the input had is lost.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from vsr_core.data.video_color import ColorTags, bit_depth_of
 CODECS = {"h264": "libx264", "h265": "libx265", "av1": "libsvtav1"}  # our names -> the FFmpeg encoders
 DEFAULT_CODEC = "h264"
 DEFAULT_CRF = {"h264": 18, "h265": 20, "av1": 24}
-DEFAULT_PRESET = {"h264": "slow", "h265": "slow", "av1": "6"}
+DEFAULT_PRESET = {"h264": "medium", "h265": "slow", "av1": "6"}
 CRF_RANGE = {"h264": (0, 51), "h265": (0, 51), "av1": (1, 63)}
 X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
                 "placebo")
