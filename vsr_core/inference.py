@@ -308,11 +308,24 @@ class Upscaler:
             if j not in features:
                 with self.runner.context():
                     features[j] = self.model.extract_features(frames[j].to(self.device, non_blocking=True)[None, None])[0]
-        slots = _window_slots(torch.cat([features[j] for j in span]), span, windows)
+        slots = _window_slots(_stack_features([features[j] for j in span]), span, windows)
         center = torch.stack([frames[c] for c in centers]).to(self.device, non_blocking=True)
         with self.runner.context():
             subpixels = self.model.reconstruct_subpixels(slots, center)
         return subpixels_to_frames(subpixels, dtype)  # clamped there
+
+
+def _stack_features(features: list[torch.Tensor]) -> torch.Tensor:
+    """[1,C,H,W] features -> [N,C,H,W] in their own layout (``torch.cat`` of channels-last tensors of
+    batch 1 gives NCHW: the model would then copy every slot back to channels-last)."""
+    first = features[0]
+    layout = torch.channels_last if first.is_contiguous(memory_format=torch.channels_last) and \
+        not first.is_contiguous() else torch.contiguous_format
+    stacked = torch.empty((len(features), *first.shape[1:]), dtype=first.dtype, device=first.device,
+                          memory_format=layout)
+    for row, feature in zip(stacked, features):
+        row.copy_(feature[0])
+    return stacked
 
 
 def _window_slots(stacked: torch.Tensor, span: list[int], windows: list[list[int]]) -> list[torch.Tensor]:
