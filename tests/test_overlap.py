@@ -104,3 +104,32 @@ def test_an_encoder_failure_fails_the_chunk_and_stops_every_stage(tmp_path, upsc
         upscale_file(source, tmp_path / "out.mp4", upscaler, chunk_frames=12)
     assert not (tmp_path / "out.mp4").exists()
     assert not stage_threads()
+
+
+def test_a_chunks_encoder_finishes_while_the_next_chunk_is_upscaled(tmp_path, monkeypatch):
+    source = tmp_path / "in.mp4"
+    with FrameWriter(source, fps=25) as writer:
+        for frame in make_clip(12, 20, 26):
+            writer.write(frame)
+    upscaler = Upscaler(random_model("tiny"), device="cpu", batch_size=4)
+    next_chunk_upscaled = threading.Event()
+    waited = []
+    real_close, real_windows = FrameWriter.close, Upscaler.upscale_reusing_features
+
+    def close(self):
+        if self.count and self.first_index == 0:  # chunk 0's encoder, closing in its thread
+            waited.append(next_chunk_upscaled.wait(timeout=20))
+        real_close(self)
+
+    def upscale(self, centers, *args, **kwargs):
+        if centers[0] >= 4:  # chunk 1 (frames 4..7) is being upscaled
+            next_chunk_upscaled.set()
+        return real_windows(self, centers, *args, **kwargs)
+
+    monkeypatch.setattr(FrameWriter, "close", close)
+    monkeypatch.setattr(Upscaler, "upscale_reusing_features", upscale)
+    upscale_file(source, tmp_path / "out", upscaler, chunk_frames=4)
+    assert waited == [True]  # chunk 0's encoder was still closing when chunk 1 ran the model
+    expected = np.stack(list(Upscaler(random_model("tiny"), device="cpu", batch_size=4).stream(
+        iter(read_frames(source)))))
+    assert np.array_equal(read_frames(tmp_path / "out"), expected)

@@ -62,40 +62,55 @@ def background(items: Iterable, ahead: int, name: str) -> Iterator:
 
 class BackgroundSink:
     """Calls ``consume(item)`` for every ``put`` item, in order, in a thread of its own, at most
-    ``ahead`` items behind. ``put`` raises the consumer's exception once it has failed (the items
-    after it are dropped); ``close`` waits for the items put so far and raises it too. A context
-    manager: leaving it closes the sink; leaving it on an exception stops the thread without
-    waiting for the items still queued."""
+    ``ahead`` items behind, then ``finish()`` (e.g. flushing an encoder) once ``end`` or ``close``
+    says no more items come. ``put`` raises the consumer's exception once it has failed (the
+    items after it are dropped); ``close`` waits for the thread and raises it too. ``abandon``
+    (also leaving the sink as a context manager on an exception) stops the thread without
+    consuming what is still queued and without ``finish``."""
 
-    def __init__(self, consume: Callable[[Any], None], ahead: int, name: str):
-        self._consume = consume
+    def __init__(self, consume: Callable[[Any], None], ahead: int, name: str,
+                 finish: Callable[[], None] | None = None):
+        self._consume, self._finish = consume, finish
         self._channel: queue.Queue = queue.Queue(maxsize=max(1, ahead))
         self._error: BaseException | None = None
-        self._abandoned = False
+        self._abandoned = self._ended = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while True:
-            item = self._channel.get()
-            if item is _END:
-                return
-            if self._error is None and not self._abandoned:
-                try:
-                    self._consume(item)
-                except BaseException as exc:  # noqa: BLE001 - handed to the producer
-                    self._error = exc
+        while (item := self._channel.get()) is not _END:
+            self._call(self._consume, item)
+        if self._finish is not None:
+            self._call(self._finish)
+
+    def _call(self, fn: Callable, *args) -> None:
+        if self._error is None and not self._abandoned:
+            try:
+                fn(*args)
+            except BaseException as exc:  # noqa: BLE001 - handed to the producer
+                self._error = exc
 
     def put(self, item: Any) -> None:
         self._raise_if_failed()
         self._channel.put(item)
 
-    def close(self) -> None:
-        """Wait until every item put has been consumed; raise the consumer's exception, if any."""
-        if self._thread.is_alive():
+    def end(self) -> None:
+        """No more items: the thread consumes the ones queued, runs ``finish`` and ends (returns at once)."""
+        if not self._ended:
+            self._ended = True
             self._channel.put(_END)
-            self._thread.join()
+
+    def close(self) -> None:
+        """``end``, then wait for the thread; raise the consumer's (or ``finish``'s) exception, if any."""
+        self.end()
+        self._thread.join()
         self._raise_if_failed()
+
+    def abandon(self) -> None:
+        """Stop without consuming the rest or finishing; wait for the thread to end."""
+        self._abandoned = True
+        self.end()
+        self._thread.join()
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
@@ -107,8 +122,5 @@ class BackgroundSink:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
-            return
-        self._abandoned = True  # the run failed: consume nothing more, just let the thread end
-        if self._thread.is_alive():
-            self._channel.put(_END)
-            self._thread.join()
+        else:
+            self.abandon()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from vsr_core.inference import Upscaler
-from vsr_core.video.chunk import run_chunk
+from vsr_core.video.chunk import EncodingChunk, start_chunk
 from vsr_core.video.plan import Chunk, JobCancelled, ModelIdentity, VideoPlan
 
 
@@ -54,9 +54,10 @@ class ProgressTracker:
         eta = (self.total - done) / fps if fps > 0 else None
         self.control.on_progress(Progress(done, self.total, fps, eta))
 
-    def chunk_done(self, chunk: Chunk) -> None:
+    def chunk_done(self, chunk: Chunk, running_frames: int = 0) -> None:
+        """``chunk`` is committed; ``running_frames``: as in ``report``, without it."""
         self.finished += chunk.frames
-        self.report()
+        self.report(running_frames)
 
     def stop_if_cancelled(self) -> None:
         if self.control.should_stop is not None and self.control.should_stop():
@@ -76,7 +77,9 @@ class ChunkExecutor(Protocol):
 
 
 class LocalExecutor:
-    """The chunks one after another in this process, with this ``Upscaler``."""
+    """The chunks one after another in this process, with this ``Upscaler``: while a chunk's
+    encoder finishes (x264 encodes its last frames when it is closed), the next chunk is decoded
+    and upscaled; a chunk is committed once its encoder is done."""
 
     def __init__(self, upscaler: Upscaler):
         self.upscaler = upscaler
@@ -89,9 +92,34 @@ class LocalExecutor:
         return 1
 
     def run(self, plan: VideoPlan, tracker: ProgressTracker) -> set[str]:
-        for chunk in plan.todo:
-            tracker.stop_if_cancelled()
-            run_chunk(self.upscaler, plan.task(chunk), plan.work.partial_path(chunk), on_frame=tracker.report)
+        running: dict[int, int] = {}  # frames written so far by the chunks not committed yet
+        encoding: list[tuple[Chunk, EncodingChunk]] = []
+
+        def report(chunk: Chunk) -> Callable[[int], None]:
+            def on_frame(frames: int) -> None:
+                running[chunk.index] = frames
+                tracker.report(sum(running.values()))
+            return on_frame
+
+        def commit(chunk: Chunk, started: EncodingChunk) -> None:
+            started.finish()
             plan.work.commit(chunk)
-            tracker.chunk_done(chunk)
+            running.pop(chunk.index, None)
+            tracker.chunk_done(chunk, sum(running.values()))
+
+        try:
+            for chunk in plan.todo:
+                tracker.stop_if_cancelled()
+                encoding.append((chunk, start_chunk(self.upscaler, plan.task(chunk), plan.work.partial_path(chunk),
+                                                    on_frame=report(chunk))))
+                if len(encoding) > 1:  # the previous chunk's encoder has had this chunk's time to finish
+                    commit(*encoding.pop(0))
+            while encoding:
+                commit(*encoding.pop(0))
+        finally:  # a failure: the chunk still encoding is whole, keep it if its encoder gets it done
+            for chunk, started in encoding:
+                try:
+                    commit(chunk, started)
+                except Exception:  # noqa: BLE001 - the failure being raised is the one to report
+                    pass
         return set()
