@@ -90,6 +90,7 @@ def load_model(settings: ServeSettings) -> LoadedModel:
         "scale": SCALE,
         "num_frames": NUM_FRAMES,
         "parameters": count_parameters(upscaler.model),
+        "architecture": upscaler.model.spec.to_dict(),  # channels, blocks_per_branch: what the preset is
         "metrics": metrics,
         "trial_id": trial_id,
         "device": str(upscaler.device),

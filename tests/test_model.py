@@ -158,3 +158,31 @@ def test_checkpoints_keep_their_keys():
     keys = set(VSRPPPv2.from_preset("tiny").state_dict())
     assert "upsample.0.weight" in keys and "upsample.0.bias" in keys
     assert not [k for k in keys if "bilinear" in k or "anchor" in k]
+
+
+def _parameters_of_the_diagram(c: int, n: int) -> int:
+    """The architecture's parameter count written out from the diagram (an independent count)."""
+    conv = lambda cin, cout, k: cin * cout * k * k + cout  # noqa: E731 (weights + bias)
+    return (conv(3, c, 3) + 2 * conv(2 * c, c, 1) + 2 * n * 2 * conv(c, c, 3) + 3 + conv(c, c, 3)
+            + conv(c, 27, 3))
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_is_the_same_diagram(preset):
+    model = VSRPPPv2.from_preset(preset)
+    spec = PRESETS[preset]
+    assert count_parameters(model) == _parameters_of_the_diagram(spec.channels, spec.blocks_per_branch)
+    assert len(model.heavy_blocks) == 2 * spec.blocks_per_branch
+
+
+def test_the_realtime_preset():
+    from vsr_core.config import TrainConfig
+
+    model = VSRPPPv2.from_preset("realtime").eval()
+    assert (model.spec.channels, model.spec.blocks_per_branch) == (16, 2)
+    assert count_parameters(model) == 26_302  # 0.15x small's 170,078
+    with torch.no_grad():
+        out = model(torch.rand(2, 5, 3, 18, 32))
+    assert out.shape == (2, 3, 54, 96)
+    assert len(model.layer_activity()) == 4
+    assert TrainConfig(preset="realtime", train_data=["a.mp4"]).preset == "realtime"  # a training config accepts it

@@ -268,6 +268,7 @@ def test_model_info(server, checkpoints):
     assert info["checkpoint"] == "latest.pth" and len(info["checkpoint_id"]) == 12
     assert str(checkpoints["a"]) not in json.dumps(info)  # no server paths unless expose_paths
     assert (info["step"], info["epoch"], info["preset"], info["scale"]) == (100, 2, "tiny", 3)
+    assert info["architecture"] == {"channels": 8, "blocks_per_branch": 1}  # what the preset is
     assert info["training_phase"] == "pretrain" and info["device"] == "cpu"
     assert info["metrics"] is None and info["reload_error"] is None
     assert LIMITS.items() <= info["limits"].items()

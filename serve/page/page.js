@@ -115,6 +115,9 @@
       ['preset', 'Preset', info.preset],
       ['step', 'Step', String(info.step)],
       ['phase', 'Training phase', info.training_phase],
+      ['architecture', 'Architecture', info.architecture
+        ? `${info.architecture.channels} channels, ${info.architecture.blocks_per_branch}+${info.architecture.blocks_per_branch} blocks`
+        : null],
       ['parameters', 'Parameters', typeof info.parameters === 'number' ? info.parameters.toLocaleString('en-US') : null],
       ['psnr', 'Val PSNR', db(psnr)],
       ['bicubic-psnr', 'Bicubic PSNR', db(bPsnr)],
