@@ -1,14 +1,25 @@
-"""3. Whole-video pipeline (the ``vsr upscale`` path: decode, windows, model, encode)
-frames/s as a fraction of model-only frames/s at the same size, measured side by side
-(round-robin) in one process; and the peak memory (RSS growth, VmHWM) of ``vsr upscale``
-in a fresh subprocess for a 100-frame and a 400-frame generated clip, which must be flat.
+"""3. Whole-video pipeline: ``vsr upscale`` frames/s against the forward pass, in one process,
+round-robin; and the peak memory (RSS growth, VmHWM) of ``vsr upscale`` in a fresh subprocess
+for a 100-frame and a 400-frame clip, which must be flat.
 
-Side by side:
-  model only        Upscaler.stream over frames already decoded in memory (no decode/encode)
-  vsr upscale       vsr_core.cli.main(["upscale", ...]): decode, stream, encode in one thread
-  overlapped        the same with Upscaler.stream(prefetch=...): decode thread -> bounded queue
-                    -> model thread -> bounded queue -> encode in the caller
-  decode only / encode only   the two I/O stages alone, to explain the gap
+The input is real video: ``bigbuckbunny.mp4`` scaled to 320x180 (the issue's test clip). Side
+by side, the model's weights random (its speed does not depend on them):
+
+  forward           Upscaler.upscale_windows on batches of 4 windows already in memory (float):
+                    the model alone, the reference of every ratio
+  stream            Upscaler.stream over decoded uint8 frames in memory (conversions to and from
+                    uint8, feature reuse)
+  vsr upscale mp4   vsr_core.cli.main(["upscale", ...]) with its defaults: decode, model and encode
+                    overlapped (vsr_core.video.chunk)
+  vsr upscale png   the same into a folder of PNG frames
+  serial            decode, stream and encode one after the other in one thread, x264 with its own
+                    threads (FFmpeg's default): how vsr upscale ran before
+  prefetch=8        Upscaler.stream(prefetch=8) (decode thread -> model thread) with the encoder
+                    in the caller: the overlap measured and rejected before
+  decode only, encode only (default encoder, one thread; PNG)   the stages alone, with CPU time
+
+Targets (issue 24): vsr upscale >= 0.8 of the forward pass (mp4), >= 0.6 (PNG); stream >= 0.9;
+the realtime preset: forward >= 40 frames/s, vsr upscale >= 25 frames/s at 320x180.
 """
 from __future__ import annotations
 
@@ -18,23 +29,29 @@ import json
 import os
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from bench_inference import random_model, synthetic_frames
+from bench_inference import random_model
 from common import ROOT, Report, header, measure, parse_args, peak_rss_mb
 from vsr_core.checkpoint import save_checkpoint
-from vsr_core.data.video_io import FrameWriter, iter_frames, probe_video
+from vsr_core.data.samples import DEFAULT_TRAIN_CLIP, sample_clip
+from vsr_core.data.video_io import FrameWriter, iter_frames, probe_video, read_frames
+from vsr_core.frames import to_tensor, window_indices
 from vsr_core.inference import Upscaler
 
+BATCH = 4
 
-def save_model_checkpoint(preset: str, path: Path) -> Path:
-    model = random_model(preset)
+
+def save_model_checkpoint(preset: str, path: Path, model: torch.nn.Module | None = None) -> Path:
+    model = model if model is not None else random_model(preset)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=10)
     return save_checkpoint({
@@ -45,16 +62,23 @@ def save_model_checkpoint(preset: str, path: Path) -> Path:
 
 
 def write_clip(path: Path, num_frames: int, height: int, width: int) -> Path:
-    chunk = 25
-    with FrameWriter(path, fps=25.0) as writer:
-        for start in range(0, num_frames, chunk):
-            for frame in synthetic_frames(min(chunk, num_frames - start), height, width, seed=start):
-                writer.write(frame)
+    """``num_frames`` frames of bigbuckbunny.mp4 (132 frames, looped if more are asked for), scaled to
+    ``height`` x ``width`` (bicubic, antialiased), as an H.264 clip of quality CRF 12."""
+    import torch.nn.functional as F
+
+    from vsr_core.data.video_encoder import EncoderSettings
+
+    source = read_frames(sample_clip(DEFAULT_TRAIN_CLIP), max_frames=num_frames)
+    with FrameWriter(path, fps=24.0, encoder=EncoderSettings("h264", 12, "medium")) as writer:
+        for i in range(num_frames):
+            frame = torch.from_numpy(source[i % len(source)]).permute(2, 0, 1)[None].float()
+            small = F.interpolate(frame, size=(height, width), mode="bicubic", antialias=True)
+            writer.write(small.clamp(0, 255).round().byte()[0].permute(1, 2, 0).contiguous().numpy())
     return path
 
 
 def run_cli(argv: list[str]) -> float:
-    """``vsr upscale`` in this process; its own frames/s (measured around the stream loop)."""
+    """``vsr upscale`` in this process; its own frames/s (measured around the upscaling)."""
     from vsr_core.cli import main as vsr_main
 
     out = io.StringIO()
@@ -66,8 +90,16 @@ def run_cli(argv: list[str]) -> float:
     return float(match.group(1))
 
 
+def serial_upscale(upscaler: Upscaler, source: Path, target: Path) -> None:
+    """Decode, stream and encode in this one thread (the encoder with its own threads): the old vsr upscale."""
+    info = probe_video(source)
+    with FrameWriter(target, fps=info.fps) as writer:
+        for frame in upscaler.stream(iter_frames(source)):
+            writer.write(frame)
+
+
 def overlapped_upscale(upscaler: Upscaler, source: Path, target: Path, prefetch: int) -> int:
-    """cmd_upscale with the threaded stream: what `vsr upscale` does, with decode/model/encode overlapped."""
+    """The overlap measured before: decode thread -> model thread -> the caller encodes."""
     info = probe_video(source)
     with FrameWriter(target, fps=info.fps) as writer:
         for frame in upscaler.stream(iter_frames(source), prefetch=prefetch):
@@ -75,12 +107,9 @@ def overlapped_upscale(upscaler: Upscaler, source: Path, target: Path, prefetch:
     return writer.count
 
 
-def cpu_seconds(fn) -> float:
-    """CPU time (user + system, all threads of this process) of one call."""
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    fn()
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 # --- memory: `vsr upscale` in a fresh process ----------------------------------------------
@@ -109,54 +138,100 @@ def memory_run(argv: list[str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def throughput_case(report: Report, tmp: Path, preset: str, height: int, width: int, num_frames: int,
-                    repeats: int, batch_size: int, prefetch: int) -> dict:
+# --- throughput ------------------------------------------------------------------------------
+def candidates_of(preset: str, tmp: Path, clip: Path, num_frames: int, cpu: dict) -> dict:
+    """The paths measured side by side (each call records its CPU seconds in ``cpu``)."""
     checkpoint = save_model_checkpoint(preset, tmp / f"{preset}.pth")
-    clip = write_clip(tmp / f"clip_{preset}_{num_frames}.mp4", num_frames, height, width)
+    upscaler = Upscaler.from_checkpoint(checkpoint, device="cpu", batch_size=BATCH)
     decoded = list(iter_frames(clip))
-    upscaler = Upscaler.from_checkpoint(checkpoint, device="cpu", batch_size=batch_size)
+    frames = to_tensor(np.stack(decoded))
+    windows = torch.stack([frames[window_indices(i, num_frames)] for i in range(num_frames)])
     hr_frames = list(upscaler.stream(iter(decoded)))
-    cli_args = ["upscale", str(clip), str(tmp / "out_cli.mp4"), "--checkpoint", str(checkpoint),
-                "--device", "cpu", "--batch-size", str(batch_size)]
-    cli_fps: list[float] = []
+    cli = ["upscale", str(clip), "", "--checkpoint", str(checkpoint), "--device", "cpu"]
+    runs = {"png": 0}
 
-    def encode_only():
-        with FrameWriter(tmp / "encode_only.mp4", fps=25.0) as writer:
+    def png_cli() -> float:
+        runs["png"] += 1
+        target = tmp / f"png_{runs['png']}"
+        fps = run_cli([*cli[:2], str(target), *cli[3:]])
+        shutil.rmtree(target)
+        return fps
+
+    def encode_only(target: str) -> None:
+        with FrameWriter(tmp / target, fps=24.0, threads=1) as writer:
             for frame in hr_frames:
                 writer.write(frame)
 
-    candidates = {
-        "model only": lambda: list(upscaler.stream(iter(decoded))),
-        "vsr upscale": lambda: cli_fps.append(run_cli(cli_args)),
-        "overlapped": lambda: overlapped_upscale(upscaler, clip, tmp / "out_overlap.mp4", prefetch),
+    paths = {
+        "forward": lambda: [upscaler.upscale_windows(windows[i:i + BATCH]) for i in range(0, num_frames, BATCH)],
+        "stream": lambda: list(upscaler.stream(iter(decoded))),
+        "vsr upscale mp4": lambda: run_cli([*cli[:2], str(tmp / "out.mp4"), *cli[3:]]),
+        "vsr upscale png": png_cli,
+        "serial": lambda: serial_upscale(upscaler, clip, tmp / "serial.mp4"),
+        "prefetch=8": lambda: overlapped_upscale(upscaler, clip, tmp / "prefetch.mp4", 8),
         "decode only": lambda: list(iter_frames(clip)),
-        "encode only": encode_only,
+        "encode only (mp4)": lambda: encode_only("encode_only.mp4"),
+        "encode only (png)": lambda: encode_only("encode_only_png"),
     }
+
+    def timed(name, fn):
+        def call():
+            start = cpu_seconds()
+            result = fn()
+            cpu.setdefault(name, []).append(cpu_seconds() - start)
+            return result
+        return call
+
+    return {name: timed(name, fn) for name, fn in paths.items()}
+
+
+def throughput_case(report: Report, tmp: Path, preset: str, height: int, width: int, num_frames: int,
+                    repeats: int) -> dict:
+    clip = write_clip(tmp / f"clip_{height}x{width}_{num_frames}.mp4", num_frames, height, width)
+    cpu: dict[str, list[float]] = {}
+    cli_fps: dict[str, list[float]] = {"vsr upscale mp4": [], "vsr upscale png": []}
+    candidates = candidates_of(preset, tmp, clip, num_frames, cpu)
+    for name in cli_fps:  # their own timer (the upscaling, without loading the model)
+        call = candidates[name]
+        candidates[name] = lambda call=call, name=name: cli_fps[name].append(call())
     timings = measure(candidates, repeats=repeats, warmup=1)
     fps = {k: num_frames / t.median for k, t in timings.items()}
-    fps["vsr upscale (own timer)"] = sorted(cli_fps)[len(cli_fps) // 2]
-    model_fps = fps["model only"]
+    fps.update({k: float(np.median(v[1:])) for k, v in cli_fps.items()})  # without the warm-up run
+    cpu_ms = {k: 1e3 * min(v[1:]) / num_frames for k, v in cpu.items()}
+    forward = fps["forward"]
     label = f"{preset} {height}x{width}, {num_frames} fr"
-    report.add(f"{label}: model only (Upscaler.stream)", model_fps, "frames/s")
-    report.add(f"{label}: vsr upscale (serial)", fps["vsr upscale (own timer)"], "frames/s",
-               "model only", fps["vsr upscale (own timer)"] / model_fps)
-    report.add(f"{label}: overlapped (prefetch={prefetch})", fps["overlapped"], "frames/s", "model only",
-               fps["overlapped"] / model_fps)
-    report.add(f"{label}: decode only", fps["decode only"], "frames/s", "model only", fps["decode only"] / model_fps)
-    report.add(f"{label}: encode only ({3 * width}x{3 * height})", fps["encode only"], "frames/s",
-               "model only", fps["encode only"] / model_fps)
-    serial_bound = 1 / (1 / model_fps + 1 / fps["decode only"] + 1 / fps["encode only"])
-    report.add(f"{label}: serial bound 1/(1/m+1/d+1/e)", serial_bound, "frames/s", "model only",
-               serial_bound / model_fps)
-    # The best any overlap can do: every core busy, i.e. cores / (CPU seconds per frame of all stages)
-    cpu = {name: cpu_seconds(candidates[name]) / num_frames for name in ("model only", "decode only", "encode only")}
+    report.add(f"{label}: forward (upscale_windows, batch {BATCH})", forward, "frames/s",
+               note=f"CPU {cpu_ms['forward']:.0f} ms/frame")
+    for name in ("stream", "vsr upscale mp4", "vsr upscale png", "serial", "prefetch=8"):
+        report.add(f"{label}: {name}", fps[name], "frames/s", "forward", fps[name] / forward,
+                   note=f"CPU {cpu_ms[name]:.0f} ms/frame")
+    for name in ("decode only", "encode only (mp4)", "encode only (png)"):
+        report.add(f"{label}: {name}", cpu_ms[name], "ms CPU", "forward CPU", cpu_ms[name] / cpu_ms["forward"],
+                   note=f"{fps[name]:.0f} frames/s alone")
+    # the best any schedule can do: every core busy with the work of all stages
     cores = len(os.sched_getaffinity(0))
-    cpu_bound = cores / sum(cpu.values())
-    report.add(f"{label}: CPU bound {cores}/(cpu_m+cpu_d+cpu_e)", cpu_bound, "frames/s", "model only",
-               cpu_bound / model_fps, note="CPU ms/frame: " + ", ".join(
-                   f"{k.split()[0]} {1e3 * v:.0f}" for k, v in cpu.items()))
-    return {"frames": num_frames, "frames_per_s": fps, "cpu_s_per_frame": cpu,
+    bound = cores * 1e3 / (cpu_ms["stream"] + cpu_ms["decode only"] + cpu_ms["encode only (mp4)"])
+    report.add(f"{label}: CPU bound {cores}/(stream+decode+encode)", bound, "frames/s", "forward", bound / forward)
+    return {"frames": num_frames, "frames_per_s": fps, "cpu_ms_per_frame": cpu_ms, "cli_fps_runs": cli_fps,
             "timings": {k: t.to_dict() for k, t in timings.items()}}
+
+
+def memory_case(report: Report, tmp: Path, height: int, width: int) -> dict:
+    checkpoint = save_model_checkpoint("small", tmp / "small_mem.pth")
+    memory = {}
+    for length in (100, 400):
+        source = write_clip(tmp / f"mem_{length}.mp4", length, height, width)
+        start = time.perf_counter()
+        memory[length] = memory_run(["upscale", str(source), str(tmp / f"mem_out_{length}.mp4"), "--checkpoint",
+                                     str(checkpoint), "--device", "cpu", "--batch-size", str(BATCH)])
+        memory[length]["wall_s"] = time.perf_counter() - start
+        memory[length]["growth_mb"] = memory[length]["hwm_mb"] - memory[length]["rss_before_mb"]
+    for length in (100, 400):
+        growth = memory[length]["growth_mb"]
+        report.add(f"vsr upscale small {height}x{width}, {length} fr: peak RSS growth", growth, "MiB",
+                   "100-frame clip", growth / memory[100]["growth_mb"],
+                   note=f"VmHWM {memory[length]['hwm_mb']:.0f} MiB, {memory[length]['fps']:.2f} frames/s")
+    return memory
 
 
 def main(argv=None) -> None:
@@ -167,36 +242,17 @@ def main(argv=None) -> None:
     report = Report("pipeline", "full" if full else "quick")
     header("pipeline", full)
     height, width = 180, 320
-    batch_size = 4
-    prefetch = 8
-    # (preset, frames, repeats): small in quick mode; the full preset (3 s/frame here) only with --full
-    cases = [("small", 48, 3), ("full", 8, 2)] if full else [("small", 24, 2)]
-    details: dict = {"size": [height, width], "batch_size": batch_size, "prefetch": prefetch, "cases": {}}
+    # (preset, frames, repeats): the full preset (3 s/frame here) only with --full
+    cases = [("realtime", 96, 5), ("small", 48, 3), ("full", 8, 2)] if full else [("realtime", 48, 3),
+                                                                                  ("small", 24, 2)]
+    details: dict = {"size": [height, width], "batch_size": BATCH, "cases": {}}
     with tempfile.TemporaryDirectory(prefix="vsr-bench-") as tmp:
         tmp = Path(tmp)
         for preset, num_frames, repeats in cases:
-            details["cases"][preset] = throughput_case(report, tmp, preset, height, width, num_frames, repeats,
-                                                       batch_size, prefetch)
-
-        # memory: flat in the clip's length (small preset: the length matters, not the model)
-        checkpoint = save_model_checkpoint("small", tmp / "small_mem.pth")
+            details["cases"][preset] = throughput_case(report, tmp, preset, height, width, num_frames, repeats)
         mem_h, mem_w = (180, 320) if full else (90, 160)
-        memory = {}
-        for length in (100, 400):
-            source = write_clip(tmp / f"mem_{length}.mp4", length, mem_h, mem_w)
-            start = time.perf_counter()
-            memory[length] = memory_run(["upscale", str(source), str(tmp / f"mem_out_{length}.mp4"), "--checkpoint",
-                                         str(checkpoint), "--device", "cpu", "--batch-size", str(batch_size)])
-            memory[length]["wall_s"] = time.perf_counter() - start
-            growth = memory[length]["hwm_mb"] - memory[length]["rss_before_mb"]
-            memory[length]["growth_mb"] = growth
-        for length in (100, 400):
-            growth = memory[length]["growth_mb"]
-            report.add(f"vsr upscale small {mem_h}x{mem_w}, {length} fr: peak RSS growth", growth, "MiB",
-                       "100-frame clip", growth / memory[100]["growth_mb"],
-                       note=f"VmHWM {memory[length]['hwm_mb']:.0f} MiB, {memory[length]['fps']:.2f} frames/s")
-        details.update(memory=memory, memory_size=[mem_h, mem_w])
-        report.details = details
+        details.update(memory=memory_case(report, tmp, mem_h, mem_w), memory_size=[mem_h, mem_w])
+    report.details = details
     print(f"wrote {report.write()}")
 
 
