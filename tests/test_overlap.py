@@ -80,7 +80,7 @@ def test_the_overlapped_video_equals_a_serial_encode_of_the_plain_stream(tmp_pat
     upscale_file(source, tmp_path / "out.mp4", upscaler, chunk_frames=16)  # one chunk: one encode
     # the serial path: decode, stream, encode one after the other in this thread, same settings
     frames = (frame for _, frame in iter_timed_frames(source))
-    with FrameWriter(tmp_path / "serial.mp4", fps=25, threads=1, color=probe_video(source).color) as writer:
+    with FrameWriter(tmp_path / "serial.mp4", fps=25, color=probe_video(source).color) as writer:
         for frame in upscaler.stream(frames):
             writer.write(frame)
     assert np.array_equal(read_frames(tmp_path / "out.mp4"), read_frames(tmp_path / "serial.mp4"))

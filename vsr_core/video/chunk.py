@@ -7,13 +7,13 @@ another node sends back as bytes (``pack_segment`` / ``unpack_segment``).
 The three stages overlap: the decoder runs ahead in a thread of its own, the model in the
 calling thread, and the encoder (colour conversion, x264 or PNG) behind it in another thread
 (``overlap``; FFmpeg and torch release the GIL), so the encoder uses the CPU time the model
-leaves instead of the model waiting for it. On a CPU the video encoder gets one thread: beside
-the model's own threads, which take every core, more only make them take the cores from each
-other in turns (benchmarks/README.md, "Overlap"). x264 keeps its last frames for its lookahead
-(40 at preset medium) and encodes them when it is closed, more than half its work on a chunk of
-64 frames: ``start_chunk`` returns once the model is done, with the encoder still finishing in
-its thread, so that an executor can upscale the next chunk meanwhile (``EncodingChunk.finish``
-waits for it). The frames are the same as a serial run's, in the same order.
+leaves instead of the model waiting for it. x264 keeps its own threads (FFmpeg's default, 1.5
+per core): one or two threads measured no faster beside the model's (benchmarks/README.md,
+"Overlap"). x264 also keeps its last frames for its lookahead (40 at preset medium) and encodes
+them when it is closed, more than half its work on a chunk of 64 frames: ``start_chunk``
+returns once the model is done, with the encoder still finishing in its thread, so that an
+executor can upscale the next chunk meanwhile (``EncodingChunk.finish`` waits for it). The
+frames are the same as a serial run's, in the same order.
 """
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def start_chunk(upscaler: Upscaler, task: ChunkTask, segment: Path,
     outputs = upscaler.stream(background(frames(), ahead, "vsr-decode"), first=chunk.first,
                               total=task.clip_frames, start=chunk.start, stop=chunk.stop)
     writer = FrameWriter(segment, task.frame_rate, task.time_base, first_index=chunk.start, encoder=task.encoder,
-                         color=task.color, png=task.png, threads=encoder_threads(upscaler))
+                         color=task.color, png=task.png)
     encoder = BackgroundSink(lambda item: writer.write(*item), ahead, "vsr-encode", finish=writer.close)
     reported = 0
     try:
@@ -91,12 +91,6 @@ def start_chunk(upscaler: Upscaler, task: ChunkTask, segment: Path,
         writer.close()
         raise
     return EncodingChunk(task, writer, encoder, on_frame)
-
-
-def encoder_threads(upscaler: Upscaler) -> int:
-    """The video encoder's threads beside this model: one when the model runs on the CPU (its
-    threads take the cores), FFmpeg's choice when it runs elsewhere (the cores are free)."""
-    return 1 if upscaler.device.type == "cpu" else 0
 
 
 def pack_segment(segment: Path) -> bytes | dict[str, bytes]:
