@@ -179,10 +179,10 @@ def test_the_realtime_preset():
     from vsr_core.config import TrainConfig
 
     model = VSRPPPv2.from_preset("realtime").eval()
-    assert (model.spec.channels, model.spec.blocks_per_branch) == (16, 2)
-    assert count_parameters(model) == 26_302  # 0.15x small's 170,078
+    assert (model.spec.channels, model.spec.blocks_per_branch) == (16, 1)
+    assert count_parameters(model) == 17_022  # 0.1x small's 170,078
     with torch.no_grad():
         out = model(torch.rand(2, 5, 3, 18, 32))
     assert out.shape == (2, 3, 54, 96)
-    assert len(model.layer_activity()) == 4
+    assert len(model.layer_activity()) == 2
     assert TrainConfig(preset="realtime", train_data=["a.mp4"]).preset == "realtime"  # a training config accepts it

@@ -65,8 +65,9 @@ class ModelSpec:
 PRESETS: dict[str, ModelSpec] = {
     "full": ModelSpec(channels=96, blocks_per_branch=15),  # the seed's model, ~5.1M params
     "small": ModelSpec(channels=32, blocks_per_branch=4),  # trains in minutes on a laptop CPU
-    # real time on 2 CPU cores at 320x180 LR (benchmarks/README.md, "realtime preset")
-    "realtime": ModelSpec(channels=16, blocks_per_branch=2),
+    # Real time at 320x180 LR on 2 CPU cores (AVX2, fp32, batches of 4 windows): 48 frames/s where 16 ch
+    # with 2+2 blocks made 37 and 12 ch 2+2 38; fewer than 16 channels buy little (benchmarks/README.md)
+    "realtime": ModelSpec(channels=16, blocks_per_branch=1),
     "tiny": ModelSpec(channels=8, blocks_per_branch=1),  # for tests
 }
 
@@ -161,7 +162,15 @@ class VSRPPPv2(nn.Module):
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         if frames.dim() != 5 or frames.shape[1] != NUM_FRAMES or frames.shape[2] != 3:
             raise ValueError(f"expected frames of shape [B,{NUM_FRAMES},3,H,W], got {list(frames.shape)}")
-        return self.reconstruct(self.extract_features(frames), frames[:, CENTER])
+        return self.reconstruct_frames(self._frame_features(frames), frames[:, CENTER])
+
+    def _frame_features(self, frames: torch.Tensor) -> list[torch.Tensor]:
+        """``extract_features(frames).unbind(1)`` with the frames taken position by position, so that
+        each of the 5 results is one dense [B,C,H,W] block (a window-major batch would leave every
+        one strided, and the model would copy 4 of them again)."""
+        b, t, _, h, w = frames.shape
+        by_position = frames.transpose(0, 1).reshape(t * b, 3, h, w).contiguous(memory_format=self.memory_format)
+        return list(self.feature_extract(by_position).reshape(t, b, -1, h, w).unbind(0))
 
     # --- observability ---------------------------------------------------------------
     @property
