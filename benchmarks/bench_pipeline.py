@@ -1,6 +1,6 @@
 """3. Whole-video pipeline: ``vsr upscale`` frames/s against the forward pass, in one process,
 round-robin; and the peak memory (RSS growth, VmHWM) of ``vsr upscale`` in a fresh subprocess
-for a 100-frame and a 400-frame clip, which must be flat.
+for clips of 100, 400 and 800 frames, which must be flat.
 
 The input is real video: ``bigbuckbunny.mp4`` scaled to 320x180 (the issue's test clip). Side
 by side, the model's weights random (its speed does not depend on them):
@@ -12,10 +12,16 @@ by side, the model's weights random (its speed does not depend on them):
   vsr upscale mp4   vsr_core.cli.main(["upscale", ...]) with its defaults: decode, model and encode
                     overlapped (vsr_core.video.chunk)
   vsr upscale png   the same into a folder of PNG frames
+  ... --preset veryfast   mp4 with x264's veryfast preset (the real-time choice; -0.3 to -1 dB at CRF 18)
+  ..., stages serial  the same two with the stages one after another in one thread (the decoder
+                    and encoder threads of vsr_core.video.chunk replaced by plain calls): what the
+                    overlap buys, in the same harness (vsr upscale also plans, joins the segments,
+                    muxes and reads its output back)
   serial            decode, stream and encode one after the other in one thread, x264 with its own
-                    threads (FFmpeg's default): how vsr upscale ran before
+                    threads (FFmpeg's default), without the video engine around them
   prefetch=8        Upscaler.stream(prefetch=8) (decode thread -> model thread) with the encoder
-                    in the caller: the overlap measured and rejected before
+                    in the caller, in the same harness as serial: the overlap measured and
+                    rejected before
   decode only, encode only (default encoder, one thread; PNG)   the stages alone, with CPU time
 
 Targets (issue 24): vsr upscale >= 0.8 of the forward pass (mp4), >= 0.6 (PNG); stream >= 0.9;
@@ -48,6 +54,8 @@ from vsr_core.frames import to_tensor, window_indices
 from vsr_core.inference import Upscaler
 
 BATCH = 4
+CLI_PATHS = ("vsr upscale mp4", "vsr upscale png", "vsr upscale mp4, stages serial", "vsr upscale png, stages serial",
+             "vsr upscale mp4 --preset veryfast")
 
 
 def save_model_checkpoint(preset: str, path: Path, model: torch.nn.Module | None = None) -> Path:
@@ -107,6 +115,39 @@ def overlapped_upscale(upscaler: Upscaler, source: Path, target: Path, prefetch:
     return writer.count
 
 
+class InlineSink:
+    """``overlap.BackgroundSink`` without its thread: every item consumed at once, in the caller."""
+
+    def __init__(self, consume, ahead: int, name: str, finish=None):
+        self._consume, self._finish = consume, finish
+
+    def put(self, item) -> None:
+        self._consume(item)
+
+    def end(self) -> None:
+        if self._finish is not None:
+            finish, self._finish = self._finish, None
+            finish()
+
+    close = end
+
+    def abandon(self) -> None:
+        self._finish = None
+
+
+@contextlib.contextmanager
+def stages_serial():
+    """vsr upscale with its decoder and encoder in the model's thread, one after the other."""
+    import vsr_core.video.chunk as chunk
+
+    saved = chunk.BackgroundSink, chunk.background
+    chunk.BackgroundSink, chunk.background = InlineSink, lambda items, ahead, name: iter(items)
+    try:
+        yield
+    finally:
+        chunk.BackgroundSink, chunk.background = saved
+
+
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -157,6 +198,12 @@ def candidates_of(preset: str, tmp: Path, clip: Path, num_frames: int, cpu: dict
         shutil.rmtree(target)
         return fps
 
+    def serially(fn):
+        def call():
+            with stages_serial():
+                return fn()
+        return call
+
     def encode_only(target: str) -> None:
         with FrameWriter(tmp / target, fps=24.0, threads=1) as writer:
             for frame in hr_frames:
@@ -167,6 +214,10 @@ def candidates_of(preset: str, tmp: Path, clip: Path, num_frames: int, cpu: dict
         "stream": lambda: list(upscaler.stream(iter(decoded))),
         "vsr upscale mp4": lambda: run_cli([*cli[:2], str(tmp / "out.mp4"), *cli[3:]]),
         "vsr upscale png": png_cli,
+        "vsr upscale mp4, stages serial": serially(lambda: run_cli([*cli[:2], str(tmp / "out_serial.mp4"), *cli[3:]])),
+        "vsr upscale png, stages serial": serially(png_cli),
+        "vsr upscale mp4 --preset veryfast": lambda: run_cli([*cli[:2], str(tmp / "fast.mp4"), *cli[3:],
+                                                              "--preset", "veryfast"]),
         "serial": lambda: serial_upscale(upscaler, clip, tmp / "serial.mp4"),
         "prefetch=8": lambda: overlapped_upscale(upscaler, clip, tmp / "prefetch.mp4", 8),
         "decode only": lambda: list(iter_frames(clip)),
@@ -189,7 +240,7 @@ def throughput_case(report: Report, tmp: Path, preset: str, height: int, width: 
                     repeats: int) -> dict:
     clip = write_clip(tmp / f"clip_{height}x{width}_{num_frames}.mp4", num_frames, height, width)
     cpu: dict[str, list[float]] = {}
-    cli_fps: dict[str, list[float]] = {"vsr upscale mp4": [], "vsr upscale png": []}
+    cli_fps: dict[str, list[float]] = {name: [] for name in CLI_PATHS}
     candidates = candidates_of(preset, tmp, clip, num_frames, cpu)
     for name in cli_fps:  # their own timer (the upscaling, without loading the model)
         call = candidates[name]
@@ -202,9 +253,14 @@ def throughput_case(report: Report, tmp: Path, preset: str, height: int, width: 
     label = f"{preset} {height}x{width}, {num_frames} fr"
     report.add(f"{label}: forward (upscale_windows, batch {BATCH})", forward, "frames/s",
                note=f"CPU {cpu_ms['forward']:.0f} ms/frame")
-    for name in ("stream", "vsr upscale mp4", "vsr upscale png", "serial", "prefetch=8"):
-        report.add(f"{label}: {name}", fps[name], "frames/s", "forward", fps[name] / forward,
-                   note=f"CPU {cpu_ms[name]:.0f} ms/frame")
+    for name in ("stream", *CLI_PATHS, "serial", "prefetch=8"):
+        note = f"CPU {cpu_ms[name]:.0f} ms/frame"
+        if name.endswith("stages serial"):
+            overlapped = name.replace(", stages serial", "")
+            note += f"; the overlap makes it {fps[overlapped] / fps[name]:.2f}x faster"
+        if name == "prefetch=8":
+            note += f"; {fps[name] / fps['serial']:.2f}x serial"
+        report.add(f"{label}: {name}", fps[name], "frames/s", "forward", fps[name] / forward, note=note)
     for name in ("decode only", "encode only (mp4)", "encode only (png)"):
         report.add(f"{label}: {name}", cpu_ms[name], "ms CPU", "forward CPU", cpu_ms[name] / cpu_ms["forward"],
                    note=f"{fps[name]:.0f} frames/s alone")
@@ -216,17 +272,20 @@ def throughput_case(report: Report, tmp: Path, preset: str, height: int, width: 
             "timings": {k: t.to_dict() for k, t in timings.items()}}
 
 
+MEMORY_LENGTHS = (100, 400, 800)
+
+
 def memory_case(report: Report, tmp: Path, height: int, width: int) -> dict:
     checkpoint = save_model_checkpoint("small", tmp / "small_mem.pth")
     memory = {}
-    for length in (100, 400):
+    for length in MEMORY_LENGTHS:
         source = write_clip(tmp / f"mem_{length}.mp4", length, height, width)
         start = time.perf_counter()
         memory[length] = memory_run(["upscale", str(source), str(tmp / f"mem_out_{length}.mp4"), "--checkpoint",
                                      str(checkpoint), "--device", "cpu", "--batch-size", str(BATCH)])
         memory[length]["wall_s"] = time.perf_counter() - start
         memory[length]["growth_mb"] = memory[length]["hwm_mb"] - memory[length]["rss_before_mb"]
-    for length in (100, 400):
+    for length in MEMORY_LENGTHS:
         growth = memory[length]["growth_mb"]
         report.add(f"vsr upscale small {height}x{width}, {length} fr: peak RSS growth", growth, "MiB",
                    "100-frame clip", growth / memory[100]["growth_mb"],
