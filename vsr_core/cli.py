@@ -19,6 +19,8 @@ from vsr_core.video.plan import DEFAULT_CHUNK_FRAMES
 if TYPE_CHECKING:
     import torch
 
+    from vsr_core.video.batch import Batch
+
 
 def _model_from_args(args: argparse.Namespace) -> torch.nn.Module:
     """The model of --checkpoint, or the bicubic baseline of --bicubic."""
@@ -81,13 +83,20 @@ def _chunk_runner(args: argparse.Namespace):
 
 def cmd_upscale(args: argparse.Namespace) -> int:
     from vsr_core.data.video_encoder import EncoderSettings
+    from vsr_core.video.batch import plan_batch
     from vsr_core.video.pipeline import upscale_file
     from vsr_core.video.plan import default_work_folder
 
     encoder = EncoderSettings(args.codec, args.crf, args.preset, args.pix_fmt)  # checked before the model loads
+    batch = plan_batch(args.input, args.output, resume=args.resume, max_frames=args.max_frames,
+                       chunk_frames=args.chunk_frames, encoder=encoder, work_folder=args.work_folder,
+                       preview=args.preview)  # None: one clip, a video or a frame folder (rule in video/batch.py)
+    if batch is not None:
+        return _upscale_batch(args, batch)
+    source = args.input[0]
     runner, where = _chunk_runner(args)
-    print(f"upscaling {args.input} {where}", flush=True)
-    _say_if_matroska(args.input, args.output)
+    print(f"upscaling {source} {where}", flush=True)
+    _say_if_matroska(source, args.output)
     bar = tqdm(total=None, unit="frame", desc="upscale", dynamic_ncols=True)
 
     def show(progress) -> None:  # frames done across all workers
@@ -95,7 +104,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         bar.update(progress.frames_done - bar.n)
 
     try:
-        result = upscale_file(args.input, args.output, runner, on_progress=show, max_frames=args.max_frames,
+        result = upscale_file(source, args.output, runner, on_progress=show, max_frames=args.max_frames,
                               chunk_frames=args.chunk_frames, work_folder=args.work_folder, resume=args.resume,
                               encoder=encoder, preview=args.preview)
     except KeyboardInterrupt:
@@ -112,6 +121,31 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             ray.shutdown()
     _print_result(result)
     return 0
+
+
+def _upscale_batch(args: argparse.Namespace, batch: Batch) -> int:
+    """Many videos into one folder: one Ray connection (with --ray) for all of them."""
+    from vsr_core.batch_console import BatchConsole
+    from vsr_core.video.batch import FINISHED, run_batch
+
+    runner, where = _chunk_runner(args)
+    print(f"upscaling {len(batch.items)} videos into {batch.out_dir} {where}", flush=True)
+    for item in batch.items:
+        if item.state != FINISHED and item.output != item.requested:
+            _say_if_matroska(item.source, item.requested)
+    console = BatchConsole(batch)
+    try:
+        outcomes = run_batch(batch, runner, console)
+    except KeyboardInterrupt:
+        console.interrupted()
+        return 130
+    finally:
+        console.close()
+        if args.ray:
+            import ray
+
+            ray.shutdown()
+    return console.summary(outcomes)
 
 
 def _print_result(result) -> None:
@@ -210,10 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vsr", description="VSR+++ v2 3x video super-resolution")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    up = sub.add_parser("upscale", help="upscale a video or frame folder 3x")
-    up.add_argument("input", help="video file (mp4/mkv/avi/...) or folder of PNG/JPEG frames")
-    up.add_argument("output", help="output .mp4/.mkv (same timing, audio and subtitles kept) or a folder for PNG "
-                    "frames; a path or a storage URI (s3://..., gs://...)")
+    up = sub.add_parser("upscale", help="upscale a video, a frame folder or many videos 3x")
+    up.add_argument("input", nargs="+", metavar="INPUT",
+                    help="video file (mp4/mkv/avi/...), or a folder: of PNG/JPEG frames (one clip) or of videos "
+                    "(a batch; a folder holding both is refused); several video files are a batch too")
+    up.add_argument("output", metavar="OUTPUT", help="output .mp4/.mkv (same timing, audio and subtitles kept) or a "
+                    "folder for PNG frames; a path or a storage URI (s3://..., gs://...). For a batch, a folder: "
+                    "one output per input, with its name and extension")
     up.add_argument("--max-frames", type=int, default=None, help="only the first N frames (and their audio)")
     up.add_argument("--preview", type=float, nargs=2, metavar=("START", "DURATION"), default=None,
                     help="upscale only DURATION seconds from START, and print the speed and the projected time "
