@@ -23,13 +23,16 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow.fs
 from ray.tune import Callback, Stopper
+from ray.tune.result import TRIAL_ID
+
+from vsr_core.engine import report_keys as keys
 
 if TYPE_CHECKING:
     from vsr_core.checkpoint import BestInfo
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BASE_CONFIG = REPO_ROOT / "configs" / "sweep_base.json"
-METRIC, MODE = "gain", "max"  # dB over bicubic on the validation set (vsr_core.metrics.gain_over_bicubic)
+METRIC, MODE = keys.GAIN, "max"  # dB over bicubic on the validation set (vsr_core.metrics.gain_over_bicubic)
 # A data-parallel trial only waits on its Ray Train run, whose workers hold the CPUs/GPUs; Tune needs a
 # non-empty request, so it asks for a token share of one CPU.
 DATA_PARALLEL_TRIAL_CPUS = 0.01
@@ -250,13 +253,15 @@ def build_tuner(args: argparse.Namespace, base: dict[str, Any], experiment_path:
         points_to_evaluate = base_point(base, args)
     searcher = ConcurrencyLimiter(OptunaSearch(seed=args.seed, points_to_evaluate=points_to_evaluate),
                                   max_concurrent=args.max_concurrent)
-    scheduler = ASHAScheduler(time_attr="step", max_t=max_steps, grace_period=min(max_steps, args.grace_steps or 2 * val_every),
+    scheduler = ASHAScheduler(time_attr=keys.STEP, max_t=max_steps,
+                              grace_period=min(max_steps, args.grace_steps or 2 * val_every),
                               reduction_factor=2)
     fail_fast = FailFast()
     reporter = tune.CLIReporter(
         parameter_columns={"LR_EXPONENT": "lr_exp", "WEIGHT_DECAY": "wd"},
-        metric_columns={"step": "step", "loss_l1": "L1", "loss_perceptual": "perc", "loss_total": "total",
-                        "gain": "gain dB", "psnr": "PSNR", "convergence": "status", "cold_layers": "cold"},
+        metric_columns={keys.STEP: "step", keys.LOSS_L1: "L1", keys.LOSS_PERCEPTUAL: "perc",
+                        keys.LOSS_TOTAL: "total", keys.GAIN: "gain dB", keys.PSNR: "PSNR", keys.CONVERGENCE: "status",
+                        keys.COLD_LAYERS: "cold"},
         max_report_frequency=15,
     )
     return tune.Tuner(
@@ -299,11 +304,11 @@ def trial_status(result) -> str:
     metrics = result.metrics or {}
     if result.error:
         return "error"
-    if "step" not in metrics:
+    if keys.STEP not in metrics:
         return "failed" if trial_failure(result) else "not started"
-    if metrics.get("diverged"):
+    if metrics.get(keys.DIVERGED):
         return "diverged"
-    if metrics.get("step", 0) < metrics.get("config", {}).get("base_config", {}).get("MAX_STEPS", 0):
+    if metrics.get(keys.STEP, 0) < metrics.get("config", {}).get("base_config", {}).get("MAX_STEPS", 0):
         return "stopped early"
     return "finished"
 
@@ -316,13 +321,13 @@ def summary_rows(results) -> list[dict[str, Any]]:
         best = frame.loc[frame[METRIC].idxmax()] if scored else {}
         config = result.config or {}
         rows.append({
-            "trial": (result.metrics or {}).get("trial_id", Path(result.path or "?").name[:20]),
+            "trial": (result.metrics or {}).get(TRIAL_ID, Path(result.path or "?").name[:20]),
             "lr": 10 ** config.get("LR_EXPONENT", float("nan")),
             "wd": config.get("WEIGHT_DECAY", float("nan")),
             "gain": float(best.get(METRIC, float("nan"))),
-            "psnr": float(best.get("psnr", float("nan"))),
+            "psnr": float(best.get(keys.PSNR, float("nan"))),
             "status": trial_status(result),
-            "steps": (result.metrics or {}).get("step", 0),
+            "steps": (result.metrics or {}).get(keys.STEP, 0),
         })
     return rows
 
@@ -336,8 +341,8 @@ def print_summary(rows: list[dict[str, Any]]) -> None:
 
 def export_best(results, experiment_path: str) -> tuple[BestInfo, str] | None:
     """Copy the best trial's best checkpoint to <experiment>/best/ with its best.json; (info, folder)."""
-    from tune.trainable import CHECKPOINT_FILE
     from vsr_core.checkpoint import BestInfo, write_best
+    from vsr_core.engine.run_start import CHECKPOINT_FILE
 
     try:
         best = results.get_best_result(metric=METRIC, mode=MODE, scope="all")
@@ -350,9 +355,10 @@ def export_best(results, experiment_path: str) -> tuple[BestInfo, str] | None:
     info = BestInfo(
         checkpoint_file=CHECKPOINT_FILE,
         metrics={k: v for k, v in metrics.items()
-                 if isinstance(v, (int, float, str)) and not isinstance(v, bool) and not k.startswith("layer/")},
-        step=metrics.get("step"),
-        trial_id=metrics.get("trial_id"),
+                 if isinstance(v, (int, float, str)) and not isinstance(v, bool)
+                 and not k.startswith(keys.LAYER_PREFIX)},
+        step=metrics.get(keys.STEP),
+        trial_id=metrics.get(TRIAL_ID),
         trial_path=best.path,
         config={k: v for k, v in best.config.items() if k != "base_config"} | {"base_config": best.config["base_config"]},
     )
@@ -394,7 +400,7 @@ def run_sweep(args: argparse.Namespace, base: dict[str, Any], experiment_path: s
     rows = summary_rows(results)
     print_summary(rows)
     failures = [f for f in map(trial_failure, results) if f]
-    if failures and not any("step" in (r.metrics or {}) for r in results):
+    if failures and not any(keys.STEP in (r.metrics or {}) for r in results):
         # Every trial failed before its first report (FailFast ended the sweep): one clear summary.
         messages = sorted({line for line, _ in failures})
         print(f"\nerror: every trial failed before reporting a result ({len(rows)} started); the sweep stopped. "
@@ -417,8 +423,8 @@ def run_sweep(args: argparse.Namespace, base: dict[str, Any], experiment_path: s
     info, destination = exported
     metrics = info.metrics
     print(f"\nbest: trial {info.trial_id} {metrics.get(METRIC, float('nan')):+.2f} dB over bicubic at step {info.step} "
-          f"(Y-PSNR {metrics.get('psnr', float('nan')):.2f} dB, bicubic on the same validation items "
-          f"{metrics.get('bicubic_psnr', float('nan')):.2f} dB, phase {metrics.get('training_phase', '?')}) "
+          f"(Y-PSNR {metrics.get(keys.PSNR, float('nan')):.2f} dB, bicubic on the same validation items "
+          f"{metrics.get(keys.BICUBIC_PSNR, float('nan')):.2f} dB, phase {metrics.get(keys.TRAINING_PHASE, '?')}) "
           f"-> {destination}")
     return 0 if len(errors) < len(rows) else 1
 

@@ -10,9 +10,12 @@ from pathlib import Path
 
 from vsr_core.checkpoint import load_checkpoint
 from vsr_core.config import FINETUNE_DEFAULTS, ConfigError, TrainConfig, parse_value
+from vsr_core.engine import report_keys
 from vsr_core.engine.console import LiveConsole, PlainConsole
 from vsr_core.engine.distributed import add_worker_args, effective_batch_text, scaled_lr_exponent
-from vsr_core.engine.trainer import Trainer, TrainingHooks
+from vsr_core.engine.hooks import TrainingHooks
+from vsr_core.engine.run_start import start_run
+from vsr_core.engine.trainer import Trainer
 from vsr_core.metrics import format_gain
 
 
@@ -76,12 +79,14 @@ class StopOnInterrupt:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.resume and args.finetune_from:
+        raise ConfigError("give either --resume (continue a run) or --finetune-from (a new run from its weights)")
     config = load_config(args.config, args.set, args.resume, args.finetune_from)
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
     if args.workers > 1:
         return train_on_ray(args, config)
-    trainer = Trainer(config, resume_from=args.resume, finetune_from=args.finetune_from)
+    trainer = start_run(config, resume_from=args.resume, finetune_from=args.finetune_from)
     run_config = trainer.output_dir / "train_config.json"
     config.save(run_config)
     print(f"training {config.preset} on {trainer.device} ({trainer.precision}) -> {trainer.output_dir} "
@@ -108,13 +113,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def train_on_ray(args: argparse.Namespace, config: TrainConfig) -> int:
-    """``--workers N``: one data-parallel run of N Ray Train workers (see ``engine.on_ray``). Rank 0 prints
+    """``--workers N``: one data-parallel run of N Ray Train workers (see ``engine.ray_train``). Rank 0 prints
     the log lines and writes OUTPUT_DIR (latest.pth, tensorboard/); Ray Train keeps the checkpoint of each
     validation in OUTPUT_DIR/ray_train_<time> and restarts a failed group from the last one."""
     import ray
     import ray.train
 
-    from vsr_core.engine.on_ray import CHECKPOINT_FILE, fit_on_ray_train
+    from vsr_core.engine.ray_train import fit_on_ray_train
+    from vsr_core.engine.run_start import CHECKPOINT_FILE
 
     if not args.resume:  # a resumed run goes on with its checkpoint's LR (already scaled) unless --set changes it
         config = config.replace(lr_exponent=scaled_lr_exponent(config.lr_exponent, args.workers, args.lr_scaling))
@@ -142,7 +148,8 @@ def train_on_ray(args: argparse.Namespace, config: TrainConfig) -> int:
         if started:
             ray.shutdown()
     reported = f"; last reported checkpoint {result.checkpoint.path}/{CHECKPOINT_FILE}" if result.checkpoint else ""
-    print(f"done: step {(result.metrics or {}).get('step')}, checkpoint {output / 'latest.pth'}{reported}", flush=True)
+    step = (result.metrics or {}).get(report_keys.STEP)
+    print(f"done: step {step}, checkpoint {output / 'latest.pth'}{reported}", flush=True)
     return 0
 
 
