@@ -44,14 +44,17 @@ def main(argv: list[str] | None = None) -> None:
     from ray import serve as ray_serve
 
     from serve.app import build_app
+    from vsr_core.ray_connect import connect_ray
 
     args = build_parser().parse_args(argv)
     if args.host not in LOOPBACK_HOSTS and not (args.api_key_file or os.environ.get(API_KEY_ENV)):
         print(f"warning: serving on {args.host} without an API key: anyone who can reach this port can use it. "
               f"Set {API_KEY_ENV} or --api-key-file.", file=sys.stderr)
     checkpoint = resolve_checkpoint_path(Path(args.checkpoint).expanduser()).resolve()  # fail fast, absolute
+    started_ray = False
     try:
-        context = ray.init(address=args.address) if args.address else ray.init(dashboard_host="127.0.0.1")
+        context = connect_ray(args.address)
+        started_ray = context is not None and not args.address
         # After ray.init, which installs a SIGTERM handler of its own: stop like Ctrl-C does.
         signal.signal(signal.SIGTERM, _raise_interrupt)
         ray_serve.start(http_options={"host": args.host, "port": args.port})
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if ray.is_initialized():
             ray_serve.shutdown()
-            if not args.address:
+            if started_ray:
                 ray.shutdown()
 
 

@@ -30,6 +30,7 @@ from vsr_core.evaluate import degrade_frame
 from vsr_core.frames import to_tensor, to_uint8
 from vsr_core.metrics import format_gain, psnr
 from vsr_core.netutil import free_port
+from vsr_core.ray_connect import connect_ray
 
 CLIP_FRAMES = 24
 
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    ray.init(include_dashboard=False)
+    connect_ray(dashboard=False)
     try:
         ray_serve.start(http_options={"host": "127.0.0.1", "port": port})
         ray_serve.run(build_app({"checkpoint": str(Path(args.checkpoint).resolve()), "num_cpus": 1,

@@ -136,19 +136,13 @@ def base_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def start_ray(args: argparse.Namespace) -> None:
-    import ray
+    """Join ``--address`` or start a local Ray with its dashboard (nothing when this process has Ray: tests,
+    a notebook), and say where to watch the sweep."""
+    from vsr_core.ray_connect import connect_ray
 
-    from vsr_core.netutil import free_port
-
-    if ray.is_initialized():  # e.g. tests, or a notebook that started Ray itself
+    context = connect_ray(args.address, dashboard=True, dashboard_port=args.dashboard_port)
+    if context is None:
         return
-    if args.address:
-        context = ray.init(address=args.address)
-    else:
-        port = free_port(args.dashboard_port)
-        if port != args.dashboard_port:
-            print(f"port {args.dashboard_port} is in use (another Ray?); the dashboard takes port {port}")
-        context = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port)
     url = context.dashboard_url
     token = Path.home() / ".ray" / "auth_token"
     print("=" * 78)

@@ -76,11 +76,10 @@ def _add_encoder_args(parser: argparse.ArgumentParser) -> None:
 
 def _ray_pool_from_args(args: argparse.Namespace):
     """Connect to Ray (``--address``, else a local instance) and describe the chunk workers."""
-    import ray
-
+    from vsr_core.ray_connect import connect_ray
     from vsr_core.video.on_ray import RayPool
 
-    ray.init(address=args.address, log_to_driver=False, configure_logging=False)
+    connect_ray(args.address, log_to_driver=False, configure_logging=False)
     return RayPool(workers=args.workers, num_cpus=args.cpus_per_worker, num_gpus=args.gpus_per_worker)
 
 

@@ -121,6 +121,7 @@ def train_on_ray(args: argparse.Namespace, config: TrainConfig) -> int:
 
     from vsr_core.engine.ray_train import fit_on_ray_train
     from vsr_core.engine.run_start import CHECKPOINT_FILE
+    from vsr_core.ray_connect import connect_ray
 
     if not args.resume:  # a resumed run goes on with its checkpoint's LR (already scaled) unless --set changes it
         config = config.replace(lr_exponent=scaled_lr_exponent(config.lr_exponent, args.workers, args.lr_scaling))
@@ -130,9 +131,7 @@ def train_on_ray(args: argparse.Namespace, config: TrainConfig) -> int:
     config.save(output / "train_config.json")
     print(f"training {config.preset} on {args.workers} Ray Train workers -> {output} (lr {config.learning_rate:.1e}, "
           f"wd {config.weight_decay}, {effective_batch_text(config, args.workers)})", flush=True)
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=args.address)
+    started = connect_ray(args.address) is not None
     try:
         result = fit_on_ray_train(
             # a new name per launch: Ray Train would otherwise continue the previous run found under the same one
