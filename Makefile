@@ -35,7 +35,7 @@ SAMPLE = $$($(PY) -c 'from vsr_core.data.samples import sample_clip; print(sampl
 
 # The main job on the built-in sample clips: a Tune sweep (train on bigbuckbunny, validate on bikes),
 # then the best checkpoint against bicubic, a clip upscaled with it, and the same model over HTTP.
-# DEMO_SWEEP: up to 6 trials of up to 2400 steps (configs/sweep_base.json), two at a time; ASHA stops the
+# DEMO_SWEEP: up to 6 trials of up to 2400 steps (the shipped sweep_base config), two at a time; ASHA stops the
 # worse half at 400, 800 and 1600 steps; the sweep ends after 7 minutes whatever the machine (the rest of
 # the demo takes 1-2 minutes more on an idle 2-core CPU).
 DEMO_SWEEP ?= --num-samples 6 --grace-steps 400 --time-budget-min 7

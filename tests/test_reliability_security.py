@@ -24,7 +24,7 @@ from vsr_core.memory import MemoryBudgetError
 
 ROOT = Path(__file__).resolve().parent.parent
 
-SOURCE_DIRS = ("vsr_core", "serve", "tune", "benchmarks", "tests", "configs", "docs")
+SOURCE_DIRS = ("vsr_core", "serve", "tune", "benchmarks", "tests", "docs")  # the configs: vsr_core/configs
 TEXT_SUFFIXES = {".py", ".json", ".yaml", ".yml", ".toml", ".cfg", ".ini", ".sh", ".md", ".txt", ".env"}
 
 

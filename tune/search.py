@@ -25,13 +25,13 @@ import pyarrow.fs
 from ray.tune import Callback, Stopper
 from ray.tune.result import TRIAL_ID
 
+from vsr_core.configs import SWEEP_BASE, shipped_names
 from vsr_core.engine import report_keys as keys
 
 if TYPE_CHECKING:
     from vsr_core.checkpoint import BestInfo
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_BASE_CONFIG = REPO_ROOT / "configs" / "sweep_base.json"
+DEFAULT_STORAGE = "runs/tune"
 METRIC, MODE = keys.GAIN, "max"  # dB over bicubic on the validation set (vsr_core.metrics.gain_over_bicubic)
 # A data-parallel trial only waits on its Ray Train run, whose workers hold the CPUs/GPUs; Tune needs a
 # non-empty request, so it asks for a token share of one CPU.
@@ -40,7 +40,8 @@ DATA_PARALLEL_TRIAL_CPUS = 0.01
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(DEFAULT_BASE_CONFIG), help="base train_config.json for every trial")
+    p.add_argument("--config", default=SWEEP_BASE, help="every trial's base config: a train_config.json or a shipped "
+                   f"config's name ({', '.join(shipped_names())}); default %(default)s")
     p.add_argument("--data", nargs="+", help="training videos / frame folders / folders of videos")
     p.add_argument("--val-data", nargs="+", help="validation videos / frame folders")
     p.add_argument("--preset", help="model preset (default: the base config's, 'small')")
@@ -65,8 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="end the whole sweep after this many minutes (running trials stop; their best checkpoints "
                    "count): a sweep that fits a fixed time on any machine, as `make demo` does")
     p.add_argument("--grace-steps", type=int, help="ASHA: steps before a trial may be stopped (default 2 validations)")
-    p.add_argument("--storage-path", default=str(REPO_ROOT / "runs" / "tune"),
-                   help="experiment storage: a local or shared folder, or a URI such as s3://bucket/path")
+    p.add_argument("--storage-path", default=DEFAULT_STORAGE,
+                   help="experiment storage: a local or shared folder, or a URI such as s3://bucket/path (default "
+                   "%(default)s, in the current folder)")
     p.add_argument("--name", help="experiment name (a folder under the storage path); default vsr_sweep, "
                    "vsr_finetune with --finetune-from")
     p.add_argument("--resume", action="store_true", help="continue the experiment --name (finished trials are kept)")
@@ -112,10 +114,11 @@ def base_config(args: argparse.Namespace) -> dict[str, Any]:
     """The base train config with the flags applied; validated here, on the driver, so a typo or a
     missing data path fails in a second instead of in every trial."""
     from vsr_core.config import TrainConfig
+    from vsr_core.configs import config_path
     from vsr_core.data.datasets import expand_sources
     from vsr_core.data.samples import DEFAULT_TRAIN_CLIP, DEFAULT_VAL_CLIP
 
-    values = TrainConfig.from_json(args.config).to_dict()
+    values = TrainConfig.from_json(config_path(args.config)).to_dict()
     if args.data:
         values["TRAIN_DATA"] = [str(Path(p).resolve()) for p in args.data]  # trials run in their own folders
     if args.val_data:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from vsr_core.checkpoint import load_checkpoint
 from vsr_core.config import FINETUNE_DEFAULTS, ConfigError, TrainConfig, parse_value
+from vsr_core.configs import config_path, is_shipped_name, shipped_names
 from vsr_core.engine import report_keys
 from vsr_core.engine.console import LiveConsole, PlainConsole
 from vsr_core.engine.distributed import add_worker_args, effective_batch_text, scaled_lr_exponent
@@ -32,11 +33,11 @@ def parse_overrides(items: list[str]) -> dict:
 
 def load_config(path: str | None, overrides: list[str], resume: str | None = None,
                 finetune_from: str | None = None) -> TrainConfig:
-    """The config file's keys (or, resuming or fine-tuning without one, the checkpoint's own config)
-    plus ``--set``. A fine-tune starts from the seed's LR_EXPONENT and WEIGHT_DECAY for that phase
-    (``FINETUNE_DEFAULTS``) unless ``--set`` gives them."""
+    """The config file's keys (``path``: a file or a shipped config's name; or, resuming or fine-tuning
+    without one, the checkpoint's own config) plus ``--set``. A fine-tune starts from the seed's
+    LR_EXPONENT and WEIGHT_DECAY for that phase (``FINETUNE_DEFAULTS``) unless ``--set`` gives them."""
     if path:
-        base = TrainConfig.from_json(path).to_dict()
+        base = TrainConfig.from_json(config_path(path)).to_dict()
     elif resume or finetune_from:
         # not the defaults: they would be another run (preset, data...)
         base = load_checkpoint(resume or finetune_from)["config"]
@@ -92,7 +93,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"training {config.preset} on {trainer.device} ({trainer.precision}) -> {trainer.output_dir} "
           f"(lr {config.learning_rate:.1e}, wd {config.weight_decay}, {effective_batch_text(config, 1)}, "
           f"phase {trainer.training_phase}, from step {trainer.step})", flush=True)
-    console = make_console(trainer, Path(args.config) if args.config else run_config, args.plain)
+    # the live console saves changed keys to the user's config file; a shipped one stays as shipped
+    user_file = args.config and not is_shipped_name(args.config)
+    console = make_console(trainer, config_path(args.config) if user_file else run_config, args.plain)
     latest = trainer.output_dir / "latest.pth"
     try:
         with StopOnInterrupt(trainer) as interrupt, console:
@@ -154,8 +157,9 @@ def train_on_ray(args: argparse.Namespace, config: TrainConfig) -> int:
 
 def add_train_parser(sub) -> None:
     train = sub.add_parser("train", help="train one run (the Option B loop)")
-    train.add_argument("--config", help="train_config.json (the seed's keys plus the rest; see README); "
-                       "with --resume and no --config, the checkpoint's own config")
+    train.add_argument("--config", help="a train_config.json (the seed's keys plus the rest; see README) or a "
+                       f"shipped config's name ({', '.join(shipped_names())}); with --resume and no --config, the "
+                       "checkpoint's own config")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. --set MAX_STEPS=500 (repeatable)")
     train.add_argument("--resume", help="continue a run from its checkpoint (e.g. runs/x/latest.pth); "
