@@ -1,4 +1,4 @@
-"""``python -m serve --checkpoint PATH``: start Ray (or join a cluster), deploy the app, wait.
+"""``python -m serve --checkpoint PATH`` (= ``vsr serve``): start Ray (or join a cluster), deploy the app, wait.
 
 Ctrl-C and SIGTERM (what systemd, Docker and Kubernetes send) both shut Serve and Ray down,
 so no Ray process is left behind.
@@ -18,9 +18,17 @@ from vsr_core.checkpoint import resolve_checkpoint_path
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
+DESCRIPTION = "Serve VSR+++ v2 over HTTP on a local Ray instance or a cluster."
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m serve",
-                                     description="Serve VSR+++ v2 over HTTP on a local Ray instance or a cluster.")
+    parser = argparse.ArgumentParser(prog="python -m serve", description=DESCRIPTION)
+    add_arguments(parser)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The server's flags (``python -m serve`` and ``vsr serve``)."""
     parser.add_argument("--checkpoint", required=True, help="checkpoint .pth, training run folder, or best/ folder")
     parser.add_argument("--host", default="127.0.0.1",
                         help="HTTP host (default 127.0.0.1; 0.0.0.0 exposes it: set an API key then)")
@@ -32,7 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per replica")
     parser.add_argument("--num-replicas", type=int, default=1)
     parser.add_argument("--address", default=None, help="join a running Ray cluster instead of starting one")
-    return parser
 
 
 def _raise_interrupt(signum, frame) -> None:
@@ -40,13 +47,17 @@ def _raise_interrupt(signum, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until Ctrl-C or SIGTERM; then shut Serve and (unless it joined a cluster) Ray down."""
     import ray
     from ray import serve as ray_serve
 
     from serve.app import build_app
     from vsr_core.ray_connect import connect_ray
 
-    args = build_parser().parse_args(argv)
     if args.host not in LOOPBACK_HOSTS and not (args.api_key_file or os.environ.get(API_KEY_ENV)):
         print(f"warning: serving on {args.host} without an API key: anyone who can reach this port can use it. "
               f"Set {API_KEY_ENV} or --api-key-file.", file=sys.stderr)
@@ -85,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
             ray_serve.shutdown()
             if started_ray:
                 ray.shutdown()
+    return 0
 
 
 if __name__ == "__main__":
