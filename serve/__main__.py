@@ -16,8 +16,6 @@ from serve.settings import API_KEY_ENV
 from vsr_core.checkpoint import resolve_checkpoint_path
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-
-
 DESCRIPTION = "Serve VSR+++ v2 over HTTP on a local Ray instance or a cluster."
 
 
@@ -51,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve until Ctrl-C or SIGTERM; then shut Serve and (unless it joined a cluster) Ray down."""
+    """Serve until Ctrl-C or SIGTERM; then shut Serve down, and Ray if it started a local one."""
     import ray
     from ray import serve as ray_serve
 

@@ -64,8 +64,8 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dashboard-port", type=int, default=8265)
     p.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial from its checkpoint")
     p.add_argument("--keep-checkpoints", type=int, default=3,
-                   help="best checkpoints kept per trial (by gain over bicubic); 0 keeps all, which makes resuming after a killed "
-                   "driver safe (see README)")
+                   help="best checkpoints kept per trial (by gain over bicubic); 0 keeps all, which makes resuming "
+                   "after a killed driver safe (see README)")
     p.add_argument("--seed", type=int, default=0, help="seed of the searcher and of every trial's training")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the base config, e.g. --set VAL_STEP_EVERY=100 (repeatable; as vsr train)")
