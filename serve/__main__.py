@@ -1,4 +1,4 @@
-"""``python -m serve --checkpoint PATH``: start Ray (or join a cluster), deploy the app, wait.
+"""``python -m serve --checkpoint PATH`` (= ``vsr serve``): start Ray (or join a cluster), deploy the app, wait.
 
 Ctrl-C and SIGTERM (what systemd, Docker and Kubernetes send) both shut Serve and Ray down,
 so no Ray process is left behind.
@@ -16,11 +16,17 @@ from serve.settings import API_KEY_ENV
 from vsr_core.checkpoint import resolve_checkpoint_path
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+DESCRIPTION = "Serve VSR+++ v2 over HTTP on a local Ray instance or a cluster."
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m serve",
-                                     description="Serve VSR+++ v2 over HTTP on a local Ray instance or a cluster.")
+    parser = argparse.ArgumentParser(prog="python -m serve", description=DESCRIPTION)
+    add_arguments(parser)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The server's flags (``python -m serve`` and ``vsr serve``)."""
     parser.add_argument("--checkpoint", required=True, help="checkpoint .pth, training run folder, or best/ folder")
     parser.add_argument("--host", default="127.0.0.1",
                         help="HTTP host (default 127.0.0.1; 0.0.0.0 exposes it: set an API key then)")
@@ -32,7 +38,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per replica")
     parser.add_argument("--num-replicas", type=int, default=1)
     parser.add_argument("--address", default=None, help="join a running Ray cluster instead of starting one")
-    return parser
 
 
 def _raise_interrupt(signum, frame) -> None:
@@ -40,18 +45,25 @@ def _raise_interrupt(signum, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until Ctrl-C or SIGTERM; then shut Serve down, and Ray if it started a local one."""
     import ray
     from ray import serve as ray_serve
 
     from serve.app import build_app
+    from vsr_core.ray_connect import connect_ray
 
-    args = build_parser().parse_args(argv)
     if args.host not in LOOPBACK_HOSTS and not (args.api_key_file or os.environ.get(API_KEY_ENV)):
         print(f"warning: serving on {args.host} without an API key: anyone who can reach this port can use it. "
               f"Set {API_KEY_ENV} or --api-key-file.", file=sys.stderr)
     checkpoint = resolve_checkpoint_path(Path(args.checkpoint).expanduser()).resolve()  # fail fast, absolute
+    started_ray = False
     try:
-        context = ray.init(address=args.address) if args.address else ray.init(dashboard_host="127.0.0.1")
+        context = connect_ray(args.address)
+        started_ray = context is not None and not args.address
         # After ray.init, which installs a SIGTERM handler of its own: stop like Ctrl-C does.
         signal.signal(signal.SIGTERM, _raise_interrupt)
         ray_serve.start(http_options={"host": args.host, "port": args.port})
@@ -80,8 +92,9 @@ def main(argv: list[str] | None = None) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if ray.is_initialized():
             ray_serve.shutdown()
-            if not args.address:
+            if started_ray:
                 ray.shutdown()
+    return 0
 
 
 if __name__ == "__main__":

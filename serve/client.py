@@ -258,8 +258,17 @@ def job_command(client: Client, args: argparse.Namespace) -> None:
                   f"{job['source_name']}")
 
 
+DESCRIPTION = "Client for the VSR Serve app."
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Client for the VSR Serve app.")
+    parser = argparse.ArgumentParser(description=DESCRIPTION)
+    add_arguments(parser)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The client's flags and commands (``python serve/client.py`` and ``vsr client``)."""
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the app's base URL")
     parser.add_argument("--api-key-file", type=Path, help="file with the API key (default: $VSR_API_KEY)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per HTTP request")
@@ -289,11 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--output-format", default="png", choices=("png", "jpeg", "webp", "raw"),
                         help="how the 3x frames come back (raw: no encoding, 9x the bytes of the input)")
     commands.add_parser("model", help="print the served model's info")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
     key = args.api_key_file.read_text().strip() if args.api_key_file else os.environ.get("VSR_API_KEY")
     client = Client(args.url, key, args.timeout)
     if args.command == "window":
@@ -310,6 +321,7 @@ def main(argv: list[str] | None = None) -> None:
         stream_video(client, key, args.clip, args.output, args.format, args.output_format)
     else:
         print(json.dumps(client.request("GET", "/v1/model").json(), indent=2))
+    return 0
 
 
 if __name__ == "__main__":

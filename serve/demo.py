@@ -25,10 +25,12 @@ from vsr_core.checkpoint import read_best
 from vsr_core.data.degradation import bicubic_upsample, crop_to_scale
 from vsr_core.data.samples import sample_clip
 from vsr_core.data.video_io import FrameWriter, iter_frames, probe_video
+from vsr_core.engine import report_keys as keys
 from vsr_core.evaluate import degrade_frame
 from vsr_core.frames import to_tensor, to_uint8
 from vsr_core.metrics import format_gain, psnr
 from vsr_core.netutil import free_port
+from vsr_core.ray_connect import connect_ray
 
 CLIP_FRAMES = 24
 
@@ -38,10 +40,10 @@ def gain_summary(checkpoint: str, evaluation: str | None) -> list[str]:
     a ``vsr evaluate --json`` file."""
     lines = []
     info = read_best(checkpoint) if Path(checkpoint).is_dir() else None
-    if info is not None and "gain" in info.metrics:
-        clips = ", ".join(f"{k.split('/', 1)[1]} {format_gain(v)}" for k, v in info.metrics.items()
-                          if k.startswith("gain/"))
-        lines.append(f"  validation frames (the sweep's metric): {format_gain(info.metrics['gain'])}"
+    if info is not None and keys.GAIN in info.metrics:
+        clips = ", ".join(f"{k[len(keys.CLIP_GAIN_PREFIX):]} {format_gain(v)}" for k, v in info.metrics.items()
+                          if k.startswith(keys.CLIP_GAIN_PREFIX))
+        lines.append(f"  validation frames (the sweep's metric): {format_gain(info.metrics[keys.GAIN])}"
                      + (f"  ({clips})" if clips else "") + f", step {info.step}")
     if evaluation and Path(evaluation).is_file():
         scored = json.loads(Path(evaluation).read_text())
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    ray.init(include_dashboard=False)
+    connect_ray(dashboard=False)
     try:
         ray_serve.start(http_options={"host": "127.0.0.1", "port": port})
         ray_serve.run(build_app({"checkpoint": str(Path(args.checkpoint).resolve()), "num_cpus": 1,

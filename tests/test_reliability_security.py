@@ -24,7 +24,7 @@ from vsr_core.memory import MemoryBudgetError
 
 ROOT = Path(__file__).resolve().parent.parent
 
-SOURCE_DIRS = ("vsr_core", "serve", "tune", "benchmarks", "tests", "configs", "docs")
+SOURCE_DIRS = ("vsr_core", "serve", "tune", "benchmarks", "tests", "docs")  # the configs: vsr_core/configs
 TEXT_SUFFIXES = {".py", ".json", ".yaml", ".yml", ".toml", ".cfg", ".ini", ".sh", ".md", ".txt", ".env"}
 
 
@@ -120,6 +120,7 @@ def test_servers_bind_to_loopback_by_default(tmp_path, monkeypatch, capsys):
     checkpoint = tmp_path / "latest.pth"
     checkpoint.write_bytes(b"not loaded by main itself")
     monkeypatch.setattr(ray, "init", lambda **kw: calls.setdefault("ray.init", kw) and SimpleNamespace(dashboard_url=None))
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # a Ray of the test session is not the program's
     monkeypatch.setattr(ray, "shutdown", lambda: None)
     monkeypatch.setattr(ray.serve, "start", lambda **kw: calls.setdefault("serve.start", kw))
     monkeypatch.setattr(ray.serve, "run", lambda app, **kw: calls.setdefault("serve.run", app))
@@ -142,7 +143,6 @@ def test_servers_bind_to_loopback_by_default(tmp_path, monkeypatch, capsys):
     from tune import search
 
     calls.clear()
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
     search.start_ray(search.parse_args([]))
     assert calls["ray.init"]["dashboard_host"] == "127.0.0.1"
 

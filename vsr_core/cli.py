@@ -1,7 +1,8 @@
-"""The ``vsr`` command: upscale, evaluate, train, export."""
+"""The ``vsr`` command: upscale, evaluate, train, export; and the apps' sweep, serve, client (``vsr_core.commands``)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
@@ -10,6 +11,8 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
+from vsr_core.cli_errors import run_reporting_errors
+from vsr_core.commands import CommandUnavailable, add_commands, unavailable_reason
 from vsr_core.engine.cli import add_train_parser
 from vsr_core.export import FORMATS
 from vsr_core.metrics import format_gain
@@ -69,13 +72,12 @@ def _chunk_runner(args: argparse.Namespace):
     if not args.ray:
         upscaler = Upscaler(_model_from_args(args), options)
         return upscaler, f"on {upscaler.device}, {upscaler.precision}, {upscaler.backend}"
-    import ray
-
+    from vsr_core.ray_connect import connect_ray
     from vsr_core.video.ray_workers import RayExecutor, RayPool
 
     pool = RayPool(workers=args.workers, num_cpus=args.cpus_per_worker, num_gpus=args.gpus_per_worker)
     executor = RayExecutor(_model_from_args(args), options, pool)
-    ray.init(address=args.address, log_to_driver=False, configure_logging=False)
+    connect_ray(args.address, log_to_driver=False, configure_logging=False)
     worker = executor.options
     return executor, (f"on {pool.size()} Ray workers ({worker.device}), precision {worker.precision} (as each "
                       f"worker resolves it), {worker.backend}")
@@ -242,6 +244,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vsr", description="VSR+++ v2 3x video super-resolution")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of every error (also after the "
+                        "command: vsr train ... --debug)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("upscale", help="upscale a video, a frame folder or many videos 3x")
@@ -292,16 +296,27 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=cmd_export)
 
     add_train_parser(sub)
+    add_commands(sub)  # sweep, serve, client: the apps' entry points
+    for command in sub.choices.values():  # `vsr train ... --debug` too
+        with contextlib.suppress(argparse.ArgumentError):  # a subcommand with a --debug of its own keeps it
+            command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
+    """Run a ``vsr`` command: a user error ends in one line (exit code 2), anything else with its traceback."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    reason = unavailable_reason(args)
+    if unknown and reason is None:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+
+    def command() -> int | None:
+        if reason is not None:
+            raise CommandUnavailable(reason)
         return args.func(args)
-    except (RuntimeError, ValueError, FileNotFoundError, MemoryError) as exc:  # MemoryError: over --memory-budget
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+
+    return run_reporting_errors(command, debug=args.debug)
 
 
 if __name__ == "__main__":
