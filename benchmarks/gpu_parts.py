@@ -234,7 +234,8 @@ def check_data_parallel(config: TrainConfig, storage: Path, workers: int = 2, gp
     worker, the same all-reduced loss on all of them, the final checkpoint on the expected device."""
     if gpus_per_worker and torch.cuda.device_count() < workers * gpus_per_worker:
         raise PartSkipped(f"needs {workers * gpus_per_worker:g} GPUs, this machine has {torch.cuda.device_count()}")
-    from vsr_core.engine.on_ray import CHECKPOINT_FILE, fit_on_ray_train
+    from vsr_core.engine.ray_train import fit_on_ray_train
+    from vsr_core.engine.run_start import CHECKPOINT_FILE
 
     storage.mkdir(parents=True, exist_ok=True)
     log = storage / "reports.jsonl"
@@ -246,7 +247,7 @@ def check_data_parallel(config: TrainConfig, storage: Path, workers: int = 2, gp
     rows = [row for report in reports for row in report["workers"]]
     device = "cuda" if gpus_per_worker else "cpu"
     return {
-        "path": "vsr_core.engine.on_ray.fit_on_ray_train (Ray Train TorchTrainer)", "workers": workers,
+        "path": "vsr_core.engine.ray_train.fit_on_ray_train (Ray Train TorchTrainer)", "workers": workers,
         "backend": "nccl (Ray Train's default with GPUs)" if gpus_per_worker else "gloo (Ray Train's default on CPUs)",
         "reports": reports, "rank0_device": final["config"]["DEVICE"], "precision": final["config"]["PRECISION"],
         "grad_scale_final": final["scaler_state_dict"].get("scale"),
