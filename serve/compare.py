@@ -37,10 +37,8 @@ from serve.settings import ServeSettings
 from vsr_core.archs import SCALE
 from vsr_core.data.degradation import crop_to_scale
 from vsr_core.data.video_io import VIDEO_EXTENSIONS, VideoReadError, iter_frames, probe_video
-from vsr_core.evaluate import degrade_frame, score_frames
 from vsr_core.image_io import decode_image
 from vsr_core.inference import Upscaler
-from vsr_core.metrics.temporal import clip_flows
 
 DEFAULT_MODELS = "served,previous"
 DEFAULT_COUNT = 6
@@ -168,6 +166,10 @@ def _choice(store: ModelStore, ref: str) -> ModelChoice | str:
 def _run(frames: list[np.ndarray], reference: bool, models: list[tuple[str, ModelChoice | str]],
          settings: ServeSettings, store: ModelStore, served: LoadedModel) -> dict[str, Any]:
     """On the model thread: bicubic and the two models on the same low-res frames, one after the other."""
+    # imported here: OpenCV (the optical flow) costs a replica ~150 MB of its memory budget from the start
+    from vsr_core.evaluate import degrade_frame
+    from vsr_core.metrics.temporal import clip_flows
+
     hrs = [crop_to_scale(f) for f in frames] if reference else None
     lrs = [degrade_frame(hr) for hr in hrs] if reference else frames
     flows = clip_flows(hrs) if reference and len(hrs) > 1 else None
@@ -200,6 +202,8 @@ def _result(ref: str, label: str, upscaler: Upscaler, lrs: list[np.ndarray], hrs
     started = time.perf_counter()
     outputs = list(upscaler.stream(lrs))
     seconds = time.perf_counter() - started
+    from vsr_core.evaluate import score_frames
+
     scores = score_frames(outputs, hrs, SCALE, flows) if hrs is not None else None
     return {
         "id": ref, "label": label, "trial_id": info.get("trial_id"), "experiment": info.get("experiment"),

@@ -38,8 +38,7 @@ from serve.api import ApiError
 from serve.model import LoadedModel, load_model, model_key
 from serve.settings import ServeSettings
 from vsr_core import storage
-from vsr_core.checkpoint import resolve_checkpoint_path
-from vsr_core.engine.run_start import CHECKPOINT_FILE
+from vsr_core.checkpoint import CHECKPOINT_FILE, resolve_checkpoint_path
 from vsr_core.experiments import SCORES, ExperimentsReader, TrialNotFound
 
 logger = logging.getLogger("ray.serve")
@@ -117,15 +116,17 @@ def origin_of(loaded: LoadedModel) -> dict[str, Any]:
     return {k: info.get(k) for k in ("trial_id", "experiment", "step", "checkpoint", "checkpoint_id", "metrics")}
 
 
-def with_origin(loaded: LoadedModel, choice: ModelChoice) -> LoadedModel:
-    """The model described as ``choice`` says: the trial and experiment it comes from."""
+def with_origin(loaded: LoadedModel, choice: ModelChoice, reader: ExperimentsReader | None) -> LoadedModel:
+    """The model described as ``choice`` says: the trial (and experiment) it comes from. A configured
+    checkpoint names its trial in best.json, and its experiment when it lies in the experiments (a
+    sweep's best/ export): a folder name elsewhere would tell about the server's disk."""
     info = {**loaded.info, "source": "promoted" if choice.checkpoint else "configured"}
     if choice.checkpoint:
         origin = choice.origin
         info.update(trial_id=origin.get("trial_id"), experiment=origin.get("experiment"),
                     metrics=origin.get("metrics") or info["metrics"])
-    else:  # a sweep's export (<experiment>/best/) names its trial in best.json
-        info["experiment"] = loaded.path.parent.parent.name if info.get("trial_id") else None
+    else:
+        info["experiment"] = reader.experiment_of(str(loaded.path)) if reader and info.get("trial_id") else None
     return replace(loaded, info=info)
 
 
@@ -198,10 +199,10 @@ class ModelStore:
         serving = self.settings_for(settings, choice)
         key = model_key(serving)
         if current is not None and current.key == key:
-            return with_origin(current, choice)
+            return with_origin(current, choice, self.reader)
         with self._lock:
             cached = self.cache.pop(key, None)
-        return with_origin(cached or load_model(serving), choice)
+        return with_origin(cached or load_model(serving), choice, self.reader)
 
     def settings_for(self, settings: ServeSettings, choice: ModelChoice) -> ServeSettings:
         if choice.checkpoint is None:
@@ -227,7 +228,7 @@ class ModelStore:
             cached = self.cache.get(key)
             if cached is not None:
                 self.cache.move_to_end(key)
-        loaded = with_origin(cached or load_model(serving), choice)
+        loaded = with_origin(cached or load_model(serving), choice, self.reader)
         if cached is None:
             self.keep(loaded)
         return loaded

@@ -62,6 +62,7 @@ RAW_WEIGHTS_KEY = "raw_model_state_dict"  # in optimizer_state_dict when model_s
 LATEST_NAME = "latest.pth"
 BEST_INFO_NAME = "best.json"
 BEST_DIR = "best"  # a sweep exports its best checkpoint to <experiment>/best/ (tune/search.py)
+CHECKPOINT_FILE = "checkpoint.pth"  # the engine's checkpoint inside a reported (Tune or Ray Train) checkpoint folder
 
 
 SAVE_ATTEMPTS = 3  # tries of a failing checkpoint write before CheckpointError

@@ -8,9 +8,8 @@ from typing import Any
 import pyarrow.fs
 
 from vsr_core import storage
-from vsr_core.checkpoint import CheckpointError, resolve_checkpoint_path
+from vsr_core.checkpoint import CHECKPOINT_FILE, CheckpointError, resolve_checkpoint_path
 from vsr_core.engine import report_keys as keys
-from vsr_core.engine.run_start import CHECKPOINT_FILE
 from vsr_core.experiments.folders import (
     TUNE_CHECKPOINT_DIR,
     Experiment,
@@ -128,6 +127,15 @@ class ExperimentsReader:
         if outside and len(candidates) == 1:
             raise PermissionError("the checkpoint lies outside the experiment folders")
         raise FileNotFoundError("no checkpoint there (a checkpoint file, a checkpoint_NNNNNN folder or a best/ folder)")
+
+    def experiment_of(self, location: str) -> str | None:
+        """The name of the experiment whose folder holds ``location`` (e.g. its best/ export), if one does."""
+        fs, path = storage.filesystem(location)
+        with self._lock:
+            for experiment in self.refresh():
+                if path.startswith(experiment.folder.rstrip("/") + "/") and fs.equals(self._fs_of(experiment)):
+                    return experiment.name
+        return None
 
     def trial_of(self, location: str) -> tuple[Experiment, Trial, dict[str, Any]] | None:
         """The trial and report whose checkpoint ``location`` is, when it is one."""
