@@ -92,16 +92,18 @@ def record_path(settings: ServeSettings) -> Path:
 
 
 def read_record(path: Path) -> tuple[ServingRecord | None, tuple | None]:
-    """(the record, its (mtime, size) stamp); (None, None) without one; a damaged record is logged, ignored."""
+    """(the record, its (mtime, size) stamp); (None, None) without one. A damaged record is logged and
+    ignored (with its stamp, so that it is not read again until it changes)."""
     try:
         stat = path.stat()
-        record = ServingRecord.from_dict(json.loads(path.read_text()))
     except FileNotFoundError:
         return None, None
+    stamp = (stat.st_mtime_ns, stat.st_size)
+    try:
+        return ServingRecord.from_dict(json.loads(path.read_text())), stamp
     except (OSError, ValueError, KeyError, TypeError) as exc:
         logger.warning("ignoring the serving record %s: %s", path.name, exc)
-        return None, None
-    return record, (stat.st_mtime_ns, stat.st_size)
+        return None, stamp
 
 
 def write_record(path: Path, record: ServingRecord) -> None:
