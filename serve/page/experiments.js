@@ -20,7 +20,8 @@
     ['tof', 'tOF', (t) => (t.best.tof === null ? '–' : t.best.tof.toFixed(3))],
     ['note', 'Note', (t) => note(t)],
   ];
-  const view = { data: null, sort: { key: 'gain', dir: -1 }, selected: null, focus: null, served: null, timer: null };
+  const view = { data: null, sort: { key: 'gain', dir: -1 }, selected: new Set(), known: new Set(), focus: null,
+                 served: null, timer: null };
 
   const keyOf = (t) => `${t.experiment}/${t.trial_id}`;
   const value = (t, key) => ({ gain: t.best.gain, best_step: t.best.step, tof: t.best.tof, note: note(t) }[key] ?? t[key]);
@@ -153,7 +154,9 @@
 
   function render() {
     const { experiments, tensorboard_url: url } = view.data;
-    if (view.selected === null) view.selected = new Set(trials().map(keyOf)); // every trial, at first
+    for (const key of trials().map(keyOf)) { // a trial shows in the curves from its first appearance on
+      if (!view.known.has(key)) { view.known.add(key); view.selected.add(key); }
+    }
     if (!view.focus || !trials().some((t) => keyOf(t) === view.focus)) {
       const best = [...trials()].sort((a, b) => (b.best.gain ?? -Infinity) - (a.best.gain ?? -Infinity))[0];
       view.focus = best ? keyOf(best) : null;
