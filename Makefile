@@ -34,7 +34,8 @@ test-fast: $(STAMP)
 SAMPLE = $$($(PY) -c 'from vsr_core.data.samples import sample_clip; print(sample_clip("$(1)"))')
 
 # The main job on the built-in sample clips: a Tune sweep (train on bigbuckbunny, validate on bikes),
-# then the best checkpoint against bicubic, a clip upscaled with it, and the same model over HTTP.
+# then the best checkpoint against bicubic, a clip upscaled with it, and the same model over HTTP with the
+# sweep on its page (Experiments: trials, curves, compare, promote); it ends by printing the page's address.
 # DEMO_SWEEP: up to 6 trials of up to 2400 steps (the shipped sweep_base config), two at a time; ASHA stops the
 # worse half at 400, 800 and 1600 steps; the sweep ends after 7 minutes whatever the machine (the rest of
 # the demo takes 1-2 minutes more on an idle 2-core CPU).
@@ -44,7 +45,8 @@ demo: $(STAMP)
 	$(VENV)/bin/vsr evaluate --checkpoint $(OUT)/tune/demo/best --max-frames 16 --json $(OUT)/evaluate.json \
 		"$(call SAMPLE,bikes.mp4)" "$(call SAMPLE,carphone_pristine.mp4)"
 	$(VENV)/bin/vsr upscale "$(call SAMPLE,bikes.mp4)" $(OUT)/bikes_x3.mp4 --checkpoint $(OUT)/tune/demo/best --max-frames 50
-	$(PY) serve/demo.py --checkpoint $(OUT)/tune/demo/best --out $(OUT)/serve --evaluation $(OUT)/evaluate.json
+	$(PY) serve/demo.py --checkpoint $(OUT)/tune/demo/best --out $(OUT)/serve --evaluation $(OUT)/evaluate.json \
+		--experiments $(OUT)/tune/demo
 
 # A Ray cluster started with `ray start` (the head on this machine; other nodes join with
 # `RAY_AUTH_MODE=token .venv/bin/ray start --address HEAD_IP:6379` and the same ~/.ray/auth_token).

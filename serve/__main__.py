@@ -14,6 +14,7 @@ from pathlib import Path
 
 from serve.settings import API_KEY_ENV
 from vsr_core.checkpoint import resolve_checkpoint_path
+from vsr_core.storage import is_uri
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 DESCRIPTION = "Serve VSR+++ v2 over HTTP on a local Ray instance or a cluster."
@@ -27,7 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The server's flags (``python -m serve`` and ``vsr serve``)."""
-    parser.add_argument("--checkpoint", required=True, help="checkpoint .pth, training run folder, or best/ folder")
+    parser.add_argument("--checkpoint", help="checkpoint .pth, training run folder, or best/ folder (default with "
+                        "--experiments: the first experiment's best/)")
+    parser.add_argument("--experiments", nargs="+", metavar="DIR",
+                        help="Tune experiment folders (or a sweep's --storage-path holding them; paths or storage "
+                        "URIs): their trials on the page, to compare and promote (PUT /v1/model)")
+    parser.add_argument("--models-dir", help="where the promoted model's record is kept (default ~/.cache/vsr/models)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="HTTP host (default 127.0.0.1; 0.0.0.0 exposes it: set an API key then)")
     parser.add_argument("--port", type=int, default=8000)
@@ -38,6 +44,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per replica")
     parser.add_argument("--num-replicas", type=int, default=1)
     parser.add_argument("--address", default=None, help="join a running Ray cluster instead of starting one")
+
+
+def served_checkpoint(args: argparse.Namespace) -> Path:
+    """--checkpoint, else the best/ export of the first local --experiments folder."""
+    if args.checkpoint:
+        return Path(args.checkpoint).expanduser()
+    local = [Path(e).expanduser() for e in args.experiments or [] if not is_uri(e)]
+    if not local:
+        raise SystemExit("error: give --checkpoint (or --experiments with a local sweep folder holding best/)")
+    return local[0]
 
 
 def _raise_interrupt(signum, frame) -> None:
@@ -59,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     if args.host not in LOOPBACK_HOSTS and not (args.api_key_file or os.environ.get(API_KEY_ENV)):
         print(f"warning: serving on {args.host} without an API key: anyone who can reach this port can use it. "
               f"Set {API_KEY_ENV} or --api-key-file.", file=sys.stderr)
-    checkpoint = resolve_checkpoint_path(Path(args.checkpoint).expanduser()).resolve()  # fail fast, absolute
+    checkpoint = resolve_checkpoint_path(served_checkpoint(args)).resolve()  # fail fast, absolute
     started_ray = False
     try:
         context = connect_ray(args.address)
@@ -73,6 +89,11 @@ def run(args: argparse.Namespace) -> int:
             app_args["api_key_file"] = str(Path(args.api_key_file).expanduser().resolve())
         if args.jobs_dir:
             app_args["jobs_dir"] = str(Path(args.jobs_dir).expanduser().resolve())
+        if args.experiments:
+            app_args["experiments"] = [location if is_uri(location) else str(Path(location).expanduser().resolve())
+                                       for location in args.experiments]
+        if args.models_dir:
+            app_args["models_dir"] = str(Path(args.models_dir).expanduser().resolve())
         ray_serve.run(build_app(app_args), name="vsr", route_prefix="/")
         base = f"http://{args.host}:{args.port}"
         print(f"serving {checkpoint}")
@@ -80,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  POST {base}/v1/upscale        5 frames -> 3x center frame (PNG)")
         print(f"  POST {base}/v1/jobs           a video of any length -> a job on the cluster")
         print(f"  GET  {base}/v1/model")
+        if args.experiments:
+            print(f"  GET  {base}/v1/experiments   the trials of {len(args.experiments)} experiment folder(s)")
         print(f"  docs {base}/docs")
         if getattr(context, "dashboard_url", None):
             print(f"  Ray dashboard http://{context.dashboard_url}")

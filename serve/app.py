@@ -12,7 +12,13 @@ Endpoints (all errors are JSON ``{"error": CODE, "detail": MESSAGE}``)::
     GET    /v1/jobs/{id}/result   the 3x video (mp4, audio kept), streamed from disk
     DELETE /v1/jobs/{id}          cancel (workers stop at once) and delete
     POST   /v1/upscale/video      a short clip, synchronously: a job that the request waits for
-    GET    /v1/model              checkpoint, step, preset, metrics (best.json), device, limits
+    GET    /v1/model              checkpoint, step, preset, metrics (best.json), trial, device, limits
+    PUT    /v1/model              {"trial": id} | {"checkpoint": path in the experiments} | {"rollback": true}
+                                  -> serve that model on every replica (serve.models)
+    GET    /v1/experiments        the Tune experiments of user_config ``experiments``: trials, states,
+                                  metric history, layer activity (vsr_core.experiments)
+    POST   /v1/compare            the same frames through two models and bicubic, scored against the
+                                  original: per-frame PSNR, tOF, flicker (serve.compare)
     GET    /healthz               200 when a model is loaded
     GET    /                      the web page (serve/page): upload, progress, compare with bicubic, download
     POST   /v1/bicubic            one PNG/JPEG frame -> its plain 3x bicubic PNG (the page's baseline)
@@ -32,6 +38,7 @@ Importing this module starts nothing (no Ray, no model).
 # No `from __future__ import annotations`: Serve rebuilds the FastAPI routes of the class
 # and then needs real (not string) annotations such as `request: Request`.
 import asyncio
+import json
 import logging
 import math
 import time
@@ -46,6 +53,7 @@ from PIL import Image
 from ray import serve as ray_serve  # the top-level folder is also called `serve`
 
 from serve.batching import ModelQueue, PassResult, Window
+from serve.compare import COMPARE_BODY, compare
 from serve.job_api import JobApi
 from serve.api import (
     AUTH_ERROR,
@@ -53,6 +61,7 @@ from serve.api import (
     FRAME_TYPES,
     JOB_BODY,
     JOB_ERRORS,
+    JSON,
     VIDEO_BODY,
     WINDOW_BODY,
     ApiError,
@@ -66,7 +75,8 @@ from serve.api import (
     window_from,
 )
 from serve.formats import encode_frame
-from serve.model import LoadedModel, load_model, model_headers, model_key, replica_cpus
+from serve.model import LoadedModel, model_headers, replica_cpus
+from serve.models import FOLLOW_INTERVAL_S, PROMOTE_BODY, ModelStore
 from serve.page import IMAGE_TYPES, bicubic_png, page_response
 from serve.settings import ServeSettings, authorized_owner, load_api_keys, settings_from
 from serve.stream import StreamStats, serve_stream
@@ -88,12 +98,13 @@ class VSRUpscaler:
         self._reconfigure_lock = asyncio.Lock()
         # One model thread: forward passes never compete for the replica's CPUs, and
         # the event loop stays free to accept, decode and batch requests.
-        self._model_queue: ModelQueue[LoadedModel] = ModelQueue(
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="vsr-model"))
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vsr-model")
+        self._model_queue: ModelQueue[LoadedModel] = ModelQueue(self._model_thread)
+        self._models = ModelStore()  # what to serve (promotions), and the models kept for compare / rollback
         self._threads_from_cpus = replica_cpus()
         self._set_threads(None)
         self._jobs = JobApi(lambda: self._settings)
-        self._maintenance: asyncio.Task | None = None  # the jobs' recovery and expiry loop
+        self._maintenance: list[asyncio.Task] = []  # the jobs' recovery and expiry loop; following promotions
         self._streams = StreamStats()
 
     # --- configuration ---------------------------------------------------------------
@@ -114,9 +125,8 @@ class VSRUpscaler:
             try:
                 settings = settings_from(user_config)
                 api_keys = load_api_keys(settings)
-                loaded = self._loaded
-                if loaded is None or loaded.key != await asyncio.to_thread(model_key, settings):
-                    loaded = await asyncio.to_thread(load_model, settings)
+                self._models.configure(settings)
+                loaded = await asyncio.to_thread(self._models.serving, settings, self._loaded)
             except Exception as exc:
                 if self._loaded is None:
                     raise
@@ -129,12 +139,30 @@ class VSRUpscaler:
             self._set_threads(settings.num_threads)
             self._settings = settings
             self._api_keys = api_keys
-            if loaded is not self._loaded:
-                logger.info("serving %s (step %s)", loaded.path, loaded.info["step"])
-            self._loaded = loaded  # the swap
+            self._swap(loaded)
             self._reload_error = None
-            if self._maintenance is None:
-                self._maintenance = asyncio.get_running_loop().create_task(self._jobs.maintain())
+            if not self._maintenance:
+                loop = asyncio.get_running_loop()
+                self._maintenance = [loop.create_task(self._jobs.maintain()), loop.create_task(self._follow_record())]
+
+    def _swap(self, loaded: LoadedModel) -> None:
+        """Serve ``loaded`` (one assignment); the model it replaces stays loaded for a rollback or compare."""
+        old = self._loaded
+        if old is None or old.key != loaded.key:
+            logger.info("serving %s (step %s)", loaded.path, loaded.info["step"])
+            self._models.keep(old)
+        self._loaded = loaded  # the swap
+
+    async def _follow_record(self) -> None:
+        """Serve what another replica promoted (serve.models), within FOLLOW_INTERVAL_S."""
+        while True:
+            await asyncio.sleep(FOLLOW_INTERVAL_S)
+            try:
+                if await asyncio.to_thread(self._models.record_changed, self._settings):
+                    async with self._reconfigure_lock:
+                        self._swap(await asyncio.to_thread(self._models.serving, self._settings, self._loaded))
+            except Exception:  # noqa: BLE001 - keep following; the model in service stays
+                logger.exception("could not follow the serving record")
 
     def check_health(self) -> None:
         if self._loaded is None:
@@ -234,7 +262,42 @@ class VSRUpscaler:
             "reload_error": self._reload_error,
             "auth": "bearer" if self._api_keys else "none",
             "streams": self._streams.as_dict(),
+            "previous": self._models.previous(),  # what a rollback serves
+            "promote_error": self._models.error,
+            "loaded_models": self._models.loaded(),  # kept besides the served one, at most max_compare_models
+            "max_compare_models": settings.max_compare_models,
+            "experiments": self._models.reader is not None,
         }
+
+    @api.put("/v1/model", summary="Serve another model: a trial of the experiments, a checkpoint in them, or the "
+             "previous model", responses={**AUTH_ERROR, **ERRORS}, dependencies=[bearer_auth],
+             openapi_extra=PROMOTE_BODY)
+    async def set_model(self, request: Request) -> dict[str, Any]:
+        self._authorize(request)
+        self._model()
+        if media_type(request) != JSON:
+            raise unsupported_type(request, JSON)
+        try:
+            body = json.loads(await read_body(request, 64 * 1024))
+        except ValueError:
+            raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+        async with self._reconfigure_lock:
+            self._swap(await asyncio.to_thread(self._models.promote, body, self._settings, self._model()))
+        return await self.model_info(request)
+
+    @api.get("/v1/experiments", summary="The Tune experiments: trials, states, metric history, layer activity",
+             responses=AUTH_ERROR, dependencies=[bearer_auth])
+    async def experiments(self, request: Request) -> dict[str, Any]:
+        self._authorize(request)
+        settings, reader = self._settings, self._models.reader
+        found = await asyncio.to_thread(reader.snapshot, settings.expose_paths) if reader else []
+        return {"experiments": found, "configured": reader is not None, "tensorboard_url": settings.tensorboard_url}
+
+    @api.post("/v1/compare", summary="The same frames through two models and bicubic, scored against the original",
+              responses={**AUTH_ERROR, **ERRORS}, dependencies=[bearer_auth], openapi_extra=COMPARE_BODY)
+    async def compare_models(self, request: Request) -> dict[str, Any]:
+        self._authorize(request)
+        return await compare(request, self._settings, self._models, self._model(), self._model_thread)
 
     # --- the web page (serve/page) ------------------------------------------------------------
     @api.get("/", response_class=Response, include_in_schema=False)

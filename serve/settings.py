@@ -14,6 +14,7 @@ from vsr_core.options import OPTION_HELP, SERVICE_MEMORY_BUDGET, InferenceOption
 
 API_KEY_ENV = "VSR_API_KEY"
 DEFAULT_JOBS_DIR = "~/.cache/vsr/jobs"
+DEFAULT_MODELS_DIR = "~/.cache/vsr/models"
 _DEFAULT = InferenceOptions()
 # user_config keys that are InferenceOptions fields as they are (memory_budget_mb is the budget in MiB)
 INFERENCE_KEYS = ("device", "batch_size", "tile", "tile_overlap", "precision", "backend")
@@ -61,6 +62,19 @@ class ServeSettings(BaseModel):
     api_key_file: str | None = Field(
         None, description=f"file holding the API keys clients must send as a bearer token, one per line; default: "
         f"${API_KEY_ENV} in the replica's environment; neither: no authentication")
+    # --- experiments, promotion and model compare (serve.models, serve.compare) ---
+    experiments: list[str] = Field(
+        default_factory=list, description="Tune experiment folders (or folders of them, e.g. a sweep's "
+        "--storage-path; paths or storage URIs) shown by GET /v1/experiments, whose trials PUT /v1/model may "
+        "promote and POST /v1/compare may run; empty: none")
+    models_dir: str = Field(DEFAULT_MODELS_DIR, description="the promoted model's record (followed by every "
+                            "replica: a shared folder on a multi-node cluster) and local copies of checkpoints "
+                            "promoted from a storage URI")
+    max_compare_models: int = Field(2, ge=1, description="models a replica keeps loaded besides the one it "
+                                    "serves (for compare and rollback); the least recently used goes first")
+    max_compare_frames: int = Field(8, ge=2, description="most frames one POST /v1/compare scores (413 above)")
+    tensorboard_url: str | None = Field(None, description="a TensorBoard over the experiments, e.g. "
+                                        "http://127.0.0.1:6006: the page links each trial to it")
     # --- video jobs ---
     jobs_dir: str = Field(DEFAULT_JOBS_DIR, description="where jobs keep uploads, progress and results (a shared "
                           "folder on a multi-node cluster)")
@@ -84,6 +98,11 @@ class ServeSettings(BaseModel):
         except OptionError as exc:
             raise ValueError(exc.problem) from None
         return value
+
+    @field_validator("experiments", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _options_agree(self) -> ServeSettings:

@@ -17,8 +17,10 @@ from fastapi.testclient import TestClient
 
 import serve.__main__ as serve_main
 import serve.app as serve_app
+import serve.model as serve_model
 import serve.settings as serve_settings
 from serve.api import _install_error_handlers
+from serve.models import ModelStore
 from vsr_core.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from vsr_core.memory import MemoryBudgetError
 
@@ -74,7 +76,9 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
             "load_checkpoint": lambda: load_checkpoint(path),
             "model_from_checkpoint": lambda: model_from_checkpoint(path),
             "Upscaler.from_checkpoint": lambda: Upscaler.from_checkpoint(path, device="cpu"),
-            "serve load_model": lambda: serve_app.load_model(serve_app.ServeSettings(checkpoint=str(path))),
+            "serve load_model": lambda: serve_model.load_model(serve_app.ServeSettings(checkpoint=str(path))),
+            "serve ModelStore": lambda: ModelStore().serving(serve_app.ServeSettings(
+                checkpoint=str(path), models_dir=str(tmp_path / "models")), None),  # what a replica runs
             "Trainer resume": lambda: Trainer(TrainConfig(preset="tiny", output_dir=str(tmp_path / "run"),
                                                           perceptual_weight=0.0, num_workers=0), resume_from=path),
         }

@@ -132,8 +132,13 @@ def test_every_reported_key_is_named_in_report_keys(clips, tmp_path, monkeypatch
     step = StepMetrics(step=1, epoch=0, loss_l1=0.1, loss_perceptual=0.0, loss_total=0.1, lr=1e-3,
                        samples_per_s=5.0, skipped=False, skipped_steps=0)
     validation = ValidationMetrics(step=1, psnr=30.0, ssim=0.9, l1=0.01, bicubic_psnr=29.5,
-                                   per_clip={"val.mp4": {"psnr": 30.0, "ssim": 0.9, "l1": 0.01, "gain": 0.5}})
+                                   per_clip={"val.mp4": {"psnr": 30.0, "ssim": 0.9, "l1": 0.01, "gain": 0.5}},
+                                   tof=0.25, flicker=1.5, bicubic_tof=0.5, bicubic_flicker=2.0)
     metrics = report_metrics(trainer, step, validation)
+    assert (metrics[keys.TOF], metrics[keys.FLICKER], metrics[keys.BICUBIC_TOF], metrics[keys.BICUBIC_FLICKER]) == (
+        0.25, 1.5, 0.5, 2.0)  # reported for the trials table; the sweep still ranks by the gain
+    without = report_metrics(trainer, step, ValidationMetrics(step=1, psnr=30.0, ssim=0.9, l1=0.01, bicubic_psnr=29.5))
+    assert keys.TOF not in without and keys.FLICKER not in without  # no temporal frames: not reported as null
     named = {v for k, v in vars(keys).items() if k.isupper() and isinstance(v, str) and not k.endswith("_PREFIX")}
     prefixes = (keys.CLIP_GAIN_PREFIX, keys.LAYER_PREFIX, keys.TEMPORAL_WEIGHT_PREFIX)
     assert not [k for k in metrics if k not in named and not k.startswith(prefixes)]

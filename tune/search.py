@@ -275,7 +275,7 @@ def print_summary(rows: list[dict[str, Any]]) -> None:
 
 def export_best(results, experiment_path: str) -> tuple[BestInfo, str] | None:
     """Copy the best trial's best checkpoint to <experiment>/best/ with its best.json; (info, folder)."""
-    from vsr_core.checkpoint import BestInfo, write_best
+    from vsr_core.checkpoint import BEST_DIR, BestInfo, write_best
     from vsr_core.engine.run_start import CHECKPOINT_FILE
 
     try:
@@ -298,7 +298,7 @@ def export_best(results, experiment_path: str) -> tuple[BestInfo, str] | None:
     )
     fs, root = pyarrow.fs.FileSystem.from_uri(experiment_path) if "://" in experiment_path else (
         pyarrow.fs.LocalFileSystem(), experiment_path)
-    destination = f"{root.rstrip('/')}/best"
+    destination = f"{root.rstrip('/')}/{BEST_DIR}"
     with tempfile.TemporaryDirectory() as staging:
         checkpoint.to_directory(staging)
         write_best(staging, info)

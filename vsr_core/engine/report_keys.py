@@ -29,6 +29,11 @@ PSNR = "psnr"  # Y-PSNR of the model on the validation set
 SSIM = "ssim"
 VAL_L1 = "val_l1"
 BICUBIC_PSNR = "bicubic_psnr"  # bicubic's Y-PSNR on the same items
+# temporal consistency (vsr_core.metrics.temporal) of a few consecutive validation frames: reported, not ranked
+TOF = "tof"  # HR pixels; lower is better
+FLICKER = "flicker"  # Y gray levels; lower is better
+BICUBIC_TOF = "bicubic_tof"  # bicubic's on the same frames
+BICUBIC_FLICKER = "bicubic_flicker"
 
 # --- a run that diverged (a result, not an error) ----------------------------------------------------------
 DIVERGED = "diverged"

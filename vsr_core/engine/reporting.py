@@ -38,7 +38,8 @@ class Reporter:
 
 
 def report_metrics(trainer: Trainer, last_step: StepMetrics | None, validation: ValidationMetrics | None) -> dict:
-    """What a run reports at a validation (Tune's result rows): losses, PSNR/SSIM, layer activity, health."""
+    """What a run reports at a validation (Tune's result rows): losses, PSNR/SSIM, tOF/flicker, layer activity,
+    health."""
     health = trainer.health()
     metrics: dict[str, Any] = {
         keys.STEP: trainer.step,
@@ -56,6 +57,9 @@ def report_metrics(trainer: Trainer, last_step: StepMetrics | None, validation: 
     if validation is not None:
         metrics.update({keys.GAIN: validation.gain, keys.PSNR: validation.psnr, keys.SSIM: validation.ssim,
                         keys.VAL_L1: validation.l1, keys.BICUBIC_PSNR: validation.bicubic_psnr})
+        temporal = {keys.TOF: validation.tof, keys.FLICKER: validation.flicker,
+                    keys.BICUBIC_TOF: validation.bicubic_tof, keys.BICUBIC_FLICKER: validation.bicubic_flicker}
+        metrics.update({key: value for key, value in temporal.items() if value is not None})
         for clip, scores in validation.per_clip.items():
             metrics[keys.clip_gain(clip)] = scores["gain"]
     for name, value in trainer.model.frame_stats.items():

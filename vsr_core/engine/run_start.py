@@ -20,11 +20,11 @@ import contextlib
 from pathlib import Path
 from typing import Protocol
 
+from vsr_core.checkpoint import CHECKPOINT_FILE
 from vsr_core.config import TrainConfig
 from vsr_core.engine.distributed import DataParallel
 from vsr_core.engine.trainer import Trainer
 
-CHECKPOINT_FILE = "checkpoint.pth"  # the engine's checkpoint inside a reported (Tune or Ray Train) checkpoint folder
 
 
 class ReportedCheckpoint(Protocol):
