@@ -20,6 +20,10 @@ Endpoints (all errors are JSON ``{"error": CODE, "detail": MESSAGE}``)::
 
 With API keys configured ($VSR_API_KEY, or user_config ``api_key_file``: one key per line) the
 /v1 endpoints need ``Authorization: Bearer <key>`` (else 401) and each key sees its own jobs only.
+Every /v1 request is also checked for its Host and (from browsers) Origin, and what a key holds
+open (streams, uploads, downloads, jobs) is capped (serve.admission): a client without a key
+never holds a request slot, and the caps stay below ``max_ongoing_requests``, so /healthz always
+finds one.
 
 Windows run on this replica's one model thread, batched across requests and streams (serve.batching);
 video jobs run on other processes (``serve.jobs``), so a window never waits for a video.
@@ -45,8 +49,10 @@ from fastapi.responses import FileResponse, Response
 from PIL import Image
 from ray import serve as ray_serve  # the top-level folder is also called `serve`
 
+from serve.admission import Admission, authorize
 from serve.batching import ModelQueue, PassResult, Window
 from serve.job_api import JobApi
+from serve.redact import public_text
 from serve.api import (
     AUTH_ERROR,
     ERRORS,
@@ -58,6 +64,7 @@ from serve.api import (
     ApiError,
     api,
     bearer_auth,
+    body_pace,
     media_type,
     read_body,
     response_type,
@@ -68,16 +75,23 @@ from serve.api import (
 from serve.formats import encode_frame
 from serve.model import LoadedModel, load_model, model_headers, model_key, replica_cpus
 from serve.page import IMAGE_TYPES, bicubic_png, page_response
-from serve.settings import ServeSettings, authorized_owner, load_api_keys, settings_from
+from serve.settings import ServeSettings, load_api_keys, settings_from
 from serve.stream import StreamStats, serve_stream
 
 logger = logging.getLogger("ray.serve")
 
 DEPLOYMENT_NAME = "VSRUpscaler"
 
+# Well above what the app itself admits (streams and transfers: serve.admission), so that held
+# connections never take the slots of /healthz and of short requests (Serve's proxy sends a replica
+# no more than this many at once; the rest wait in its queue).
+MAX_ONGOING_REQUESTS = 100
+
+
 # Serve pickles the ingress app when the class is decorated: every module-level name the
 # methods use must be defined above this point.
-@ray_serve.deployment(name=DEPLOYMENT_NAME, max_ongoing_requests=16, ray_actor_options={"num_cpus": 1})
+@ray_serve.deployment(name=DEPLOYMENT_NAME, max_ongoing_requests=MAX_ONGOING_REQUESTS,
+                      ray_actor_options={"num_cpus": 1})
 @ray_serve.ingress(api)
 class VSRUpscaler:
     def __init__(self):
@@ -92,7 +106,8 @@ class VSRUpscaler:
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="vsr-model"))
         self._threads_from_cpus = replica_cpus()
         self._set_threads(None)
-        self._jobs = JobApi(lambda: self._settings)
+        self._admission = Admission(lambda: self._settings)
+        self._jobs = JobApi(lambda: self._settings, self._admission)
         self._maintenance: asyncio.Task | None = None  # the jobs' recovery and expiry loop
         self._streams = StreamStats()
 
@@ -120,7 +135,8 @@ class VSRUpscaler:
             except Exception as exc:
                 if self._loaded is None:
                     raise
-                self._reload_error = f"{type(exc).__name__}: {exc}"
+                error = f"{type(exc).__name__}: {exc}"
+                self._reload_error = error if self._settings.expose_paths else public_text(error)
                 logger.exception("reconfigure failed; still serving %s", self._loaded.path)
                 return
             Image.MAX_IMAGE_PIXELS = settings.max_pixels_per_frame  # PIL's own bomb guard (ours is stricter)
@@ -141,13 +157,8 @@ class VSRUpscaler:
             raise RuntimeError("no model loaded (user_config needs a valid 'checkpoint')")
 
     def _authorize(self, request: Request) -> str:
-        """The caller's owner id (see ``authorized_owner``); 401 without a valid key."""
-        owner = authorized_owner(request.headers.get("authorization"), self._api_keys)
-        if owner is None:
-            problem = "wrong API key" if request.headers.get("authorization") else "this server needs an API key"
-            raise ApiError(401, "unauthorized", f"{problem}: send the header 'Authorization: Bearer <key>'",
-                           headers={"WWW-Authenticate": "Bearer"})
-        return owner
+        """The caller's owner id (``serve.admission.authorize``: Host, Origin, key); 403 or 401."""
+        return authorize(request.headers, request.method, self._settings, self._api_keys)
 
     def _model(self) -> LoadedModel:
         loaded = self._loaded
@@ -168,13 +179,16 @@ class VSRUpscaler:
               responses={200: {"content": FRAME_TYPES, "description": "the 3x center frame (as Accept asks)"},
                          **AUTH_ERROR, **ERRORS}, openapi_extra=WINDOW_BODY, dependencies=[bearer_auth])
     async def upscale(self, request: Request) -> Response:
-        self._authorize(request)
+        owner = self._authorize(request)
         self._model()
         media = response_type(request)  # 406 before any work
-        times = [time.perf_counter()]
-        window = await window_from(request, self._settings.max_body_bytes, self._settings.max_pixels_per_frame)
-        times.append(time.perf_counter())
-        result = await self._upscale_window(window)
+        settings = self._settings
+        with self._admission.hold("transfers", owner):
+            times = [time.perf_counter()]
+            window = await window_from(request, settings.max_body_bytes, settings.max_pixels_per_frame,
+                                       body_pace(settings))
+            times.append(time.perf_counter())
+            result = await self._upscale_window(window)
         times.append(time.perf_counter())
         body = await asyncio.to_thread(encode_frame, result.frame, media)
         times.append(time.perf_counter())
@@ -184,7 +198,8 @@ class VSRUpscaler:
 
     @api.websocket("/v1/stream")
     async def stream(self, websocket: WebSocket) -> None:
-        await serve_stream(websocket, self._settings, self._api_keys, self._upscale_window, self._streams)
+        await serve_stream(websocket, self._settings, self._api_keys, self._admission, self._upscale_window,
+                           self._streams)
 
     # --- videos (serve.job_api) ------------------------------------------------------------------
     @api.post("/v1/jobs", status_code=202, summary="Upscale a whole video on the cluster (returns a job id)",
@@ -234,6 +249,7 @@ class VSRUpscaler:
             "reload_error": self._reload_error,
             "auth": "bearer" if self._api_keys else "none",
             "streams": self._streams.as_dict(),
+            "admitted": self._admission.as_dict(),
         }
 
     # --- the web page (serve/page) ------------------------------------------------------------
@@ -251,11 +267,13 @@ class VSRUpscaler:
                              t: {"schema": {"type": "string", "format": "binary"}} for t in IMAGE_TYPES}}},
               dependencies=[bearer_auth])
     async def bicubic(self, request: Request) -> Response:
-        self._authorize(request)
+        owner = self._authorize(request)
         if media_type(request) not in IMAGE_TYPES:
             raise unsupported_type(request, "one PNG or JPEG frame as image/png, image/jpeg or application/octet-stream")
-        body = await read_body(request, self._settings.max_body_bytes)
-        png = await asyncio.to_thread(bicubic_png, body, self._settings.max_pixels_per_frame)
+        settings = self._settings
+        with self._admission.hold("transfers", owner):
+            body = await read_body(request, settings.max_body_bytes, body_pace(settings))
+            png = await asyncio.to_thread(bicubic_png, body, settings.max_pixels_per_frame)
         return Response(png, media_type="image/png")
 
     @api.get("/healthz", summary="200 when a model is loaded")
