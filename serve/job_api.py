@@ -66,7 +66,8 @@ class JobApi:
                 await asyncio.to_thread(self._maintenance_round)
             except Exception:  # noqa: BLE001 - try again next round
                 logger.exception("job maintenance failed")
-            await asyncio.sleep(MAINTENANCE_INTERVAL_S)
+            # the heartbeat comes well within the runners' orphan timeout
+            await asyncio.sleep(min(MAINTENANCE_INTERVAL_S, self._settings.job_orphan_timeout_s / 4))
 
     def _maintenance_round(self) -> None:
         settings, store = self._settings, self._store

@@ -101,7 +101,7 @@ class ServeSettings(BaseModel):
     max_jobs_per_key: int = Field(4, ge=1, description="queued and running jobs per API key (429 above)")
     max_running_jobs: int = Field(2, ge=1, description="jobs running at once on the cluster; queued jobs start as "
                                   "others end, taking turns between keys")
-    job_orphan_timeout_s: float = Field(120.0, gt=0, description="a job's runner that hears from no replica for "
+    job_orphan_timeout_s: float = Field(120.0, ge=1, description="a job's runner that hears from no replica for "
                                         "this long stops and leaves its job queued (resumed when the app is back)")
 
     @field_validator(*INFERENCE_KEYS)
