@@ -10,7 +10,7 @@ Endpoints (all errors are JSON ``{"error": CODE, "detail": MESSAGE}``)::
                                   -> 202 {"id": ...}: upscaled on the Ray cluster by the video engine
     GET    /v1/jobs[/{id}]        state, frames done / total, fps, ETA
     GET    /v1/jobs/{id}/result   the 3x video (mp4, audio kept), streamed from disk
-    DELETE /v1/jobs/{id}          cancel (workers stop at once) and delete
+    DELETE /v1/jobs/{id}          cancel ("cancelling" until the workers have stopped) or delete (idempotent)
     POST   /v1/upscale/video      a short clip, synchronously: a job that the request waits for
     GET    /v1/model              checkpoint, step, preset, metrics (best.json), device, limits
     GET    /healthz               200 when a model is loaded
@@ -221,7 +221,7 @@ class VSRUpscaler:
     async def job_result(self, job_id: str, request: Request) -> Response:
         return await self._jobs.result(job_id, self._authorize(request))
 
-    @api.delete("/v1/jobs/{job_id}", summary="Cancel a job (its workers stop at once) and delete its files",
+    @api.delete("/v1/jobs/{job_id}", summary="Cancel an unfinished job, or delete a finished one and its files",
                 responses={**AUTH_ERROR, **JOB_ERRORS}, dependencies=[bearer_auth])
     async def delete_job(self, job_id: str, request: Request) -> dict[str, Any]:
         return await self._jobs.delete(job_id, self._authorize(request))

@@ -24,14 +24,24 @@ from fastapi.responses import FileResponse, Response
 
 from serve import jobs
 from serve.admission import Admission
-from serve.api import JSON, MULTIPART, VIDEO_TYPES, ApiError, body_pace, declared_length, media_type, read_body, unsupported_type
+from serve.api import (
+    JSON,
+    MULTIPART,
+    VIDEO_TYPES,
+    ApiError,
+    body_pace,
+    declared_length,
+    media_type,
+    read_body,
+    unsupported_type,
+)
 from serve.model import LoadedModel, model_headers
 from serve.redact import public_text
 from serve.schemas import MAX_JOB_JSON_BYTES, InputError, JobRequest, parse_json, validate
 from serve.settings import ServeSettings
 from serve.uploads import ACCEPTED, receive_video
 from vsr_core.data.video_io import VideoReadError, VideoTooLargeError
-from vsr_core.data.video_probe import ProbedVideo, ProbeLimits, TooManyFramesError, probe_untrusted
+from vsr_core.data.video_probe import ProbedVideo, ProbeLimitError, ProbeLimits, TooManyFramesError, probe_untrusted
 
 logger = logging.getLogger("ray.serve")
 
@@ -198,10 +208,12 @@ class JobApi:
         except TooManyFramesError:
             raise ApiError(413, "too_many_frames", f"the clip has more than {max_frames} frames, the limit here "
                            "(use POST /v1/jobs for long videos)") from None
+        except ProbeLimitError as exc:
+            raise ApiError(400, "invalid_video", f"the video is too costly to open ({public_text(str(exc))})") from None
         except VideoReadError as exc:
             logger.info("refused upload %s: %s", name, exc)
-            raise ApiError(400, "invalid_video", "the file is corrupt, not a video, or too costly to open "
-                           f"({public_text(str(exc))})") from None
+            detail = f"the file is corrupt or not a video ({public_text(str(exc))})"
+            raise ApiError(400, "invalid_video", detail) from None
 
     # --- endpoints -------------------------------------------------------------------------------
     async def submit(self, request: Request, owner: str, loaded: LoadedModel) -> dict[str, Any]:

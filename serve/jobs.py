@@ -26,6 +26,7 @@ CPUs), and a replica restart does not touch a running job.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -134,8 +135,6 @@ def end_job(store: JobStore, record: JobRecord, state: str) -> None:
     """Record the job's end (its runner's last write; the replica's for a job that never started)."""
     record.state, record.finished_at = state, time.time()
     if state == "cancelled":  # nobody will resume it
-        import shutil
-
         shutil.rmtree(store.work_folder(record.id), ignore_errors=True)
     if record.uploaded and state != "failed":  # a failed job keeps its input for a retry
         Path(record.source).unlink(missing_ok=True)
