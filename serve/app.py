@@ -10,7 +10,7 @@ Endpoints (all errors are JSON ``{"error": CODE, "detail": MESSAGE}``)::
                                   -> 202 {"id": ...}: upscaled on the Ray cluster by the video engine
     GET    /v1/jobs[/{id}]        state, frames done / total, fps, ETA
     GET    /v1/jobs/{id}/result   the 3x video (mp4, audio kept), streamed from disk
-    DELETE /v1/jobs/{id}          cancel (workers stop at once) and delete
+    DELETE /v1/jobs/{id}          cancel ("cancelling" until the workers have stopped) or delete (idempotent)
     POST   /v1/upscale/video      a short clip, synchronously: a job that the request waits for
     GET    /v1/model              checkpoint, step, preset, metrics (best.json), trial, device, limits
     PUT    /v1/model              {"trial": id} | {"checkpoint": path in the experiments} | {"rollback": true}
@@ -26,6 +26,10 @@ Endpoints (all errors are JSON ``{"error": CODE, "detail": MESSAGE}``)::
 
 With API keys configured ($VSR_API_KEY, or user_config ``api_key_file``: one key per line) the
 /v1 endpoints need ``Authorization: Bearer <key>`` (else 401) and each key sees its own jobs only.
+Every /v1 request is also checked for its Host and (from browsers) Origin, and what a key holds
+open (streams, uploads, downloads, jobs) is capped (serve.admission): a client without a key
+never holds a request slot, and the caps stay below ``max_ongoing_requests``, so /healthz always
+finds one.
 
 Windows run on this replica's one model thread, batched across requests and streams (serve.batching);
 video jobs run on other processes (``serve.jobs``), so a window never waits for a video.
@@ -38,7 +42,6 @@ Importing this module starts nothing (no Ray, no model).
 # No `from __future__ import annotations`: Serve rebuilds the FastAPI routes of the class
 # and then needs real (not string) annotations such as `request: Request`.
 import asyncio
-import json
 import logging
 import math
 import time
@@ -52,9 +55,12 @@ from fastapi.responses import FileResponse, Response
 from PIL import Image
 from ray import serve as ray_serve  # the top-level folder is also called `serve`
 
+from serve.admission import Admission, authorize
 from serve.batching import ModelQueue, PassResult, Window
 from serve.compare import COMPARE_BODY, compare
 from serve.job_api import JobApi
+from serve.redact import public_text
+from serve.schemas import MAX_JOB_JSON_BYTES, InputError, PromoteRequest, parse_json, validate
 from serve.api import (
     AUTH_ERROR,
     ERRORS,
@@ -67,6 +73,7 @@ from serve.api import (
     ApiError,
     api,
     bearer_auth,
+    body_pace,
     media_type,
     read_body,
     response_type,
@@ -78,16 +85,23 @@ from serve.formats import encode_frame
 from serve.model import LoadedModel, model_headers, replica_cpus
 from serve.models import FOLLOW_INTERVAL_S, PROMOTE_BODY, ModelStore
 from serve.page import IMAGE_TYPES, bicubic_png, page_response
-from serve.settings import ServeSettings, authorized_owner, load_api_keys, settings_from
+from serve.settings import ServeSettings, load_api_keys, settings_from
 from serve.stream import StreamStats, serve_stream
 
 logger = logging.getLogger("ray.serve")
 
 DEPLOYMENT_NAME = "VSRUpscaler"
 
+# Well above what the app itself admits (streams and transfers: serve.admission), so that held
+# connections never take the slots of /healthz and of short requests (Serve's proxy sends a replica
+# no more than this many at once; the rest wait in its queue).
+MAX_ONGOING_REQUESTS = 100
+
+
 # Serve pickles the ingress app when the class is decorated: every module-level name the
 # methods use must be defined above this point.
-@ray_serve.deployment(name=DEPLOYMENT_NAME, max_ongoing_requests=16, ray_actor_options={"num_cpus": 1})
+@ray_serve.deployment(name=DEPLOYMENT_NAME, max_ongoing_requests=MAX_ONGOING_REQUESTS,
+                      ray_actor_options={"num_cpus": 1})
 @ray_serve.ingress(api)
 class VSRUpscaler:
     def __init__(self):
@@ -103,7 +117,8 @@ class VSRUpscaler:
         self._models = ModelStore()  # what to serve (promotions), and the models kept for compare / rollback
         self._threads_from_cpus = replica_cpus()
         self._set_threads(None)
-        self._jobs = JobApi(lambda: self._settings)
+        self._admission = Admission(lambda: self._settings)
+        self._jobs = JobApi(lambda: self._settings, self._admission)
         self._maintenance: list[asyncio.Task] = []  # the jobs' recovery and expiry loop; following promotions
         self._streams = StreamStats()
 
@@ -130,7 +145,8 @@ class VSRUpscaler:
             except Exception as exc:
                 if self._loaded is None:
                     raise
-                self._reload_error = f"{type(exc).__name__}: {exc}"
+                error = f"{type(exc).__name__}: {exc}"
+                self._reload_error = error if self._settings.expose_paths else public_text(error)
                 logger.exception("reconfigure failed; still serving %s", self._loaded.path)
                 return
             Image.MAX_IMAGE_PIXELS = settings.max_pixels_per_frame  # PIL's own bomb guard (ours is stricter)
@@ -169,13 +185,8 @@ class VSRUpscaler:
             raise RuntimeError("no model loaded (user_config needs a valid 'checkpoint')")
 
     def _authorize(self, request: Request) -> str:
-        """The caller's owner id (see ``authorized_owner``); 401 without a valid key."""
-        owner = authorized_owner(request.headers.get("authorization"), self._api_keys)
-        if owner is None:
-            problem = "wrong API key" if request.headers.get("authorization") else "this server needs an API key"
-            raise ApiError(401, "unauthorized", f"{problem}: send the header 'Authorization: Bearer <key>'",
-                           headers={"WWW-Authenticate": "Bearer"})
-        return owner
+        """The caller's owner id (``serve.admission.authorize``: Host, Origin, key); 403 or 401."""
+        return authorize(request.headers, request.method, self._settings, self._api_keys)
 
     def _model(self) -> LoadedModel:
         loaded = self._loaded
@@ -196,13 +207,16 @@ class VSRUpscaler:
               responses={200: {"content": FRAME_TYPES, "description": "the 3x center frame (as Accept asks)"},
                          **AUTH_ERROR, **ERRORS}, openapi_extra=WINDOW_BODY, dependencies=[bearer_auth])
     async def upscale(self, request: Request) -> Response:
-        self._authorize(request)
+        owner = self._authorize(request)
         self._model()
         media = response_type(request)  # 406 before any work
-        times = [time.perf_counter()]
-        window = await window_from(request, self._settings.max_body_bytes, self._settings.max_pixels_per_frame)
-        times.append(time.perf_counter())
-        result = await self._upscale_window(window)
+        settings = self._settings
+        with self._admission.hold("transfers", owner):
+            times = [time.perf_counter()]
+            window = await window_from(request, settings.max_body_bytes, settings.max_pixels_per_frame,
+                                       body_pace(settings))
+            times.append(time.perf_counter())
+            result = await self._upscale_window(window)
         times.append(time.perf_counter())
         body = await asyncio.to_thread(encode_frame, result.frame, media)
         times.append(time.perf_counter())
@@ -212,7 +226,8 @@ class VSRUpscaler:
 
     @api.websocket("/v1/stream")
     async def stream(self, websocket: WebSocket) -> None:
-        await serve_stream(websocket, self._settings, self._api_keys, self._upscale_window, self._streams)
+        await serve_stream(websocket, self._settings, self._api_keys, self._admission, self._upscale_window,
+                           self._streams)
 
     # --- videos (serve.job_api) ------------------------------------------------------------------
     @api.post("/v1/jobs", status_code=202, summary="Upscale a whole video on the cluster (returns a job id)",
@@ -234,7 +249,7 @@ class VSRUpscaler:
     async def job_result(self, job_id: str, request: Request) -> Response:
         return await self._jobs.result(job_id, self._authorize(request))
 
-    @api.delete("/v1/jobs/{job_id}", summary="Cancel a job (its workers stop at once) and delete its files",
+    @api.delete("/v1/jobs/{job_id}", summary="Cancel an unfinished job, or delete a finished one and its files",
                 responses={**AUTH_ERROR, **JOB_ERRORS}, dependencies=[bearer_auth])
     async def delete_job(self, job_id: str, request: Request) -> dict[str, Any]:
         return await self._jobs.delete(job_id, self._authorize(request))
@@ -262,6 +277,7 @@ class VSRUpscaler:
             "reload_error": self._reload_error,
             "auth": "bearer" if self._api_keys else "none",
             "streams": self._streams.as_dict(),
+            "admitted": self._admission.as_dict(),
             "previous": self._models.previous(),  # what a rollback serves
             "promote_error": self._models.error,
             "loaded_models": self._models.loaded(),  # kept besides the served one, at most max_compare_models
@@ -277,10 +293,15 @@ class VSRUpscaler:
         self._model()
         if media_type(request) != JSON:
             raise unsupported_type(request, JSON)
+        raw = await read_body(request, MAX_JOB_JSON_BYTES, body_pace(self._settings))
         try:
-            body = json.loads(await read_body(request, 64 * 1024))
-        except ValueError:
-            raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+            parsed = parse_json(raw, MAX_JOB_JSON_BYTES)
+        except InputError as exc:
+            raise ApiError(400, "invalid_json", str(exc)) from None
+        try:
+            body = validate(PromoteRequest, parsed).checked()
+        except InputError as exc:
+            raise ApiError(400, "invalid_field" if exc.field else "invalid_body", str(exc)) from None
         async with self._reconfigure_lock:
             self._swap(await asyncio.to_thread(self._models.promote, body, self._settings, self._model()))
         return await self.model_info(request)
@@ -296,8 +317,9 @@ class VSRUpscaler:
     @api.post("/v1/compare", summary="The same frames through two models and bicubic, scored against the original",
               responses={**AUTH_ERROR, **ERRORS}, dependencies=[bearer_auth], openapi_extra=COMPARE_BODY)
     async def compare_models(self, request: Request) -> dict[str, Any]:
-        self._authorize(request)
-        return await compare(request, self._settings, self._models, self._model(), self._model_thread)
+        owner = self._authorize(request)
+        with self._admission.hold("transfers", owner):
+            return await compare(request, self._settings, self._models, self._model(), self._model_thread)
 
     # --- the web page (serve/page) ------------------------------------------------------------
     @api.get("/", response_class=Response, include_in_schema=False)
@@ -314,11 +336,13 @@ class VSRUpscaler:
                              t: {"schema": {"type": "string", "format": "binary"}} for t in IMAGE_TYPES}}},
               dependencies=[bearer_auth])
     async def bicubic(self, request: Request) -> Response:
-        self._authorize(request)
+        owner = self._authorize(request)
         if media_type(request) not in IMAGE_TYPES:
             raise unsupported_type(request, "one PNG or JPEG frame as image/png, image/jpeg or application/octet-stream")
-        body = await read_body(request, self._settings.max_body_bytes)
-        png = await asyncio.to_thread(bicubic_png, body, self._settings.max_pixels_per_frame)
+        settings = self._settings
+        with self._admission.hold("transfers", owner):
+            body = await read_body(request, settings.max_body_bytes, body_pace(settings))
+            png = await asyncio.to_thread(bicubic_png, body, settings.max_pixels_per_frame)
         return Response(png, media_type="image/png")
 
     @api.get("/healthz", summary="200 when a model is loaded")

@@ -153,8 +153,8 @@ def stream_frames(url: str, frames: Iterable, api_key: str | None = None, fmt: s
     height, width = first.shape[:2]
     ws_url = "ws" + url.rstrip("/")[len("http"):] + "/v1/stream" if url.startswith("http") else url
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    with connect(ws_url, additional_headers=headers, max_size=None, open_timeout=timeout,
-                 close_timeout=5) as ws:
+    with _connect(connect, ws_url, additional_headers=headers, max_size=None, open_timeout=timeout,
+                  close_timeout=5) as ws:
         ws.send(json.dumps({"width": width, "height": height, "format": fmt, "output": output}))
         ready = json.loads(ws.recv(timeout))
         if ready.get("type") != "ready":
@@ -187,6 +187,23 @@ def stream_frames(url: str, frames: Iterable, api_key: str | None = None, fmt: s
         finally:
             stop.set()
             sender.join(timeout=5)
+
+
+def _connect(connect, url: str, **kwargs):
+    """The WebSocket; a refused handshake (the server answers 401, 403 or 429 with a JSON error
+    instead of a socket) raises StreamFailed with that error."""
+    from websockets.exceptions import InvalidStatus
+
+    try:
+        return connect(url, **kwargs)
+    except InvalidStatus as exc:
+        try:
+            body = json.loads(bytes(exc.response.body or b"{}"))
+        except ValueError:
+            body = {}
+        retry = exc.response.headers.get("Retry-After")
+        detail = body.get("detail", f"HTTP {exc.response.status_code}") + (f" (retry after {retry} s)" if retry else "")
+        raise StreamFailed(body.get("error", f"http_{exc.response.status_code}"), detail) from None
 
 
 def _chain(first, rest: Iterator) -> Iterator:

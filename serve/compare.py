@@ -29,7 +29,7 @@ import numpy as np
 from fastapi import Request
 from starlette.datastructures import UploadFile
 
-from serve.api import MULTIPART, ApiError, read_form, unsupported_type
+from serve.api import MULTIPART, ApiError, body_pace, read_form, unsupported_type
 from serve.formats import PNG, encode_frame
 from serve.model import LoadedModel
 from serve.models import ModelChoice, ModelStore
@@ -59,7 +59,8 @@ async def compare(request: Request, settings: ServeSettings, store: ModelStore, 
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != MULTIPART:
         raise unsupported_type(request, f"{MULTIPART} with a 'video' file or 'frames' files")
     # one file more than allowed gets through the parser, so that too many frames is a 413 naming the limit
-    form = await read_form(request, settings.max_body_bytes, max_files=settings.max_compare_frames + 1)
+    form = await read_form(request, settings.max_body_bytes, max_files=settings.max_compare_frames + 1,
+                           pace=body_pace(settings))
     try:
         fields = {k: v for k, v in form.items() if isinstance(v, str)}
         reference = _flag(fields.get("reference", "true"), "reference")

@@ -44,7 +44,6 @@ from vsr_core.experiments import SCORES, ExperimentsReader, TrialNotFound
 logger = logging.getLogger("ray.serve")
 
 FOLLOW_INTERVAL_S = 2.0
-BODY_KEYS = ("trial", "experiment", "checkpoint", "rollback")
 PROMOTE_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
     "type": "object", "description": "exactly one of trial, checkpoint, rollback", "properties": {
         "trial": {"type": "string", "description": "a trial id of the experiments: its best checkpoint Tune keeps"},
@@ -245,14 +244,14 @@ class ModelStore:
 
     # --- promotion -----------------------------------------------------------------------------------
     def promote(self, body: Any, settings: ServeSettings, current: LoadedModel) -> LoadedModel:
-        """PUT /v1/model: load the model the body names (or the previous one, ``rollback``), then record it
+        """PUT /v1/model: load the model the body (``schemas.PromoteRequest.checked``) names (or the previous one, ``rollback``), then record it
         for every replica. Returns the model to swap in. Blocking; ApiError for a bad body."""
         path = record_path(settings)
         record, _ = read_record(path)
         if record is not None and record.over != configured(settings):
             record = None
         now = ModelChoice(record.current.checkpoint if record else None, origin_of(current))
-        if _parse_body(body).get("rollback"):
+        if body.get("rollback"):
             if record is None or record.previous is None:
                 raise ApiError(409, "nothing_to_roll_back", "rollback: no model was served before this one")
             target = record.previous
@@ -312,24 +311,3 @@ def configured(settings: ServeSettings) -> str:
 def _metrics(row: dict[str, Any]) -> dict[str, Any]:
     """A trial report's scores under the names best.json uses (``report_keys``)."""
     return {key: row[key] for key in SCORES.values() if row.get(key) is not None}
-
-
-def _parse_body(body: Any) -> dict[str, Any]:
-    """Checks a PUT /v1/model body; ApiError naming the field."""
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_body", 'send a JSON object: {"trial": ID}, {"checkpoint": PATH} or '
-                       '{"rollback": true}')
-    unknown = sorted(set(body) - set(BODY_KEYS))
-    if unknown:
-        raise ApiError(400, "unknown_field", f"{unknown[0]}: unknown field (allowed: {', '.join(BODY_KEYS)})")
-    given = [k for k in ("trial", "checkpoint", "rollback") if k in body]
-    if len(given) != 1:
-        raise ApiError(400, "invalid_body", f"send exactly one of trial, checkpoint or rollback (got {given or 'none'})")
-    for name in ("trial", "checkpoint", "experiment"):
-        if name in body and (not isinstance(body[name], str) or not body[name].strip()):
-            raise ApiError(400, "invalid_field", f"{name}: expected a non-empty string")
-    if "rollback" in body and body["rollback"] is not True:
-        raise ApiError(400, "invalid_field", "rollback: expected true")
-    if "experiment" in body and "trial" not in body:
-        raise ApiError(400, "invalid_field", "experiment: only with trial")
-    return body

@@ -56,6 +56,28 @@ class ServeSettings(BaseModel):
                                    "(default: an hour at 30 fps)")
     stream_idle_timeout_s: float = Field(30.0, gt=0, description="a stream that sends nothing for this long is "
                                          "closed (JSON error 'idle_timeout' first)")
+    stream_header_timeout_s: float = Field(5.0, gt=0, description="a stream's header message must arrive this "
+                                           "soon after the handshake (else closed with 'idle_timeout')")
+    # --- admission: what one key, and all of them, may hold open on a replica (429 above) ---
+    max_streams: int = Field(8, ge=1, description="open WS /v1/stream connections per replica, all keys together")
+    max_streams_per_key: int = Field(4, ge=1, description="open WS /v1/stream connections per API key and replica")
+    max_transfers: int = Field(32, ge=1, description="requests reading a body or sending a result at once per "
+                               "replica, all keys together (window bodies are held in memory: at most this many "
+                               "x max_body_bytes)")
+    max_transfers_per_key: int = Field(16, ge=1, description="requests reading a body or sending a result at once "
+                                       "per API key and replica")
+    body_timeout_s: float = Field(10.0, gt=0, description="a request body must start within this many seconds, "
+                                  "and no pause may last longer (408 'body_timeout')")
+    min_body_bytes_per_s: int = Field(16 * 1024, ge=1, description="after body_timeout_s, a body must keep "
+                                      "arriving at this average rate (slow bodies hold a request slot: 408)")
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="host names (the Host header, without port) the app answers to; empty: "
+        "loopback names (127.0.0.1, localhost, ::1), or any name when the server has API keys. Guards a keyless "
+        "server against DNS rebinding; '*' allows any")
+    allowed_origins: list[str] = Field(
+        default_factory=list, description="browser origins (scheme://host[:port]) allowed besides the app's own "
+        "to open the stream and to send POST/DELETE requests (403 otherwise); requests without Origin (programs) "
+        "are not affected")
     num_threads: int | None = Field(None, ge=1, description="torch threads; default: the replica's num_cpus")
     expose_paths: bool = Field(False, description="show the checkpoint's path in /v1/model (off: only its file "
                                "name and content hash, so the API reveals nothing about the server's disk)")
@@ -89,6 +111,12 @@ class ServeSettings(BaseModel):
     job_workers: int | None = Field(None, ge=1, description="chunk workers per job; default: as many as fit")
     job_cpus_per_worker: float = Field(1.0, gt=0, description="CPUs (= torch threads) of each chunk worker")
     job_gpus_per_worker: float = Field(0.0, ge=0, description="GPUs of each chunk worker")
+    max_jobs: int = Field(64, ge=1, description="queued and running jobs of all keys together (429 above)")
+    max_jobs_per_key: int = Field(4, ge=1, description="queued and running jobs per API key (429 above)")
+    max_running_jobs: int = Field(2, ge=1, description="jobs running at once on the cluster; queued jobs start as "
+                                  "others end, taking turns between keys")
+    job_orphan_timeout_s: float = Field(120.0, ge=1, description="a job's runner that hears from no replica for "
+                                        "this long stops and leaves its job queued (resumed when the app is back)")
 
     @field_validator(*INFERENCE_KEYS)
     @classmethod
@@ -134,6 +162,11 @@ class ServeSettings(BaseModel):
             "max_stream_frames": self.max_stream_frames,
             "stream_idle_timeout_s": self.stream_idle_timeout_s,
             "job_max_upload_bytes": self.job_max_upload_bytes,
+            "max_streams_per_key": self.max_streams_per_key,
+            "max_transfers_per_key": self.max_transfers_per_key,
+            "max_jobs_per_key": self.max_jobs_per_key,
+            "body_timeout_s": self.body_timeout_s,
+            "min_body_bytes_per_s": self.min_body_bytes_per_s,
         }
 
 
