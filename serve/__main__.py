@@ -37,6 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="HTTP host (default 127.0.0.1; 0.0.0.0 exposes it: set an API key then)")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--allowed-hosts", nargs="+", metavar="NAME",
+                        help="host names the app answers to (the Host header); default: loopback names, or any "
+                        "name when the server has an API key. A keyless server on --host 0.0.0.0 needs this "
+                        "(DNS rebinding guard; '*' allows any)")
     parser.add_argument("--api-key-file", help=f"file holding the API keys clients must send as "
                         f"'Authorization: Bearer <key>', one per line (default: ${API_KEY_ENV}; neither: none)")
     parser.add_argument("--jobs-dir", help="where video jobs keep uploads and results (default ~/.cache/vsr/jobs)")
@@ -75,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
     if args.host not in LOOPBACK_HOSTS and not (args.api_key_file or os.environ.get(API_KEY_ENV)):
         print(f"warning: serving on {args.host} without an API key: anyone who can reach this port can use it. "
               f"Set {API_KEY_ENV} or --api-key-file.", file=sys.stderr)
+        if not args.allowed_hosts:
+            print("note: without an API key the app answers only to loopback host names; other machines get 403 "
+                  "host_not_allowed until --allowed-hosts names this machine", file=sys.stderr)
     checkpoint = resolve_checkpoint_path(served_checkpoint(args)).resolve()  # fail fast, absolute
     started_ray = False
     try:
@@ -87,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
                     "num_replicas": args.num_replicas}
         if args.api_key_file:
             app_args["api_key_file"] = str(Path(args.api_key_file).expanduser().resolve())
+        if args.allowed_hosts:
+            app_args["allowed_hosts"] = list(args.allowed_hosts)
         if args.jobs_dir:
             app_args["jobs_dir"] = str(Path(args.jobs_dir).expanduser().resolve())
         if args.experiments:

@@ -142,7 +142,13 @@ def test_servers_bind_to_loopback_by_default(tmp_path, monkeypatch, capsys):
     calls.clear()  # binding elsewhere is explicit, and without an API key it warns
     serve_main.main(["--checkpoint", str(checkpoint), "--host", "0.0.0.0"])
     assert calls["serve.start"]["http_options"]["host"] == "0.0.0.0"
-    assert "without an API key" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "without an API key" in err and "--allowed-hosts" in err  # and it answers loopback names only
+
+    calls.clear()  # the host names a keyless server answers to reach the app's user_config
+    serve_main.main(["--checkpoint", str(checkpoint), "--host", "0.0.0.0", "--allowed-hosts", "box.lan"])
+    assert calls["serve.run"]._bound_deployment.user_config["allowed_hosts"] == ["box.lan"]
+    assert "--allowed-hosts" not in capsys.readouterr().err
 
     from tune import search
 
