@@ -161,8 +161,10 @@ def test_a_bad_batch_is_refused_before_any_work(tmp_path, capsys, case, message)
 @pytest.mark.ray
 def test_a_batch_on_ray_connects_once_for_all_files(ray_session, tmp_path, capsys, monkeypatch):
     calls = {"init": 0, "shutdown": 0}
-    # The session's Ray is the cluster: count the command's connections instead of making them.
-    monkeypatch.setattr(ray_session, "init", lambda *args, **kwargs: calls.__setitem__("init", calls["init"] + 1))
+    # The session's Ray is the cluster: the command sees no connection, and its connecting and
+    # disconnecting are counted instead of made.
+    monkeypatch.setattr(ray_session, "is_initialized", lambda: calls["init"] > calls["shutdown"])
+    monkeypatch.setattr(ray_session, "init", lambda *args, **kwargs: calls.__setitem__("init", calls["init"] + 1) or "context")
     monkeypatch.setattr(ray_session, "shutdown", lambda: calls.__setitem__("shutdown", calls["shutdown"] + 1))
     inputs = write_inputs(tmp_path / "in")
     out = tmp_path / "out"
@@ -171,3 +173,12 @@ def test_a_batch_on_ray_connects_once_for_all_files(ray_session, tmp_path, capsy
     captured = capsys.readouterr()
     assert "on 1 Ray workers (cpu)" in captured.out and "2 done, 0 skipped, 1 failed" in captured.out
     assert_outputs_match_single_runs(out, inputs, tmp_path)
+
+
+def test_a_command_leaves_a_ray_it_did_not_connect_running(ray_session, tmp_path, capsys, monkeypatch):
+    # An embedding process (a notebook, this test session) connected Ray first: the command uses it and keeps it.
+    shutdowns = []
+    monkeypatch.setattr(ray_session, "shutdown", lambda: shutdowns.append(1))
+    clip = write_inputs(tmp_path / "in", broken=False)["c.mkv"]
+    assert main(["upscale", str(clip), str(tmp_path / "out.mkv"), *ARGS, "--ray", "--workers", "1"]) == 0
+    assert shutdowns == [] and ray_session.is_initialized()

@@ -65,22 +65,24 @@ def _add_encoder_args(parser: argparse.ArgumentParser) -> None:
 def _chunk_runner(args: argparse.Namespace):
     """What runs the chunks and where, in words: an Upscaler in this process, or (--ray) the
     model and the options on Ray chunk workers (a --device that contradicts their GPUs fails
-    here, before Ray starts). Ray is connected to --address, else a local instance is started."""
+    here, before Ray starts). Ray is connected to --address, else a local instance is started;
+    the third value says whether this command made that connection (and so ends it)."""
     from vsr_core.inference import Upscaler
 
     options = InferenceOptions.from_args(args)
     if not args.ray:
         upscaler = Upscaler(_model_from_args(args), options)
-        return upscaler, f"on {upscaler.device}, {upscaler.precision}, {upscaler.backend}"
+        return upscaler, f"on {upscaler.device}, {upscaler.precision}, {upscaler.backend}", False
     from vsr_core.ray_connect import connect_ray
     from vsr_core.video.ray_workers import RayExecutor, RayPool
 
     pool = RayPool(workers=args.workers, num_cpus=args.cpus_per_worker, num_gpus=args.gpus_per_worker)
     executor = RayExecutor(_model_from_args(args), options, pool)
-    connect_ray(args.address, log_to_driver=False, configure_logging=False)
+    # Shut Ray down afterwards only when this command connected it (an embedding process keeps its own).
+    owns_ray = connect_ray(args.address, log_to_driver=False, configure_logging=False) is not None
     worker = executor.options
     return executor, (f"on {pool.size()} Ray workers ({worker.device}), precision {worker.precision} (as each "
-                      f"worker resolves it), {worker.backend}")
+                      f"worker resolves it), {worker.backend}"), owns_ray
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
@@ -96,7 +98,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     if batch is not None:
         return _upscale_batch(args, batch)
     source = args.input[0]
-    runner, where = _chunk_runner(args)
+    runner, where, owns_ray = _chunk_runner(args)
     print(f"upscaling {source} {where}", flush=True)
     _say_if_matroska(source, args.output)
     bar = tqdm(total=None, unit="frame", desc="upscale", dynamic_ncols=True)
@@ -117,7 +119,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         return 130
     finally:
         bar.close()
-        if args.ray:
+        if owns_ray:
             import ray
 
             ray.shutdown()
@@ -130,7 +132,7 @@ def _upscale_batch(args: argparse.Namespace, batch: Batch) -> int:
     from vsr_core.batch_console import BatchConsole
     from vsr_core.video.batch import FINISHED, run_batch
 
-    runner, where = _chunk_runner(args)
+    runner, where, owns_ray = _chunk_runner(args)
     print(f"upscaling {len(batch.items)} videos into {batch.out_dir} {where}", flush=True)
     for item in batch.items:
         if item.state != FINISHED and item.output != item.requested:
@@ -143,7 +145,7 @@ def _upscale_batch(args: argparse.Namespace, batch: Batch) -> int:
         return 130
     finally:
         console.close()
-        if args.ray:
+        if owns_ray:
             import ray
 
             ray.shutdown()
