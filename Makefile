@@ -34,17 +34,19 @@ test-fast: $(STAMP)
 SAMPLE = $$($(PY) -c 'from vsr_core.data.samples import sample_clip; print(sample_clip("$(1)"))')
 
 # The main job on the built-in sample clips: a Tune sweep (train on bigbuckbunny, validate on bikes),
-# then the best checkpoint against bicubic, a clip upscaled with it, and the same model over HTTP.
-# DEMO_SWEEP: up to 6 trials of up to 2400 steps (configs/sweep_base.json), two at a time; ASHA stops the
+# then the best checkpoint against bicubic, a clip upscaled with it, and the same model over HTTP with the
+# sweep on its page (Experiments: trials, curves, compare, promote); it ends by printing the page's address.
+# DEMO_SWEEP: up to 6 trials of up to 2400 steps (the shipped sweep_base config), two at a time; ASHA stops the
 # worse half at 400, 800 and 1600 steps; the sweep ends after 7 minutes whatever the machine (the rest of
 # the demo takes 1-2 minutes more on an idle 2-core CPU).
 DEMO_SWEEP ?= --num-samples 6 --grace-steps 400 --time-budget-min 7
 demo: $(STAMP)
-	$(PY) tune/search.py --storage-path $(CURDIR)/$(OUT)/tune --name demo $(DEMO_SWEEP)
+	$(VENV)/bin/vsr sweep --storage-path $(CURDIR)/$(OUT)/tune --name demo $(DEMO_SWEEP)
 	$(VENV)/bin/vsr evaluate --checkpoint $(OUT)/tune/demo/best --max-frames 16 --json $(OUT)/evaluate.json \
 		"$(call SAMPLE,bikes.mp4)" "$(call SAMPLE,carphone_pristine.mp4)"
 	$(VENV)/bin/vsr upscale "$(call SAMPLE,bikes.mp4)" $(OUT)/bikes_x3.mp4 --checkpoint $(OUT)/tune/demo/best --max-frames 50
-	$(PY) serve/demo.py --checkpoint $(OUT)/tune/demo/best --out $(OUT)/serve --evaluation $(OUT)/evaluate.json
+	$(PY) serve/demo.py --checkpoint $(OUT)/tune/demo/best --out $(OUT)/serve --evaluation $(OUT)/evaluate.json \
+		--experiments $(OUT)/tune/demo
 
 # A Ray cluster started with `ray start` (the head on this machine; other nodes join with
 # `RAY_AUTH_MODE=token .venv/bin/ray start --address HEAD_IP:6379` and the same ~/.ray/auth_token).
@@ -66,7 +68,7 @@ cluster-up: $(STAMP)
 
 cluster-sweep: $(STAMP)
 	$(VENV)/bin/ray job submit --address $(RAY_DASHBOARD) --working-dir . -- \
-		$(abspath $(PY)) tune/search.py --address auto --storage-path $(SWEEP_STORAGE) $(SWEEP_ARGS)
+		$(abspath $(VENV))/bin/vsr sweep --address auto --storage-path $(SWEEP_STORAGE) $(SWEEP_ARGS)
 
 # Relative paths in the config (the checkpoint) are resolved in the directory the head was started from.
 cluster-serve: $(STAMP)

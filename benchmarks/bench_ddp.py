@@ -17,7 +17,7 @@ Also measured: a gloo all-reduce of the full preset's gradient volume (5.1M fp32
 and the full preset's conv FLOPs per optimizer step (counted), the two inputs of the GPU
 scaling estimate in benchmarks/README.md. Ray Train itself (worker start-up) is not timed.
 
-Config: configs/sweep_base.json (what Tune trials train), default training clip; --full adds
+Config: the shipped sweep_base (what Tune trials train), default training clip; --full adds
 the full preset.
 """
 from __future__ import annotations
@@ -32,10 +32,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from common import ROOT, Report, Timing, header, parse_args
+from common import Report, Timing, header, parse_args
 from flops import conv_flops_per_window
 from vsr_core.archs import VSRPPPv2, count_parameters
 from vsr_core.config import TrainConfig
+from vsr_core.configs import shipped_path
 from vsr_core.engine.distributed import DataParallel
 from vsr_core.engine.trainer import Trainer
 
@@ -44,7 +45,7 @@ ALL_REDUCE_REPEATS = 8
 
 
 def bench_config(tmp: Path, name: str, **changes) -> TrainConfig:
-    values = TrainConfig.from_json(ROOT / "configs" / "sweep_base.json").to_dict()
+    values = TrainConfig.from_json(shipped_path("sweep_base")).to_dict()
     values.update({"OUTPUT_DIR": str(tmp / name), "DEVICE": "cpu", "MILESTONE_EVERY": 0, "VGG_WEIGHTS": "random"})
     values.update({k.upper(): v for k, v in changes.items()})
     return TrainConfig.from_dict(values)
@@ -173,7 +174,7 @@ def main(argv=None) -> None:
         reduce_s = all_reduce_seconds(bench_config(tmp, "ar"), tmp, params)
         report.add(f"gloo all-reduce of {params / 1e6:.2f}M fp32 ({4 * params / 1e6:.1f} MB), 2 processes",
                    reduce_s * 1e3, "ms", note="the full preset's gradients, once per optimizer step")
-        option_b = TrainConfig.from_json(ROOT / "configs" / "option_b.json")
+        option_b = TrainConfig.from_json(shipped_path("option_b"))
         window_flops = conv_flops_per_window(model, option_b.patch_size, option_b.patch_size)
         step_flops = 3 * window_flops * option_b.effective_batch_size  # forward + backward (~2x forward)
         report.add(f"full preset conv work per step ({option_b.batch_size}x{option_b.accumulation_steps} windows, "

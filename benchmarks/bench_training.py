@@ -5,7 +5,7 @@ VGG_WEIGHTS random (the VGG19 cost ratio), and with the model's activations in N
 data loader alone (samples/s iterating the DataLoader the Trainer builds) as a multiple
 of what training consumes.
 
-Config: configs/sweep_base.json (what Tune trials train), default training clip.
+Config: the shipped sweep_base (what Tune trials train), default training clip.
 """
 from __future__ import annotations
 
@@ -17,14 +17,15 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from common import ROOT, Report, header, measure, parse_args
+from common import Report, header, measure, parse_args
 from vsr_core.config import TrainConfig
+from vsr_core.configs import shipped_path
 from vsr_core.data.datasets import ContinuingSampler, WindowPatchDataset, training_clips
 from vsr_core.engine.trainer import Trainer
 
 
 def base_config(tmp: Path, name: str, **changes) -> TrainConfig:
-    values = TrainConfig.from_json(ROOT / "configs" / "sweep_base.json").to_dict()
+    values = TrainConfig.from_json(shipped_path("sweep_base")).to_dict()
     values.update({"OUTPUT_DIR": str(tmp / name), "DEVICE": "cpu", "MILESTONE_EVERY": 0, "VGG_WEIGHTS": "random"})
     values.update({k.upper(): v for k, v in changes.items()})
     return TrainConfig.from_dict(values)

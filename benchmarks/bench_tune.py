@@ -18,8 +18,9 @@ from common import ROOT, Report, header, parse_args
 
 def tiny_base(tmp: Path, max_steps: int) -> dict:
     from vsr_core.config import TrainConfig
+    from vsr_core.configs import shipped_path
 
-    values = TrainConfig.from_json(ROOT / "configs" / "sweep_base.json").to_dict()
+    values = TrainConfig.from_json(shipped_path("sweep_base")).to_dict()
     values.update({
         "PRESET": "small", "MAX_STEPS": max_steps, "VAL_STEP_EVERY": max_steps // 2, "SAVE_STEP_EVERY": max_steps,
         "LOG_TBOARD_EVERY": 1, "BATCH_SIZE": 2, "ACCUMULATION_STEPS": 1, "PATCH_SIZE": 24, "VAL_MAX_FRAMES": 2,

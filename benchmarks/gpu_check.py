@@ -7,7 +7,7 @@ minutes on one GPU: an estimate from the CPU runs and the model's FLOPs, not yet
 No GPU is lent to the development machines, so these paths had never run:
 
   training       50 optimizer steps of the engine's ``Trainer.fit`` in fp16 autocast + GradScaler
-                 (configs/sweep_base.json: small preset, the sample clips; PERCEPTUAL_WEIGHT 0 unless the
+                 (the shipped sweep_base config: small preset, the sample clips; PERCEPTUAL_WEIGHT 0 unless the
                  ImageNet VGG19 weights are on disk), its validation and checkpoint; the final scale
   precision      ``Upscaler`` fp16 against fp32 on the same windows (a trained checkpoint, the sample
                  validation clip): Y-PSNR of each against the original frames and their difference

@@ -30,9 +30,11 @@ from PIL import Image
 from bench_inference import random_model, synthetic_frames, windows_of
 from bench_pipeline import overlapped_upscale, run_cli, save_model_checkpoint, write_clip
 from common import ROOT, measure
+
 from vsr_core.archs import SCALE
 from vsr_core.checkpoint import LATEST_NAME, load_checkpoint
 from vsr_core.config import TrainConfig
+from vsr_core.configs import SWEEP_BASE, shipped_path
 from vsr_core.data.degradation import crop_to_scale
 from vsr_core.data.video_io import iter_frames
 from vsr_core.engine.hooks import TrainingHooks
@@ -59,10 +61,10 @@ class PartSkipped(Exception):
 
 # --- training: fp16 autocast + GradScaler -------------------------------------------------------------
 def train_config(output_dir: Path, steps: int, device: str = "cuda", **changes) -> TrainConfig:
-    """configs/sweep_base.json (what Tune trials train: small preset, the sample clips), ``steps``
+    """The shipped ``sweep_base`` config (what Tune trials train: small preset, the sample clips), ``steps``
     optimizer steps in fp16 with one validation and one checkpoint at the end. The perceptual term
     is on (the default weight) only when ImageNet VGG19 weights are on disk: nothing is downloaded."""
-    values = TrainConfig.from_json(ROOT / "configs" / "sweep_base.json").to_dict()
+    values = TrainConfig.from_json(shipped_path(SWEEP_BASE)).to_dict()
     vgg_offline = imagenet_vgg19_cache_path().is_file()
     values.update({"OUTPUT_DIR": str(output_dir), "DEVICE": device, "PRECISION": "fp16", "MAX_STEPS": steps,
                    "VAL_STEP_EVERY": steps, "SAVE_STEP_EVERY": steps, "MILESTONE_EVERY": 0,
@@ -122,7 +124,7 @@ def check_training(config: TrainConfig) -> dict:
 # --- inference: fp16 against fp32 ---------------------------------------------------------------------
 def upscale_all(upscaler: Upscaler, windows: torch.Tensor) -> list[np.ndarray]:
     """Every window through ``upscale_windows`` (the Serve path), ``batch_size`` at a time -> uint8 frames."""
-    step = upscaler.batch_size
+    step = upscaler.options.batch_size
     return [frame for i in range(0, len(windows), step)
             for frame in to_uint8(upscaler.upscale_windows(windows[i:i + step]))]
 
@@ -232,7 +234,8 @@ def check_data_parallel(config: TrainConfig, storage: Path, workers: int = 2, gp
     worker, the same all-reduced loss on all of them, the final checkpoint on the expected device."""
     if gpus_per_worker and torch.cuda.device_count() < workers * gpus_per_worker:
         raise PartSkipped(f"needs {workers * gpus_per_worker:g} GPUs, this machine has {torch.cuda.device_count()}")
-    from vsr_core.engine.on_ray import CHECKPOINT_FILE, fit_on_ray_train
+    from vsr_core.engine.ray_train import fit_on_ray_train
+    from vsr_core.engine.run_start import CHECKPOINT_FILE
 
     storage.mkdir(parents=True, exist_ok=True)
     log = storage / "reports.jsonl"
@@ -244,7 +247,7 @@ def check_data_parallel(config: TrainConfig, storage: Path, workers: int = 2, gp
     rows = [row for report in reports for row in report["workers"]]
     device = "cuda" if gpus_per_worker else "cpu"
     return {
-        "path": "vsr_core.engine.on_ray.fit_on_ray_train (Ray Train TorchTrainer)", "workers": workers,
+        "path": "vsr_core.engine.ray_train.fit_on_ray_train (Ray Train TorchTrainer)", "workers": workers,
         "backend": "nccl (Ray Train's default with GPUs)" if gpus_per_worker else "gloo (Ray Train's default on CPUs)",
         "reports": reports, "rank0_device": final["config"]["DEVICE"], "precision": final["config"]["PRECISION"],
         "grad_scale_final": final["scaler_state_dict"].get("scale"),

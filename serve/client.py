@@ -153,8 +153,8 @@ def stream_frames(url: str, frames: Iterable, api_key: str | None = None, fmt: s
     height, width = first.shape[:2]
     ws_url = "ws" + url.rstrip("/")[len("http"):] + "/v1/stream" if url.startswith("http") else url
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    with connect(ws_url, additional_headers=headers, max_size=None, open_timeout=timeout,
-                 close_timeout=5) as ws:
+    with _connect(connect, ws_url, additional_headers=headers, max_size=None, open_timeout=timeout,
+                  close_timeout=5) as ws:
         ws.send(json.dumps({"width": width, "height": height, "format": fmt, "output": output}))
         ready = json.loads(ws.recv(timeout))
         if ready.get("type") != "ready":
@@ -187,6 +187,23 @@ def stream_frames(url: str, frames: Iterable, api_key: str | None = None, fmt: s
         finally:
             stop.set()
             sender.join(timeout=5)
+
+
+def _connect(connect, url: str, **kwargs):
+    """The WebSocket; a refused handshake (the server answers 401, 403 or 429 with a JSON error
+    instead of a socket) raises StreamFailed with that error."""
+    from websockets.exceptions import InvalidStatus
+
+    try:
+        return connect(url, **kwargs)
+    except InvalidStatus as exc:
+        try:
+            body = json.loads(bytes(exc.response.body or b"{}"))
+        except ValueError:
+            body = {}
+        retry = exc.response.headers.get("Retry-After")
+        detail = body.get("detail", f"HTTP {exc.response.status_code}") + (f" (retry after {retry} s)" if retry else "")
+        raise StreamFailed(body.get("error", f"http_{exc.response.status_code}"), detail) from None
 
 
 def _chain(first, rest: Iterator) -> Iterator:
@@ -258,8 +275,17 @@ def job_command(client: Client, args: argparse.Namespace) -> None:
                   f"{job['source_name']}")
 
 
+DESCRIPTION = "Client for the VSR Serve app."
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Client for the VSR Serve app.")
+    parser = argparse.ArgumentParser(description=DESCRIPTION)
+    add_arguments(parser)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The client's flags and commands (``python serve/client.py`` and ``vsr client``)."""
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the app's base URL")
     parser.add_argument("--api-key-file", type=Path, help="file with the API key (default: $VSR_API_KEY)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per HTTP request")
@@ -289,11 +315,13 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--output-format", default="png", choices=("png", "jpeg", "webp", "raw"),
                         help="how the 3x frames come back (raw: no encoding, 9x the bytes of the input)")
     commands.add_parser("model", help="print the served model's info")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
     key = args.api_key_file.read_text().strip() if args.api_key_file else os.environ.get("VSR_API_KEY")
     client = Client(args.url, key, args.timeout)
     if args.command == "window":
@@ -310,6 +338,7 @@ def main(argv: list[str] | None = None) -> None:
         stream_video(client, key, args.clip, args.output, args.format, args.output_format)
     else:
         print(json.dumps(client.request("GET", "/v1/model").json(), indent=2))
+    return 0
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from vsr_core.options import OPTION_HELP, SERVICE_MEMORY_BUDGET, InferenceOption
 
 API_KEY_ENV = "VSR_API_KEY"
 DEFAULT_JOBS_DIR = "~/.cache/vsr/jobs"
+DEFAULT_MODELS_DIR = "~/.cache/vsr/models"
 _DEFAULT = InferenceOptions()
 # user_config keys that are InferenceOptions fields as they are (memory_budget_mb is the budget in MiB)
 INFERENCE_KEYS = ("device", "batch_size", "tile", "tile_overlap", "precision", "backend")
@@ -55,12 +56,47 @@ class ServeSettings(BaseModel):
                                    "(default: an hour at 30 fps)")
     stream_idle_timeout_s: float = Field(30.0, gt=0, description="a stream that sends nothing for this long is "
                                          "closed (JSON error 'idle_timeout' first)")
+    stream_header_timeout_s: float = Field(5.0, gt=0, description="a stream's header message must arrive this "
+                                           "soon after the handshake (else closed with 'idle_timeout')")
+    # --- admission: what one key, and all of them, may hold open on a replica (429 above) ---
+    max_streams: int = Field(8, ge=1, description="open WS /v1/stream connections per replica, all keys together")
+    max_streams_per_key: int = Field(4, ge=1, description="open WS /v1/stream connections per API key and replica")
+    max_transfers: int = Field(32, ge=1, description="requests reading a body or sending a result at once per "
+                               "replica, all keys together (window bodies are held in memory: at most this many "
+                               "x max_body_bytes)")
+    max_transfers_per_key: int = Field(16, ge=1, description="requests reading a body or sending a result at once "
+                                       "per API key and replica")
+    body_timeout_s: float = Field(10.0, gt=0, description="a request body must start within this many seconds, "
+                                  "and no pause may last longer (408 'body_timeout')")
+    min_body_bytes_per_s: int = Field(16 * 1024, ge=1, description="after body_timeout_s, a body must keep "
+                                      "arriving at this average rate (slow bodies hold a request slot: 408)")
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="host names (the Host header, without port) the app answers to; empty: "
+        "loopback names (127.0.0.1, localhost, ::1), or any name when the server has API keys. Guards a keyless "
+        "server against DNS rebinding; '*' allows any")
+    allowed_origins: list[str] = Field(
+        default_factory=list, description="browser origins (scheme://host[:port]) allowed besides the app's own "
+        "to open the stream and to send POST/DELETE requests (403 otherwise); requests without Origin (programs) "
+        "are not affected")
     num_threads: int | None = Field(None, ge=1, description="torch threads; default: the replica's num_cpus")
     expose_paths: bool = Field(False, description="show the checkpoint's path in /v1/model (off: only its file "
                                "name and content hash, so the API reveals nothing about the server's disk)")
     api_key_file: str | None = Field(
         None, description=f"file holding the API keys clients must send as a bearer token, one per line; default: "
         f"${API_KEY_ENV} in the replica's environment; neither: no authentication")
+    # --- experiments, promotion and model compare (serve.models, serve.compare) ---
+    experiments: list[str] = Field(
+        default_factory=list, description="Tune experiment folders (or folders of them, e.g. a sweep's "
+        "--storage-path; paths or storage URIs) shown by GET /v1/experiments, whose trials PUT /v1/model may "
+        "promote and POST /v1/compare may run; empty: none")
+    models_dir: str = Field(DEFAULT_MODELS_DIR, description="the promoted model's record (followed by every "
+                            "replica: a shared folder on a multi-node cluster) and local copies of checkpoints "
+                            "promoted from a storage URI")
+    max_compare_models: int = Field(2, ge=1, description="models a replica keeps loaded besides the one it "
+                                    "serves (for compare and rollback); the least recently used goes first")
+    max_compare_frames: int = Field(8, ge=2, description="most frames one POST /v1/compare scores (413 above)")
+    tensorboard_url: str | None = Field(None, description="a TensorBoard over the experiments, e.g. "
+                                        "http://127.0.0.1:6006: the page links each trial to it")
     # --- video jobs ---
     jobs_dir: str = Field(DEFAULT_JOBS_DIR, description="where jobs keep uploads, progress and results (a shared "
                           "folder on a multi-node cluster)")
@@ -75,6 +111,12 @@ class ServeSettings(BaseModel):
     job_workers: int | None = Field(None, ge=1, description="chunk workers per job; default: as many as fit")
     job_cpus_per_worker: float = Field(1.0, gt=0, description="CPUs (= torch threads) of each chunk worker")
     job_gpus_per_worker: float = Field(0.0, ge=0, description="GPUs of each chunk worker")
+    max_jobs: int = Field(64, ge=1, description="queued and running jobs of all keys together (429 above)")
+    max_jobs_per_key: int = Field(4, ge=1, description="queued and running jobs per API key (429 above)")
+    max_running_jobs: int = Field(2, ge=1, description="jobs running at once on the cluster; queued jobs start as "
+                                  "others end, taking turns between keys")
+    job_orphan_timeout_s: float = Field(120.0, ge=1, description="a job's runner that hears from no replica for "
+                                        "this long stops and leaves its job queued (resumed when the app is back)")
 
     @field_validator(*INFERENCE_KEYS)
     @classmethod
@@ -84,6 +126,11 @@ class ServeSettings(BaseModel):
         except OptionError as exc:
             raise ValueError(exc.problem) from None
         return value
+
+    @field_validator("experiments", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _options_agree(self) -> ServeSettings:
@@ -115,6 +162,11 @@ class ServeSettings(BaseModel):
             "max_stream_frames": self.max_stream_frames,
             "stream_idle_timeout_s": self.stream_idle_timeout_s,
             "job_max_upload_bytes": self.job_max_upload_bytes,
+            "max_streams_per_key": self.max_streams_per_key,
+            "max_transfers_per_key": self.max_transfers_per_key,
+            "max_jobs_per_key": self.max_jobs_per_key,
+            "body_timeout_s": self.body_timeout_s,
+            "min_body_bytes_per_s": self.min_body_bytes_per_s,
         }
 
 

@@ -3,9 +3,9 @@ frame once, answered with its 3x frame as soon as that frame's window is complet
 
 Protocol (text messages are JSON, binary messages are frames)::
 
+    client  the handshake, authenticated (see Auth)
     client  {"width": W, "height": H, "format": "png" | "jpeg" | "raw",
-             "output": "png" | "jpeg" | "webp" | "raw",   (optional; default png, see serve.formats)
-             "token": KEY}                                 (optional, see Auth)
+             "output": "png" | "jpeg" | "webp" | "raw"}   (optional; default png, see serve.formats)
     server  {"type": "ready", "width": W, "height": H, "scale": 3, "output": ..., "frames_behind": 2,
              "max_frames": ..., "idle_timeout_s": ...}
     client  frame 0, frame 1, ...     binary: a PNG or JPEG file, or H*W*3 bytes of RGB ("raw")
@@ -14,8 +14,9 @@ Protocol (text messages are JSON, binary messages are frames)::
     server  the last 2 frames, {"type": "end", "frames": N, "timing": {...}}, then close (1000)
 
 Errors are ``{"type": "error", "error": CODE, "detail": MESSAGE}`` followed by a close (1008:
-auth and limits, 1003: a bad frame or message, 1011: unexpected; the server log has its id).
-Frames computed before the error are still sent first.
+a bad header message (``serve.schemas.StreamHeader``, the field named) and the limits, 1003: a
+bad frame or message, 1011: unexpected; the server log has its id). Frames computed before the
+error are still sent first.
 
 The windows reflect at the borders exactly as ``vsr_core.frames.window_indices`` does for
 ``vsr upscale``: the first window is frames [2,1,0,1,2]; only at end-of-stream is the clip's
@@ -26,14 +27,18 @@ at most 2 x ``max_batch_size`` of them are in flight per stream (then the server
 reading and TCP slows the client down), so that the next batch waits while one runs. The
 session holds the frames those windows read.
 
-Auth: ``Authorization: Bearer KEY`` on the handshake (programs), or ``"token"`` in the header
-message (browsers cannot set headers on a WebSocket). Not a query parameter: URLs end up in
-access logs. Decoding and encoding run in threads, off the event loop.
+Auth and admission happen before the server accepts the socket (``serve.admission``): the key
+as ``Authorization: Bearer KEY`` on the handshake (programs), or, since browsers cannot set
+headers on a WebSocket, as the subprotocols ``["vsr.v1", "bearer.<base64url KEY>"]`` (the server
+answers "vsr.v1"); not a query parameter, since URLs end up in access logs. A refused handshake
+gets an HTTP answer with a JSON body instead of a socket: 401 (key), 403 (Host or Origin), 429
+with Retry-After (``max_streams_per_key``, ``max_streams``). So a client without a key never
+holds one of the replica's request slots, and an accepted one must send its header within
+``stream_header_timeout_s``. Decoding and encoding run in threads, off the event loop.
 """
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 import time
@@ -43,18 +48,18 @@ from dataclasses import dataclass, field
 import numpy as np
 from fastapi import WebSocket, WebSocketDisconnect
 
-from serve.api import ApiError
+from serve.admission import SUBPROTOCOL, Admission, authorize
+from serve.api import ApiError, error_response
 from serve.batching import PassResult
 from serve.formats import STREAM_OUTPUTS, encode_frame
-from serve.settings import ServeSettings, authorized_owner
+from serve.schemas import MAX_HEADER_BYTES, InputError, StreamHeader, parse_json, validate
+from serve.settings import ServeSettings
 from vsr_core.archs import CENTER, SCALE
 from vsr_core.image_io import InvalidImageError, decode_image
 from vsr_core.live_stream import LiveFrames, LiveWindow
 
 logger = logging.getLogger("ray.serve")
 
-STREAM_INPUTS = ("png", "jpeg", "raw")
-HEADER_KEYS = ("width", "height", "format", "output", "token")
 CLOSE_NORMAL, CLOSE_BAD_DATA, CLOSE_POLICY, CLOSE_INTERNAL = 1000, 1003, 1008, 1011
 UNKNOWN_LENGTH = 2**62  # window_indices reflects at no end before end-of-stream
 
@@ -71,45 +76,21 @@ class StreamError(Exception):
         return {"type": "error", "error": self.error, "detail": self.detail}
 
 
-@dataclass(frozen=True)
-class StreamHeader:
-    width: int
-    height: int
-    format: str
-    output: str
-    token: str | None = None
-
-
 def parse_header(text: str | None, max_pixels: int) -> StreamHeader:
-    """The first message; errors name the key."""
+    """The first message (``serve.schemas.StreamHeader``); errors name the key."""
     example = '{"width": 640, "height": 360, "format": "png"}'
     if text is None:
-        raise StreamError("invalid_header", f"the first message must be a JSON text message such as {example}")
+        raise StreamError("invalid_header", f"the first message must be a JSON text message such as {example}",
+                          CLOSE_POLICY)
     try:
-        raw = json.loads(text)
-    except ValueError:
-        raw = None
-    if not isinstance(raw, dict):
-        raise StreamError("invalid_header", f"the first message is not a JSON object; send e.g. {example}")
-    unknown = sorted(set(raw) - set(HEADER_KEYS))
-    if unknown:
-        raise StreamError("invalid_header", f"unknown key(s) {unknown}; allowed: {list(HEADER_KEYS)}")
-    for key in ("width", "height"):
-        value = raw.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise StreamError("invalid_header", f"'{key}' must be a positive integer (pixels), got {value!r}")
-    width, height = raw["width"], raw["height"]
-    if width * height > max_pixels:
-        raise StreamError("frame_too_large", f"{width}x{height} = {width * height} pixels exceeds the limit of "
-                          f"{max_pixels} pixels per frame", CLOSE_POLICY)
-    fmt, output, token = raw.get("format"), raw.get("output", "png"), raw.get("token")
-    if fmt not in STREAM_INPUTS:
-        raise StreamError("invalid_header", f"'format' must be one of {list(STREAM_INPUTS)}, got {fmt!r}")
-    if output not in STREAM_OUTPUTS:
-        raise StreamError("invalid_header", f"'output' must be one of {list(STREAM_OUTPUTS)}, got {output!r}")
-    if token is not None and not isinstance(token, str):
-        raise StreamError("invalid_header", "'token' must be a string (the API key)")
-    return StreamHeader(width, height, fmt, output, token)
+        header = validate(StreamHeader, parse_json(text, MAX_HEADER_BYTES, "the header message"))
+    except InputError as exc:
+        detail = f"'{exc.field}': {exc.problem}" if exc.field else f"{exc.problem}; send e.g. {example}"
+        raise StreamError("invalid_header", detail, CLOSE_POLICY) from None
+    if header.width * header.height > max_pixels:
+        raise StreamError("frame_too_large", f"{header.width}x{header.height} = {header.width * header.height} pixels "
+                          f"exceeds the limit of {max_pixels} pixels per frame", CLOSE_POLICY)
+    return header
 
 
 def decode_frame(data: bytes, header: StreamHeader, index: int, max_pixels: int) -> np.ndarray:
@@ -195,12 +176,12 @@ class _Session:
         self.sent = 0
         self.media_type = STREAM_OUTPUTS["png"]
 
-    async def receive(self) -> dict:
+    async def receive(self, timeout_s: float | None = None) -> dict:
+        timeout_s = timeout_s or self.settings.stream_idle_timeout_s
         try:
-            message = await asyncio.wait_for(self.ws.receive(), self.settings.stream_idle_timeout_s)
+            message = await asyncio.wait_for(self.ws.receive(), timeout_s)
         except asyncio.TimeoutError:
-            raise StreamError("idle_timeout", f"nothing received for {self.settings.stream_idle_timeout_s:g} s",
-                              CLOSE_POLICY) from None
+            raise StreamError("idle_timeout", f"nothing received for {timeout_s:g} s", CLOSE_POLICY) from None
         if message["type"] == "websocket.disconnect":
             raise WebSocketDisconnect(message.get("code", 1000))
         return message
@@ -209,13 +190,10 @@ class _Session:
         await self.ws.send_json(error.message())
         await self.ws.close(error.close_code)
 
-    async def run(self, api_keys: list[str]) -> None:
+    async def run(self) -> None:
         try:
-            header = parse_header((await self.receive()).get("text"), self.settings.max_pixels_per_frame)
-            bearer = f"Bearer {header.token}" if header.token is not None else self.ws.headers.get("authorization")
-            if authorized_owner(bearer, api_keys) is None:
-                raise StreamError("unauthorized", "this server needs an API key: send 'Authorization: Bearer <key>' "
-                                  "with the handshake or \"token\" in the header message", CLOSE_POLICY)
+            first = await self.receive(self.settings.stream_header_timeout_s)
+            header = parse_header(first.get("text"), self.settings.max_pixels_per_frame)
         except StreamError as exc:
             await self.close_with(exc)
             return
@@ -305,8 +283,8 @@ class _Session:
 
 def _is_end(text: str | None) -> bool:
     try:
-        message = json.loads(text or "")
-    except ValueError:
+        message = parse_json(text or "", MAX_HEADER_BYTES, "a text message")
+    except InputError:
         return False
     return isinstance(message, dict) and message.get("type") == "end"
 
@@ -327,15 +305,32 @@ def _internal_error(exc: BaseException) -> StreamError:
                        CLOSE_INTERNAL)
 
 
-async def serve_stream(websocket: WebSocket, settings: ServeSettings, api_keys: list[str], upscale: UpscaleWindow,
-                       stats: StreamStats) -> None:
-    """One ``WS /v1/stream`` connection, from the handshake to the close."""
-    await websocket.accept()
-    stats.active += 1
-    stats.total += 1
-    session = _Session(websocket, settings, upscale, stats)
+async def serve_stream(websocket: WebSocket, settings: ServeSettings, api_keys: list[str], admission: Admission,
+                       upscale: UpscaleWindow, stats: StreamStats) -> None:
+    """One ``WS /v1/stream`` connection, from the handshake to the close: refused before it is
+    accepted unless authorized and within the stream caps."""
+    offered = list(websocket.scope.get("subprotocols") or [])
     try:
-        await session.run(api_keys)
+        owner = authorize(websocket.headers, "WEBSOCKET", settings, api_keys, offered)
+        release = admission.acquire("streams", owner)
+    except ApiError as exc:
+        await _refuse(websocket, exc)
+        return
+    try:
+        await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+        stats.active += 1
+        stats.total += 1
+        try:
+            await _serve_session(_Session(websocket, settings, upscale, stats))
+        finally:
+            stats.active -= 1
+    finally:
+        release()
+
+
+async def _serve_session(session: _Session) -> None:
+    try:
+        await session.run()
     except WebSocketDisconnect:
         logger.info("a stream client disconnected")
     except Exception as exc:  # noqa: BLE001 - a bug, or a send after the client went away
@@ -343,6 +338,12 @@ async def serve_stream(websocket: WebSocket, settings: ServeSettings, api_keys: 
             await session.close_with(_internal_error(exc))
         except Exception:  # noqa: BLE001 - the client is gone
             pass
-    finally:
-        stats.active -= 1
 
+
+async def _refuse(websocket: WebSocket, error: ApiError) -> None:
+    """An HTTP answer instead of the socket (the WebSocket denial response: the client sees the
+    status and the JSON error); a bare close (HTTP 403) where the server cannot send one."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(error_response(error.status, error.error, error.detail, error.headers))
+    else:
+        await websocket.close(CLOSE_POLICY)

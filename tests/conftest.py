@@ -138,3 +138,58 @@ def ray_processes(title: str) -> list:
         except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
             pass
     return found
+
+
+class TinySweep:
+    """A real 2-trial sweep made by tune/search.py (tiny preset, ``max_steps`` steps) and what a reader saw
+    of its folder while it ran: ``live`` holds a snapshot taken whenever a trial reported a new step."""
+
+    max_steps = 96
+
+    def __init__(self, storage, name: str):
+        self.storage, self.name = storage, name
+        self.path = storage / name
+        self.live: list[list[dict]] = []
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(ray_session, tmp_path_factory) -> TinySweep:
+    """One session-wide sweep for the experiments reader, its API and the page (about a minute)."""
+    import json
+    import threading
+    import time
+
+    from tune import search
+    from vsr_core.experiments import ExperimentsReader
+
+    folder = tmp_path_factory.mktemp("tiny_sweep")
+    os.environ.setdefault("VSR_CACHE_DIR", str(folder / "cache"))
+    clips = write_clips(folder, 8, 48, 48)
+    config = {"PRESET": "tiny", "MAX_STEPS": TinySweep.max_steps, "VAL_STEP_EVERY": 8, "LOG_TBOARD_EVERY": 8,
+              "ACCUMULATION_STEPS": 1, "BATCH_SIZE": 2, "PATCH_SIZE": 8, "NUM_PATCHES": 50, "VAL_MAX_FRAMES": 2,
+              "PERCEPTUAL_WEIGHT": 0.0, "NUM_WORKERS": 0}
+    (folder / "base.json").write_text(json.dumps(config))
+    sweep = TinySweep(folder / "storage", "sweep")
+    args = search.parse_args(["--config", str(folder / "base.json"), "--data", str(clips["train"]),
+                              "--val-data", str(clips["val"]), "--storage-path", str(sweep.storage),
+                              "--name", sweep.name, "--num-samples", "2", "--max-concurrent", "1",
+                              "--grace-steps", "8", "--keep-checkpoints", "0"])
+    outcome: dict = {}
+    # The driver writes the trials' result files to the storage with its experiment state, every 10 s by
+    # default: every second here, so the reader sees the trials while they run.
+    os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = "1"
+    thread = threading.Thread(target=lambda: outcome.setdefault(
+        "code", search.run_sweep(args, search.base_config(args), str(sweep.path))))
+    thread.start()
+    reader, seen = ExperimentsReader([str(sweep.storage)]), set()
+    while thread.is_alive():
+        snapshot = reader.snapshot()
+        steps = {(t["trial_id"], t["steps"], t["state"]) for e in snapshot for t in e["trials"]}
+        if not steps <= seen:
+            seen |= steps
+            sweep.live.append(snapshot)
+        time.sleep(0.1)
+    thread.join()
+    del os.environ["TUNE_GLOBAL_CHECKPOINT_S"]
+    assert outcome.get("code") == 0, "the tiny sweep failed"
+    return sweep

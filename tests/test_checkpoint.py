@@ -59,7 +59,11 @@ def test_a_malformed_best_json_is_an_error_naming_the_file(tmp_path, content, pr
 
 
 def test_the_trainable_saves_checkpoints_with_the_key_check(tmp_path, monkeypatch):
-    from tune import trainable
+    from ray import tune
+
+    from vsr_core.engine import reporting
+    from vsr_core.engine.reporting import Reporter, ReportHooks
+    from vsr_core.engine.run_start import CHECKPOINT_FILE
     from vsr_core.engine.trainer import Trainer
 
     monkeypatch.setenv("VSR_CACHE_DIR", str(tmp_path / "cache"))
@@ -67,11 +71,10 @@ def test_the_trainable_saves_checkpoints_with_the_key_check(tmp_path, monkeypatc
     reported = []
 
     def report(metrics, checkpoint):
-        reported.append(load_checkpoint(f"{checkpoint.path}/{trainable.CHECKPOINT_FILE}"))
+        reported.append(load_checkpoint(f"{checkpoint.path}/{CHECKPOINT_FILE}"))
 
-    monkeypatch.setattr(trainable.tune, "report", report)
-    monkeypatch.setattr(trainable, "report_metrics", lambda *args: {})
-    hooks = trainable.TuneReportHooks()
+    monkeypatch.setattr(reporting, "report_metrics", lambda *args: {})
+    hooks = ReportHooks(Reporter(report, tune.Checkpoint))  # what the trainable reports through (tune.report)
     hooks.on_validation(trainer, None)
     assert reported[0]["step"] == 0 and reported[0]["config"]["PRESET"] == "tiny"
 

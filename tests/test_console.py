@@ -34,7 +34,8 @@ from vsr_core.engine.console import (
     render_text,
 )
 from vsr_core.engine.health import Trend, loss_trends
-from vsr_core.engine.trainer import Trainer, ValidationMetrics
+from vsr_core.engine.hooks import ValidationMetrics
+from vsr_core.engine.trainer import Trainer
 
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[()][0-9A-Za-z]|\x1b[=>78]")
 

@@ -1,5 +1,5 @@
 """Convergence status from the validation trend (vsr_core.engine.convergence), on the curves of a
-recorded run (tests/data/recorded_run.json: `vsr train` with configs/cpu_small.json on 2 CPU cores;
+recorded run (tests/data/recorded_run.json: `vsr train --config cpu_small` on 2 CPU cores;
 the training loss every 50 steps and, at each checkpoint, the gain over bicubic on the validation set
 and on frames used for neither training nor validation) and on constructed ones."""
 from __future__ import annotations

@@ -18,7 +18,8 @@ from vsr_core import cli
 from vsr_core.checkpoint import load_checkpoint
 from vsr_core.config import TrainConfig
 from vsr_core.data.video_io import iter_frames
-from vsr_core.engine.on_ray import CHECKPOINT_FILE, fit_on_ray_train
+from vsr_core.engine.ray_train import fit_on_ray_train
+from vsr_core.engine.run_start import CHECKPOINT_FILE
 
 pytestmark = pytest.mark.ray
 

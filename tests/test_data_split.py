@@ -2,20 +2,19 @@
 (HOLDOUT_FRAMES / HOLDOUT_FRACTION), VAL_DATA trained on with TRAIN_ON_VAL_DATA, and proof by the
 frame indices each path really reads that training and validation never share a frame."""
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import tiny_train_config, write_clips
 from vsr_core.config import TrainConfig
+from vsr_core.configs import shipped_path
 from vsr_core.data import datasets, validation_set
 from vsr_core.data.datasets import held_out_length, trained_clips, training_loader
 from vsr_core.data.samples import sample_clip
 from vsr_core.data.video_io import iter_frames
 from vsr_core.engine.validation import validation_items
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 @pytest.fixture(autouse=True)
@@ -115,11 +114,11 @@ def test_a_fraction_that_leaves_too_few_training_frames_names_the_key(tmp_path):
         trained_clips(config)
 
 
-@pytest.mark.parametrize("config_name", ["cpu_small.json", "sweep_base.json"])
+@pytest.mark.parametrize("config_name", ["cpu_small", "sweep_base"])
 def test_the_cpu_configs_hold_out_bikes_from_a_shot_change(config_name):
     """The CPU configs train on bikes.mp4 and hold out its last quarter, which starts at frame 187,
     the first frame of a new shot: no held-out shot is also trained on."""
-    config = TrainConfig.from_json(CONFIGS / config_name)
+    config = TrainConfig.from_json(shipped_path(config_name))
     assert config.train_on_val_data and config.val_data == [] and config.train_data == []
     held_out_from = 250 - held_out_length(config, 250)
     assert held_out_from == 187

@@ -15,7 +15,9 @@ from vsr_core.checkpoint import CHECKPOINT_KEYS, load_checkpoint
 from vsr_core.config import TrainConfig
 from vsr_core.data.datasets import Augmentation, WindowPatchDataset
 from vsr_core.data.degradation import bicubic_downsample
-from vsr_core.engine.trainer import ETA_MIN, Trainer, TrainingDiverged, TrainingHooks
+from vsr_core.engine.hooks import TrainingHooks
+from vsr_core.engine.schedule import ETA_MIN
+from vsr_core.engine.trainer import Trainer, TrainingDiverged
 
 
 @pytest.fixture(autouse=True)

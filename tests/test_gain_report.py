@@ -42,5 +42,22 @@ def test_evaluate_json_gain_and_the_demo_summary(tmp_path, capsys):
 
     lines = gain_summary(str(best), str(out))
     assert lines[0].startswith("  validation frames (the sweep's metric): +0.42 dB") and "step 7" in lines[0]
-    assert any(line.startswith("  val.mp4 (first 4 frames, whole): ") for line in lines)
+    (val_line,) = [line for line in lines if line.startswith("  val.mp4 (first 4 frames, whole): ")]
+    model_tof, bicubic_tof = rows[("val.mp4", "model")]["tof"], rows[("val.mp4", "bicubic")]["tof"]
+    assert f"{scored['gain_y_psnr']['val.mp4']:+.2f} dB, tOF {model_tof:.3f} (bicubic {bicubic_tof:.3f}" in val_line
     assert gain_summary(str(best / "checkpoint.pth"), None) == []  # a bare .pth has no best.json to report
+
+
+def test_the_demo_ends_with_the_pages_address(tmp_path):
+    from serve.demo import experiments_of, page_lines
+
+    sweep = tmp_path / "tune" / "demo"
+    (sweep / "best").mkdir(parents=True)
+    assert experiments_of(str(sweep / "best")) is None  # no trial folders: not a sweep
+    (sweep / "trial_0001").mkdir()
+    assert experiments_of(str(sweep / "best")) == str(sweep.resolve())
+    assert experiments_of(str(sweep / "best" / "checkpoint.pth")) is None
+    text = page_lines("http://127.0.0.1:8123", tmp_path, [str(sweep)], stays=True)
+    assert text.splitlines()[-1] == "the web page: http://127.0.0.1:8123/"
+    assert "Experiments" in text and "Ctrl-C" in text
+    assert "Experiments" not in page_lines("http://127.0.0.1:8123", tmp_path, [], stays=False)

@@ -204,7 +204,7 @@ def test_cancel_stops_the_workers_and_keeps_no_result(server, long_clip):
     while not chunk_worker_processes(running_only=True) and time.time() < deadline:
         time.sleep(0.1)
     answer = requests.delete(f"{server.url}/v1/jobs/{job_id}", headers=ALICE, timeout=10).json()
-    assert answer["state"] == "cancelled"
+    assert answer["state"] == "cancelling"  # "cancelled" once its runner has stopped the workers
     cancelled_at = time.time()
     while chunk_worker_processes() and time.time() - cancelled_at < 10:
         time.sleep(0.1)
@@ -312,3 +312,36 @@ def test_a_client_that_gives_up_cancels_its_synchronous_clip(server, long_clip):
         time.sleep(0.3)
     assert not running, running
     assert not chunk_worker_processes()
+
+
+def test_runners_do_not_outlive_the_app(server, long_clip):
+    """Deleting the app (as `serve shutdown` does) stops the replicas' heartbeats: a running job's
+    runner stops its workers within job_orphan_timeout_s and leaves the job queued with its
+    finished chunks, for the app to resume when it is back. Last in this module: it deletes the app."""
+    from ray import serve
+
+    from serve.job_store import JobStore
+
+    server.extra = {**server.extra, "job_orphan_timeout_s": 4.0}
+    server.deploy(server.checkpoints["small"])  # reconfigure in place
+    time.sleep(1)
+    deadline = time.time() + 60
+    while serve.status().applications["vsr"].status != "RUNNING" and time.time() < deadline:
+        time.sleep(0.5)  # until the replica has the short timeout (new runners get it)
+    job_id = server.submit(long_clip).json()["id"]
+    server.wait(job_id, states=("running",))
+    deadline = time.time() + 30
+    while not chunk_worker_processes(running_only=True) and time.time() < deadline:
+        time.sleep(0.2)
+    serve.delete("vsr")
+    deleted_at = time.time()
+    store = JobStore(server.jobs_dir)
+    while (chunk_worker_processes() or store.read(job_id).state != "queued") and time.time() - deleted_at < 60:
+        time.sleep(0.5)
+    parked_after = time.time() - deleted_at
+    record = store.read(job_id)
+    assert record.state == "queued" and not chunk_worker_processes(), record
+    assert not store.starts(job_id)  # the next replica's scheduler starts it again
+    assert 4.0 - 1.5 < parked_after < 4.0 + 15, parked_after  # the timeout (from the last heartbeat), a check
+    print(f"\n[reliability] app deleted: the job's runner parked it {parked_after:.1f} s later "
+          f"(job_orphan_timeout_s 4), {record.frames_done} of 240 frames done")

@@ -138,6 +138,7 @@ def test_the_replicas_window_options_and_a_job_record(tmp_path):
     store = JobStore(tmp_path)
     record = JobRecord(store.new_id(), "", "in.mp4", "in.mp4", "model.pth", settings.job_inference_options().to_dict(),
                        {"chunk_frames": None})
+    store.create(record.id, reserved_bytes=0)  # as the replica does: write() never creates a job's folder
     store.write(record)
     assert InferenceOptions.from_dict(store.read(record.id).inference) == InferenceOptions(
         device="cpu", batch_size=8, backend="torch-compile", memory_budget=4096 * MiB)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 
 import numpy as np
 import pytest
@@ -109,3 +110,40 @@ def test_a_video_file_streams_until_it_ends(server, browser, files):
     assert 1 <= len(sent) <= FRAMES
     assert_matches_vsr_upscale(server, sent, got)
     assert text(browser, "live-error") == ""
+
+
+def test_with_an_api_key_the_stream_sends_it_as_a_subprotocol(server, browser, files):
+    """Browsers cannot set headers on a WebSocket: the page offers the key as a subprotocol, which
+    the server checks before accepting the socket; a wrong key never gets a socket. Last in this
+    module: it gives the server a key."""
+    import time
+    from pathlib import Path
+
+    import requests
+
+    key = "live-key-" + os.urandom(6).hex()
+    key_file = Path(server.root) / "live_keys"
+    key_file.write_text(key + "\n")
+    server.extra = {"api_key_file": str(key_file)}
+    server.deploy(server.checkpoints["best"])  # user_config only: an in-place reconfigure
+    deadline = time.time() + 60
+    while requests.get(server.url + "/v1/model", timeout=10).status_code != 401:
+        assert time.time() < deadline, "the API key was not applied"
+        time.sleep(0.2)
+    for given, works in (("wrong-" + key, False), (key, True)):
+        open_page(browser, server)
+        browser.execute_script(f"sessionStorage.setItem('vsr-api-key', '{given}')")
+        browser.get(server.url + "/")
+        browser.execute_script(RECORD_WEBSOCKET)
+        browser.execute_script("document.getElementById('live-output').value = 'png';"
+                               "document.getElementById('live-width').value = '0';")
+        browser.find_element("id", "live-file").send_keys(str(files["clip"]))
+        if works:
+            wait(browser, lambda d: d.execute_script("return document.getElementById('live-view').dataset.state")
+                 == "done", what="the end of the keyed stream")
+            _, sent, got, _ = recorded(browser)
+            assert_matches_vsr_upscale(server, sent, got)
+            assert text(browser, "live-error") == ""
+        else:
+            wait(browser, lambda d: "refused the stream" in text(d, "live-error"), what="the refused stream")
+            assert browser.execute_script("return window.recorded.header") is None  # no socket, nothing sent

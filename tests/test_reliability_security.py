@@ -17,14 +17,16 @@ from fastapi.testclient import TestClient
 
 import serve.__main__ as serve_main
 import serve.app as serve_app
+import serve.model as serve_model
 import serve.settings as serve_settings
 from serve.api import _install_error_handlers
+from serve.models import ModelStore
 from vsr_core.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from vsr_core.memory import MemoryBudgetError
 
 ROOT = Path(__file__).resolve().parent.parent
 
-SOURCE_DIRS = ("vsr_core", "serve", "tune", "benchmarks", "tests", "configs", "docs")
+SOURCE_DIRS = ("vsr_core", "serve", "tune", "benchmarks", "tests", "docs")  # the configs: vsr_core/configs
 TEXT_SUFFIXES = {".py", ".json", ".yaml", ".yml", ".toml", ".cfg", ".ini", ".sh", ".md", ".txt", ".env"}
 
 
@@ -74,7 +76,9 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
             "load_checkpoint": lambda: load_checkpoint(path),
             "model_from_checkpoint": lambda: model_from_checkpoint(path),
             "Upscaler.from_checkpoint": lambda: Upscaler.from_checkpoint(path, device="cpu"),
-            "serve load_model": lambda: serve_app.load_model(serve_app.ServeSettings(checkpoint=str(path))),
+            "serve load_model": lambda: serve_model.load_model(serve_app.ServeSettings(checkpoint=str(path))),
+            "serve ModelStore": lambda: ModelStore().serving(serve_app.ServeSettings(
+                checkpoint=str(path), models_dir=str(tmp_path / "models")), None),  # what a replica runs
             "Trainer resume": lambda: Trainer(TrainConfig(preset="tiny", output_dir=str(tmp_path / "run"),
                                                           perceptual_weight=0.0, num_workers=0), resume_from=path),
         }
@@ -120,6 +124,7 @@ def test_servers_bind_to_loopback_by_default(tmp_path, monkeypatch, capsys):
     checkpoint = tmp_path / "latest.pth"
     checkpoint.write_bytes(b"not loaded by main itself")
     monkeypatch.setattr(ray, "init", lambda **kw: calls.setdefault("ray.init", kw) and SimpleNamespace(dashboard_url=None))
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # a Ray of the test session is not the program's
     monkeypatch.setattr(ray, "shutdown", lambda: None)
     monkeypatch.setattr(ray.serve, "start", lambda **kw: calls.setdefault("serve.start", kw))
     monkeypatch.setattr(ray.serve, "run", lambda app, **kw: calls.setdefault("serve.run", app))
@@ -137,12 +142,17 @@ def test_servers_bind_to_loopback_by_default(tmp_path, monkeypatch, capsys):
     calls.clear()  # binding elsewhere is explicit, and without an API key it warns
     serve_main.main(["--checkpoint", str(checkpoint), "--host", "0.0.0.0"])
     assert calls["serve.start"]["http_options"]["host"] == "0.0.0.0"
-    assert "without an API key" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "without an API key" in err and "--allowed-hosts" in err  # and it answers loopback names only
+
+    calls.clear()  # the host names a keyless server answers to reach the app's user_config
+    serve_main.main(["--checkpoint", str(checkpoint), "--host", "0.0.0.0", "--allowed-hosts", "box.lan"])
+    assert calls["serve.run"]._bound_deployment.user_config["allowed_hosts"] == ["box.lan"]
+    assert "--allowed-hosts" not in capsys.readouterr().err
 
     from tune import search
 
     calls.clear()
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
     search.start_ray(search.parse_args([]))
     assert calls["ray.init"]["dashboard_host"] == "127.0.0.1"
 

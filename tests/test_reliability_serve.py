@@ -398,7 +398,10 @@ def test_fuzz_property_based_never_5xx(server, seeds, window, upscalers):
 
 # --- API key -------------------------------------------------------------------------------------------------
 def _check_stream_auth(server, key: str, clip: np.ndarray, upscaler) -> None:
-    """WS /v1/stream: the key in the handshake's Authorization header or as "token" in the header message."""
+    """WS /v1/stream: the key in the handshake's Authorization header, or (as a browser does) in the
+    subprotocol "bearer.<base64url key>"; checked before the socket is accepted."""
+    import base64
+
     from websockets.sync.client import connect
 
     from serve.client import StreamFailed, stream_frames
@@ -409,8 +412,11 @@ def _check_stream_auth(server, key: str, clip: np.ndarray, upscaler) -> None:
             list(stream_frames(server.url, clip, api_key=wrong, fmt="raw", output="raw", timeout=30))
     assert max_diff(np.stack(list(stream_frames(server.url, clip, api_key=key, fmt="raw", output="raw",
                                                 timeout=60))), expected) <= 1
-    with connect(server.url.replace("http", "ws", 1) + "/v1/stream", max_size=None) as ws:  # as a browser does
-        ws.send(json.dumps({"width": clip.shape[2], "height": clip.shape[1], "format": "raw", "token": key}))
+    encoded = base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
+    with connect(server.url.replace("http", "ws", 1) + "/v1/stream", max_size=None,
+                 subprotocols=["vsr.v1", f"bearer.{encoded}"]) as ws:  # as a browser does
+        assert ws.subprotocol == "vsr.v1"
+        ws.send(json.dumps({"width": clip.shape[2], "height": clip.shape[1], "format": "raw"}))
         assert json.loads(ws.recv(30))["type"] == "ready"
 
 

@@ -13,7 +13,9 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from test_engine import clips, frame_cache, tiny_config  # noqa: F401 - fixtures
 from vsr_core import cli
 from vsr_core.checkpoint import load_checkpoint
-from vsr_core.engine.trainer import ETA_MIN, Trainer, TrainingHooks
+from vsr_core.engine.hooks import TrainingHooks
+from vsr_core.engine.schedule import ETA_MIN
+from vsr_core.engine.trainer import Trainer
 
 
 def cosine(base_lr: float, step: int, max_steps: int) -> float:

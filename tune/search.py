@@ -1,12 +1,5 @@
-"""Search learning rate and weight decay with Ray Tune (Optuna TPE + ASHA).
-
-    python tune/search.py                      # default sweep on the sample clips (~10 min on 2 CPU cores)
-    python tune/search.py --address auto       # on a running cluster (ray start --head)
-    python tune/search.py --name my_sweep --resume
-    python tune/search.py --address auto --workers-per-trial 4 --gpus-per-worker 1   # each trial on 4 GPUs (Ray Train)
-    python tune/search.py --finetune-from runs/tune/vsr_sweep/best   # the fine-tune phase: LR/WD from the
-                                               # seed's -5 / 0.001 first; exports to runs/tune/vsr_finetune/best
-    python -m tune.search ...                  # the same (`tune` is this repo's package: pip install -e .)
+"""Search learning rate and weight decay with Ray Tune (Optuna TPE + ASHA): ``vsr sweep`` or
+``python tune/search.py`` (the same flags, defined in ``tune/cli.py``; ``--help`` shows examples).
 
 At the end the best trial's best checkpoint is exported to <storage>/<name>/best/
 (checkpoint.pth + best.json), which the Serve app loads.
@@ -23,75 +16,23 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow.fs
 from ray.tune import Callback, Stopper
+from ray.tune.result import TRIAL_ID
+
+from tune.cli import build_parser, finish_args
+from vsr_core.engine import report_keys as keys
 
 if TYPE_CHECKING:
     from vsr_core.checkpoint import BestInfo
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_BASE_CONFIG = REPO_ROOT / "configs" / "sweep_base.json"
-METRIC, MODE = "gain", "max"  # dB over bicubic on the validation set (vsr_core.metrics.gain_over_bicubic)
+METRIC, MODE = keys.GAIN, "max"  # dB over bicubic on the validation set (vsr_core.metrics.gain_over_bicubic)
 # A data-parallel trial only waits on its Ray Train run, whose workers hold the CPUs/GPUs; Tune needs a
 # non-empty request, so it asks for a token share of one CPU.
 DATA_PARALLEL_TRIAL_CPUS = 0.01
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(DEFAULT_BASE_CONFIG), help="base train_config.json for every trial")
-    p.add_argument("--data", nargs="+", help="training videos / frame folders / folders of videos")
-    p.add_argument("--val-data", nargs="+", help="validation videos / frame folders")
-    p.add_argument("--preset", help="model preset (default: the base config's, 'small')")
-    p.add_argument("--num-samples", type=int, default=4, help="number of trials")
-    p.add_argument("--max-steps", type=int, help="optimizer steps per trial (default: the base config's)")
-    p.add_argument("--max-concurrent", type=int, default=2, help="trials running at once")
-    p.add_argument("--cpus-per-trial", type=float, default=1, help="CPUs per trial (torch threads follow)")
-    p.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs per trial, fractions allowed")
-    p.add_argument("--lr-range", type=float, nargs=2, metavar=("MIN", "MAX"),
-                   help="learning-rate range, searched log-uniformly (as LR_EXPONENT); default 1e-4..3e-3, "
-                   "with --finetune-from 1e-6..1e-4")
-    p.add_argument("--wd-range", type=float, nargs=2, metavar=("MIN", "MAX"),
-                   help="weight-decay range, searched log-uniformly; default 1e-4..1e-1, with --finetune-from "
-                   "1e-4..1e-2")
-    p.add_argument("--finetune-from", metavar="CHECKPOINT",
-                   help="the fine-tune phase: every trial starts from this checkpoint's weights (a .pth, run folder "
-                   "or best/), training_phase 'finetune', first trial LR_EXPONENT -5 / WEIGHT_DECAY 0.001; "
-                   "default --name vsr_finetune")
-    p.add_argument("--skip-base-trial", action="store_true",
-                   help="do not start with the base config's own LR_EXPONENT / WEIGHT_DECAY as the first trial")
-    p.add_argument("--time-budget-min", type=float,
-                   help="end the whole sweep after this many minutes (running trials stop; their best checkpoints "
-                   "count): a sweep that fits a fixed time on any machine, as `make demo` does")
-    p.add_argument("--grace-steps", type=int, help="ASHA: steps before a trial may be stopped (default 2 validations)")
-    p.add_argument("--storage-path", default=str(REPO_ROOT / "runs" / "tune"),
-                   help="experiment storage: a local or shared folder, or a URI such as s3://bucket/path")
-    p.add_argument("--name", help="experiment name (a folder under the storage path); default vsr_sweep, "
-                   "vsr_finetune with --finetune-from")
-    p.add_argument("--resume", action="store_true", help="continue the experiment --name (finished trials are kept)")
-    p.add_argument("--address", help="join a running Ray cluster, e.g. 'auto'; default: start a local Ray")
-    p.add_argument("--dashboard-port", type=int, default=8265)
-    p.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial from its checkpoint")
-    p.add_argument("--keep-checkpoints", type=int, default=3,
-                   help="best checkpoints kept per trial (by gain over bicubic); 0 keeps all, which makes resuming after a killed "
-                   "driver safe (see README)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the searcher and of every trial's training")
-    add_data_parallel_args(p)
-    args = p.parse_args(argv)
-    from tune.finetune import EXPERIMENT_NAME, search_ranges
-
-    lr_range, wd_range = search_ranges(bool(args.finetune_from))
-    args.lr_range = tuple(args.lr_range or lr_range)
-    args.wd_range = tuple(args.wd_range or wd_range)
-    args.name = args.name or (EXPERIMENT_NAME if args.finetune_from else "vsr_sweep")
-    return args
-
-
-def add_data_parallel_args(p: argparse.ArgumentParser) -> None:
-    from vsr_core.engine.distributed import add_worker_args
-
-    group = p.add_argument_group("data-parallel trials (Ray Train; see README)")
-    group.add_argument("--workers-per-trial", type=int, default=1, metavar="N",
-                       help="train each trial on N Ray Train workers (DDP); 1 = one process per trial, no Ray Train")
-    add_worker_args(group)
+    """The flags of ``python tune/search.py`` (= ``vsr sweep``), with their derived defaults."""
+    return finish_args(build_parser().parse_args(argv))
 
 
 def data_parallel_space(args: argparse.Namespace) -> dict[str, Any]:
@@ -109,10 +50,12 @@ def base_config(args: argparse.Namespace) -> dict[str, Any]:
     """The base train config with the flags applied; validated here, on the driver, so a typo or a
     missing data path fails in a second instead of in every trial."""
     from vsr_core.config import TrainConfig
+    from vsr_core.configs import config_path
     from vsr_core.data.datasets import expand_sources
     from vsr_core.data.samples import DEFAULT_TRAIN_CLIP, DEFAULT_VAL_CLIP
+    from vsr_core.engine.cli import parse_overrides
 
-    values = TrainConfig.from_json(args.config).to_dict()
+    values = TrainConfig.from_json(config_path(args.config)).to_dict()
     if args.data:
         values["TRAIN_DATA"] = [str(Path(p).resolve()) for p in args.data]  # trials run in their own folders
     if args.val_data:
@@ -126,26 +69,20 @@ def base_config(args: argparse.Namespace) -> dict[str, Any]:
         from tune.finetune import finetune_base
 
         values, args.finetune_from = finetune_base(values, args.finetune_from)
-    config = TrainConfig.from_dict(values)
+    config = TrainConfig.from_dict({**values, **parse_overrides(args.set)})
     expand_sources(config.train_data, DEFAULT_TRAIN_CLIP)
     expand_sources(config.val_data, DEFAULT_VAL_CLIP)
     return config.to_dict()
 
 
 def start_ray(args: argparse.Namespace) -> None:
-    import ray
+    """Join ``--address`` or start a local Ray with its dashboard (nothing when this process has Ray: tests,
+    a notebook), and say where to watch the sweep."""
+    from vsr_core.ray_connect import connect_ray
 
-    from vsr_core.netutil import free_port
-
-    if ray.is_initialized():  # e.g. tests, or a notebook that started Ray itself
+    context = connect_ray(args.address, dashboard=True, dashboard_port=args.dashboard_port)
+    if context is None:
         return
-    if args.address:
-        context = ray.init(address=args.address)
-    else:
-        port = free_port(args.dashboard_port)
-        if port != args.dashboard_port:
-            print(f"port {args.dashboard_port} is in use (another Ray?); the dashboard takes port {port}")
-        context = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port)
     url = context.dashboard_url
     token = Path.home() / ".ray" / "auth_token"
     print("=" * 78)
@@ -250,13 +187,15 @@ def build_tuner(args: argparse.Namespace, base: dict[str, Any], experiment_path:
         points_to_evaluate = base_point(base, args)
     searcher = ConcurrencyLimiter(OptunaSearch(seed=args.seed, points_to_evaluate=points_to_evaluate),
                                   max_concurrent=args.max_concurrent)
-    scheduler = ASHAScheduler(time_attr="step", max_t=max_steps, grace_period=min(max_steps, args.grace_steps or 2 * val_every),
+    scheduler = ASHAScheduler(time_attr=keys.STEP, max_t=max_steps,
+                              grace_period=min(max_steps, args.grace_steps or 2 * val_every),
                               reduction_factor=2)
     fail_fast = FailFast()
     reporter = tune.CLIReporter(
         parameter_columns={"LR_EXPONENT": "lr_exp", "WEIGHT_DECAY": "wd"},
-        metric_columns={"step": "step", "loss_l1": "L1", "loss_perceptual": "perc", "loss_total": "total",
-                        "gain": "gain dB", "psnr": "PSNR", "convergence": "status", "cold_layers": "cold"},
+        metric_columns={keys.STEP: "step", keys.LOSS_L1: "L1", keys.LOSS_PERCEPTUAL: "perc",
+                        keys.LOSS_TOTAL: "total", keys.GAIN: "gain dB", keys.PSNR: "PSNR", keys.CONVERGENCE: "status",
+                        keys.COLD_LAYERS: "cold"},
         max_report_frequency=15,
     )
     return tune.Tuner(
@@ -299,11 +238,11 @@ def trial_status(result) -> str:
     metrics = result.metrics or {}
     if result.error:
         return "error"
-    if "step" not in metrics:
+    if keys.STEP not in metrics:
         return "failed" if trial_failure(result) else "not started"
-    if metrics.get("diverged"):
+    if metrics.get(keys.DIVERGED):
         return "diverged"
-    if metrics.get("step", 0) < metrics.get("config", {}).get("base_config", {}).get("MAX_STEPS", 0):
+    if metrics.get(keys.STEP, 0) < metrics.get("config", {}).get("base_config", {}).get("MAX_STEPS", 0):
         return "stopped early"
     return "finished"
 
@@ -316,13 +255,13 @@ def summary_rows(results) -> list[dict[str, Any]]:
         best = frame.loc[frame[METRIC].idxmax()] if scored else {}
         config = result.config or {}
         rows.append({
-            "trial": (result.metrics or {}).get("trial_id", Path(result.path or "?").name[:20]),
+            "trial": (result.metrics or {}).get(TRIAL_ID, Path(result.path or "?").name[:20]),
             "lr": 10 ** config.get("LR_EXPONENT", float("nan")),
             "wd": config.get("WEIGHT_DECAY", float("nan")),
             "gain": float(best.get(METRIC, float("nan"))),
-            "psnr": float(best.get("psnr", float("nan"))),
+            "psnr": float(best.get(keys.PSNR, float("nan"))),
             "status": trial_status(result),
-            "steps": (result.metrics or {}).get("step", 0),
+            "steps": (result.metrics or {}).get(keys.STEP, 0),
         })
     return rows
 
@@ -336,8 +275,8 @@ def print_summary(rows: list[dict[str, Any]]) -> None:
 
 def export_best(results, experiment_path: str) -> tuple[BestInfo, str] | None:
     """Copy the best trial's best checkpoint to <experiment>/best/ with its best.json; (info, folder)."""
-    from tune.trainable import CHECKPOINT_FILE
-    from vsr_core.checkpoint import BestInfo, write_best
+    from vsr_core.checkpoint import BEST_DIR, BestInfo, write_best
+    from vsr_core.engine.run_start import CHECKPOINT_FILE
 
     try:
         best = results.get_best_result(metric=METRIC, mode=MODE, scope="all")
@@ -350,15 +289,16 @@ def export_best(results, experiment_path: str) -> tuple[BestInfo, str] | None:
     info = BestInfo(
         checkpoint_file=CHECKPOINT_FILE,
         metrics={k: v for k, v in metrics.items()
-                 if isinstance(v, (int, float, str)) and not isinstance(v, bool) and not k.startswith("layer/")},
-        step=metrics.get("step"),
-        trial_id=metrics.get("trial_id"),
+                 if isinstance(v, (int, float, str)) and not isinstance(v, bool)
+                 and not k.startswith(keys.LAYER_PREFIX)},
+        step=metrics.get(keys.STEP),
+        trial_id=metrics.get(TRIAL_ID),
         trial_path=best.path,
         config={k: v for k, v in best.config.items() if k != "base_config"} | {"base_config": best.config["base_config"]},
     )
     fs, root = pyarrow.fs.FileSystem.from_uri(experiment_path) if "://" in experiment_path else (
         pyarrow.fs.LocalFileSystem(), experiment_path)
-    destination = f"{root.rstrip('/')}/best"
+    destination = f"{root.rstrip('/')}/{BEST_DIR}"
     with tempfile.TemporaryDirectory() as staging:
         checkpoint.to_directory(staging)
         write_best(staging, info)
@@ -368,13 +308,18 @@ def export_best(results, experiment_path: str) -> tuple[BestInfo, str] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python tune/search.py``: errors end as ``vsr sweep``'s do (a user error in one line, exit code 2)."""
+    from vsr_core.cli_errors import run_reporting_errors
+
     args = parse_args(argv)
-    try:
-        base = base_config(args)
-        data_parallel_space(args)  # checks the data-parallel flags
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_reporting_errors(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    """The sweep of ``vsr sweep`` / ``python tune/search.py``: check the config, start or join Ray, fit, export.
+    The config and the flags are checked before Ray starts: a typo or a missing data path fails in a second."""
+    base = base_config(args)
+    data_parallel_space(args)  # checks the data-parallel flags
     if "://" not in args.storage_path:
         args.storage_path = str(Path(args.storage_path).resolve())
     experiment_path = f"{args.storage_path.rstrip('/')}/{args.name}"
@@ -394,7 +339,7 @@ def run_sweep(args: argparse.Namespace, base: dict[str, Any], experiment_path: s
     rows = summary_rows(results)
     print_summary(rows)
     failures = [f for f in map(trial_failure, results) if f]
-    if failures and not any("step" in (r.metrics or {}) for r in results):
+    if failures and not any(keys.STEP in (r.metrics or {}) for r in results):
         # Every trial failed before its first report (FailFast ended the sweep): one clear summary.
         messages = sorted({line for line, _ in failures})
         print(f"\nerror: every trial failed before reporting a result ({len(rows)} started); the sweep stopped. "
@@ -417,8 +362,8 @@ def run_sweep(args: argparse.Namespace, base: dict[str, Any], experiment_path: s
     info, destination = exported
     metrics = info.metrics
     print(f"\nbest: trial {info.trial_id} {metrics.get(METRIC, float('nan')):+.2f} dB over bicubic at step {info.step} "
-          f"(Y-PSNR {metrics.get('psnr', float('nan')):.2f} dB, bicubic on the same validation items "
-          f"{metrics.get('bicubic_psnr', float('nan')):.2f} dB, phase {metrics.get('training_phase', '?')}) "
+          f"(Y-PSNR {metrics.get(keys.PSNR, float('nan')):.2f} dB, bicubic on the same validation items "
+          f"{metrics.get(keys.BICUBIC_PSNR, float('nan')):.2f} dB, phase {metrics.get(keys.TRAINING_PHASE, '?')}) "
           f"-> {destination}")
     return 0 if len(errors) < len(rows) else 1
 

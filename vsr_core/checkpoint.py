@@ -61,6 +61,8 @@ TRAINING_PHASES = ("pretrain", "finetune")
 RAW_WEIGHTS_KEY = "raw_model_state_dict"  # in optimizer_state_dict when model_state_dict holds averaged weights
 LATEST_NAME = "latest.pth"
 BEST_INFO_NAME = "best.json"
+BEST_DIR = "best"  # a sweep exports its best checkpoint to <experiment>/best/ (tune/search.py)
+CHECKPOINT_FILE = "checkpoint.pth"  # the engine's checkpoint inside a reported (Tune or Ray Train) checkpoint folder
 
 
 SAVE_ATTEMPTS = 3  # tries of a failing checkpoint write before CheckpointError
@@ -207,7 +209,7 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
     (also the folder holding ``best/``)."""
     path = Path(path)
     if path.is_dir():
-        for folder in (path, path / "best"):
+        for folder in (path, path / BEST_DIR):
             info = read_best(folder) if folder.is_dir() else None
             if info is not None:
                 return folder / info.checkpoint_file

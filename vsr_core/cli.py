@@ -1,7 +1,8 @@
-"""The ``vsr`` command: upscale, evaluate, train, export."""
+"""The ``vsr`` command: upscale, evaluate, train, export; and the apps' sweep, serve, client (``vsr_core.commands``)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
@@ -10,6 +11,8 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
+from vsr_core.cli_errors import run_reporting_errors
+from vsr_core.commands import CommandUnavailable, add_commands, unavailable_reason
 from vsr_core.engine.cli import add_train_parser
 from vsr_core.export import FORMATS
 from vsr_core.metrics import format_gain
@@ -18,6 +21,8 @@ from vsr_core.video.plan import DEFAULT_CHUNK_FRAMES
 
 if TYPE_CHECKING:
     import torch
+
+    from vsr_core.video.batch import Batch
 
 
 def _model_from_args(args: argparse.Namespace) -> torch.nn.Module:
@@ -63,35 +68,43 @@ def _add_encoder_args(parser: argparse.ArgumentParser) -> None:
 def _chunk_runner(args: argparse.Namespace):
     """What runs the chunks and where, in words: an Upscaler in this process, or (--ray) the
     model and the options on Ray chunk workers (a --device that contradicts their GPUs fails
-    here, before Ray starts). Ray is connected to --address, else a local instance is started."""
+    here, before Ray starts). Ray is connected to --address, else a local instance is started;
+    the third value says whether this command made that connection (and so ends it)."""
     from vsr_core.inference import Upscaler
 
     options = InferenceOptions.from_args(args)
     if not args.ray:
         upscaler = Upscaler(_model_from_args(args), options)
-        return upscaler, f"on {upscaler.device}, {upscaler.precision}, {upscaler.backend}"
-    import ray
-
+        return upscaler, f"on {upscaler.device}, {upscaler.precision}, {upscaler.backend}", False
+    from vsr_core.ray_connect import connect_ray
     from vsr_core.video.ray_workers import RayExecutor, RayPool
 
     pool = RayPool(workers=args.workers, num_cpus=args.cpus_per_worker, num_gpus=args.gpus_per_worker)
     executor = RayExecutor(_model_from_args(args), options, pool)
-    ray.init(address=args.address, log_to_driver=False, configure_logging=False)
+    # Shut Ray down afterwards only when this command connected it (an embedding process keeps its own).
+    owns_ray = connect_ray(args.address, log_to_driver=False, configure_logging=False) is not None
     worker = executor.options
     return executor, (f"on {pool.size()} Ray workers ({worker.device}), precision {worker.precision} (as each "
-                      f"worker resolves it), {worker.backend}")
+                      f"worker resolves it), {worker.backend}"), owns_ray
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
     from vsr_core.data.video_encoder import EncoderSettings, PngSettings
+    from vsr_core.video.batch import plan_batch
     from vsr_core.video.pipeline import upscale_file
     from vsr_core.video.plan import default_work_folder
 
     encoder = EncoderSettings(args.codec, args.crf, args.preset, args.pix_fmt)  # checked before the model loads
     png = None if args.png_level is None else PngSettings(args.png_level)
-    runner, where = _chunk_runner(args)
-    print(f"upscaling {args.input} {where}", flush=True)
-    _say_if_matroska(args.input, args.output)
+    batch = plan_batch(args.input, args.output, resume=args.resume, max_frames=args.max_frames,
+                       chunk_frames=args.chunk_frames, encoder=encoder, work_folder=args.work_folder,
+                       preview=args.preview, png=png)  # None: one clip, a video or a frame folder (rule in video/batch.py)
+    if batch is not None:
+        return _upscale_batch(args, batch)
+    source = args.input[0]
+    runner, where, owns_ray = _chunk_runner(args)
+    print(f"upscaling {source} {where}", flush=True)
+    _say_if_matroska(source, args.output)
     bar = tqdm(total=None, unit="frame", desc="upscale", dynamic_ncols=True)
 
     def show(progress) -> None:  # frames done across all workers
@@ -99,7 +112,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         bar.update(progress.frames_done - bar.n)
 
     try:
-        result = upscale_file(args.input, args.output, runner, on_progress=show, max_frames=args.max_frames,
+        result = upscale_file(source, args.output, runner, on_progress=show, max_frames=args.max_frames,
                               chunk_frames=args.chunk_frames, work_folder=args.work_folder, resume=args.resume,
                               encoder=encoder, preview=args.preview, png=png)
     except KeyboardInterrupt:
@@ -110,12 +123,37 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         return 130
     finally:
         bar.close()
-        if args.ray:
+        if owns_ray:
             import ray
 
             ray.shutdown()
     _print_result(result)
     return 0
+
+
+def _upscale_batch(args: argparse.Namespace, batch: Batch) -> int:
+    """Many videos into one folder: one Ray connection (with --ray) for all of them."""
+    from vsr_core.batch_console import BatchConsole
+    from vsr_core.video.batch import FINISHED, run_batch
+
+    runner, where, owns_ray = _chunk_runner(args)
+    print(f"upscaling {len(batch.items)} videos into {batch.out_dir} {where}", flush=True)
+    for item in batch.items:
+        if item.state != FINISHED and item.output != item.requested:
+            _say_if_matroska(item.source, item.requested)
+    console = BatchConsole(batch)
+    try:
+        outcomes = run_batch(batch, runner, console)
+    except KeyboardInterrupt:
+        console.interrupted()
+        return 130
+    finally:
+        console.close()
+        if owns_ray:
+            import ray
+
+            ray.shutdown()
+    return console.summary(outcomes)
 
 
 def _print_result(result) -> None:
@@ -212,12 +250,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vsr", description="VSR+++ v2 3x video super-resolution")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of every error (also after the "
+                        "command: vsr train ... --debug)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    up = sub.add_parser("upscale", help="upscale a video or frame folder 3x")
-    up.add_argument("input", help="video file (mp4/mkv/avi/...) or folder of PNG/JPEG frames")
-    up.add_argument("output", help="output .mp4/.mkv (same timing, audio and subtitles kept) or a folder for PNG "
-                    "frames; a path or a storage URI (s3://..., gs://...)")
+    up = sub.add_parser("upscale", help="upscale a video, a frame folder or many videos 3x")
+    up.add_argument("input", nargs="+", metavar="INPUT",
+                    help="video file (mp4/mkv/avi/...), or a folder: of PNG/JPEG frames (one clip) or of videos "
+                    "(a batch; a folder holding both is refused); several video files are a batch too")
+    up.add_argument("output", metavar="OUTPUT", help="output .mp4/.mkv (same timing, audio and subtitles kept) or a "
+                    "folder for PNG frames; a path or a storage URI (s3://..., gs://...). For a batch, a folder: "
+                    "one output per input, with its name and extension")
     up.add_argument("--max-frames", type=int, default=None, help="only the first N frames (and their audio)")
     up.add_argument("--preview", type=float, nargs=2, metavar=("START", "DURATION"), default=None,
                     help="upscale only DURATION seconds from START, and print the speed and the projected time "
@@ -259,16 +302,27 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=cmd_export)
 
     add_train_parser(sub)
+    add_commands(sub)  # sweep, serve, client: the apps' entry points
+    for command in sub.choices.values():  # `vsr train ... --debug` too
+        with contextlib.suppress(argparse.ArgumentError):  # a subcommand with a --debug of its own keeps it
+            command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
+    """Run a ``vsr`` command: a user error ends in one line (exit code 2), anything else with its traceback."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    reason = unavailable_reason(args)
+    if unknown and reason is None:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+
+    def command() -> int | None:
+        if reason is not None:
+            raise CommandUnavailable(reason)
         return args.func(args)
-    except (RuntimeError, ValueError, FileNotFoundError, MemoryError) as exc:  # MemoryError: over --memory-budget
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+
+    return run_reporting_errors(command, debug=args.debug)
 
 
 if __name__ == "__main__":

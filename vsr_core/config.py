@@ -23,6 +23,10 @@ VGG_WEIGHT_CHOICES = ("imagenet", "random")
 FINETUNE_DEFAULTS = {"LR_EXPONENT": -5.0, "WEIGHT_DECAY": 0.001}
 
 
+# keys whose values are paths on the machine that trains (not shown where paths must not be: the Serve API)
+PATH_KEYS = ("TRAIN_DATA", "VAL_DATA", "VGG_WEIGHTS_PATH", "OUTPUT_DIR")
+
+
 class ConfigError(ValueError):
     pass
 

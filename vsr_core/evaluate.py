@@ -19,7 +19,7 @@ from vsr_core.frames import to_tensor, to_uint8
 from vsr_core.data.video_io import iter_frames
 from vsr_core.inference import Upscaler
 from vsr_core.metrics import psnr, ssim
-from vsr_core.metrics.temporal import flicker_pair, tof_pair
+from vsr_core.metrics.temporal import flicker, flicker_pair, tof, tof_pair
 
 
 @dataclass(frozen=True)
@@ -96,3 +96,24 @@ def evaluate_clip(
 ) -> ClipScores:
     frames = (center_crop(f, crop) for f in iter_frames(path, max_frames))
     return evaluate_frames(upscaler, frames, Path(path).name)[0]
+
+
+@dataclass(frozen=True)
+class FrameScores:
+    """An upscaled clip against its HR frames: Y-PSNR per frame, and its tOF and flicker (None for one frame)."""
+
+    psnr: list[float]
+    tof: float | None
+    flicker: float | None
+
+
+def score_frames(outputs: list[np.ndarray], hrs: list[np.ndarray], crop_border: int = SCALE,
+                 gt_flows: list[np.ndarray] | None = None) -> FrameScores:
+    """Score uint8 outputs against their HR frames (the conventions of ``evaluate_frames``);
+    ``gt_flows``: ``metrics.temporal.clip_flows(hrs)`` when several outputs of the same frames are scored."""
+    if len(outputs) != len(hrs):
+        raise ValueError(f"{len(outputs)} outputs for {len(hrs)} HR frames")
+    psnrs = [float(psnr(sr, hr, crop_border, y_channel=True)) for sr, hr in zip(outputs, hrs)]
+    if len(hrs) < 2:
+        return FrameScores(psnrs, None, None)
+    return FrameScores(psnrs, tof(outputs, hrs, crop_border, gt_flows), flicker(outputs, hrs, crop_border))

@@ -26,6 +26,13 @@ def _filesystem(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
         raise ValueError(f"unsupported storage location {uri!r}: {exc}") from None
 
 
+def filesystem(location: str | os.PathLike) -> tuple[pyarrow.fs.FileSystem, str]:
+    """(filesystem, path in it) of a URI, or of a local path (absolute, ``~`` expanded, symlinks resolved)."""
+    if is_uri(location):
+        return _filesystem(str(location))
+    return pyarrow.fs.LocalFileSystem(), os.path.realpath(os.path.expanduser(str(location)))
+
+
 def exists(location: str | os.PathLike) -> bool:
     if not is_uri(location):
         return Path(location).exists()

@@ -1,5 +1,6 @@
-// The before/after view of the page: bicubic left of the divider, the model right of it, on one
-// canvas (so the divider is an <input type=range>), and a pixel-exact (nearest-neighbour) zoom.
+// The before/after view of the page: one picture left of the divider (bicubic), another right of it
+// (the model; in a model compare, any two results), on one canvas (so the divider is an
+// <input type=range>), and a pixel-exact (nearest-neighbour) zoom.
 'use strict';
 window.vsrCompare = (() => {
   const $ = (id) => document.getElementById(id);
@@ -28,7 +29,7 @@ window.vsrCompare = (() => {
 
   const toPng = (canvas) => new Promise((resolve) => canvas.toBlob(resolve, 'image/png'));
 
-  function show(bicubic, model, name) {
+  function show(bicubic, model, name, rightName = 'model') {
     view.model = model;
     view.bicubic = bicubic && (bicubic.width !== model.width || bicubic.height !== model.height)
       ? canvasOf(bicubic, model.width, model.height) : bicubic;
@@ -38,6 +39,8 @@ window.vsrCompare = (() => {
     if (!view.zoom) view.zoom = { x: model.width / 2, y: model.height / 2 };
     $('left-name').textContent = name;
     $('zoom-left-name').textContent = name;
+    $('right-name').textContent = rightName;
+    $('zoom-right-name').textContent = rightName;
     render();
   }
 

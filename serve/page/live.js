@@ -143,6 +143,11 @@
     if (live.ws.readyState === WebSocket.OPEN) live.ws.send(JSON.stringify({ type: 'end' }));
   }
 
+  function base64url(text) {
+    const bytes = new TextEncoder().encode(text);
+    return btoa(String.fromCharCode(...bytes)).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+  }
+
   function start(video) {
     showError('');
     $('live-note').textContent = '';
@@ -154,18 +159,22 @@
     $('live-view').dataset.state = 'running';
     setRunning(true);
     const scheme = window.location.protocol === 'https:' ? 'wss' : 'ws';
-    const ws = new WebSocket(`${scheme}://${window.location.host}/v1/stream`);
+    // A browser cannot set headers on a WebSocket: the key goes in a subprotocol, checked before the
+    // server accepts the socket (a refused one never opens, and the browser is told no more).
+    const protocols = page.key() ? ['vsr.v1', `bearer.${base64url(page.key())}`] : [];
+    const ws = new WebSocket(`${scheme}://${window.location.host}/v1/stream`, protocols);
     ws.binaryType = 'arraybuffer';
     live.ws = ws;
+    let opened = false;
     ws.onopen = () => {
-      const header = { ...live.size, format: 'raw', output: $('live-output').value };
-      if (page.key()) header.token = page.key(); // a browser cannot set headers on a WebSocket
-      ws.send(JSON.stringify(header));
+      opened = true;
+      ws.send(JSON.stringify({ ...live.size, format: 'raw', output: $('live-output').value }));
       watchFrames(video);
     };
     let handled = Promise.resolve(); // one message after the other: drawing a frame is asynchronous
     ws.onmessage = (event) => { handled = handled.then(() => onMessage(event)).catch((err) => showError(err.message)); };
-    ws.onerror = () => showError('the stream failed: cannot reach the server');
+    ws.onerror = () => showError(opened ? 'the stream failed: cannot reach the server'
+      : 'the server refused the stream: a wrong API key, or too many open streams (try again later)');
     ws.onclose = () => {
       if (live.ws !== ws) return;
       stopSource();

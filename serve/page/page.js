@@ -1,20 +1,22 @@
-// The page of the Serve app: model card, upload (a video -> a job; 5 frames -> /v1/upscale),
-// live progress with cancel, a before/after compare (exact 3x bicubic from /v1/bicubic vs the
-// model) with a pixel-exact zoom, downloads; the live stream is live.js. Vanilla JS, no build
-// step, nothing from a CDN.
+// The page of the Serve app: the API and its key, upload (a video -> a job; several videos -> the
+// jobs list of jobs.js; 5 frames -> /v1/upscale), live progress with cancel, a before/after compare
+// (exact 3x bicubic from /v1/bicubic vs the model, or any two results of a model compare: models.js)
+// with a pixel-exact zoom, downloads. The model card is card.js, the experiments experiments.js, the
+// live stream live.js. Vanilla JS, no build step, nothing from a CDN.
 'use strict';
 (() => {
   const $ = (id) => document.getElementById(id);
   const compare = window.vsrCompare; // compare.js
   const KEY_STORE = 'vsr-api-key'; // sessionStorage: this tab only, never in a URL
   const VIDEO_TYPES = ['video/mp4', 'video/quicktime', 'video/x-matroska', 'video/webm'];
+  const VIDEO_NAME = /\.(mp4|mov|mkv|webm|avi)$/i;
   const IMAGE_TYPES = ['image/png', 'image/jpeg'];
   const POLL_MS = 400;
 
   const state = {
     key: sessionStorage.getItem(KEY_STORE) || '', limits: null, busy: false, job: null, xhr: null,
     urls: [], pngUrl: null, frames: 1, frameToken: 0,
-    stem: 'result', sourceOk: false, mode: null,
+    stem: 'result', sourceOk: false, mode: null, renderFrame: null,
   };
 
   class ApiError extends Error {
@@ -66,69 +68,9 @@
     state.key = $('api-key').value.trim();
     $('api-key').value = '';
     sessionStorage.setItem(KEY_STORE, state.key);
-    loadModel();
-  });
-
-  // --- model card -----------------------------------------------------------------------
-  const metric = (metrics, names) => {
-    for (const name of names) if (metrics && typeof metrics[name] === 'number' && isFinite(metrics[name])) return metrics[name];
-    return null;
-  };
-
-  function renderCard(rows) {
-    const card = $('model-card');
-    card.replaceChildren();
-    for (const [id, label, value] of rows) {
-      const dt = document.createElement('dt');
-      const dd = document.createElement('dd');
-      dt.textContent = label;
-      dd.id = `model-${id}`;
-      if (value === null || value === undefined) {
-        dd.textContent = 'not available';
-        dd.className = 'na';
-      } else {
-        dd.textContent = value;
-      }
-      card.append(dt, dd);
-    }
-  }
-
-  async function loadModel() {
-    renderCard([['status', 'Status', 'loading…']]);
-    let info;
-    try {
-      info = await (await api('/v1/model')).json();
-    } catch (err) {
-      renderCard([['status', 'Status', err.status === 401 ? 'needs an API key' : err.message]]);
-      return;
-    }
     $('auth').hidden = true;
-    state.limits = info.limits || null;
-    const m = info.metrics;
-    const psnr = metric(m, ['psnr', 'psnr_y', 'val_psnr']);
-    const ssim = metric(m, ['ssim', 'ssim_y', 'val_ssim']);
-    const bPsnr = metric(m, ['bicubic_psnr', 'bicubic_psnr_y']);
-    const bSsim = metric(m, ['bicubic_ssim', 'bicubic_ssim_y']);
-    const db = (v) => (v === null ? null : `${v.toFixed(2)} dB`);
-    const gain = psnr !== null && bPsnr !== null ? `${psnr - bPsnr >= 0 ? '+' : ''}${(psnr - bPsnr).toFixed(2)} dB` : null;
-    renderCard([
-      ['preset', 'Preset', info.preset],
-      ['step', 'Step', String(info.step)],
-      ['phase', 'Training phase', info.training_phase],
-      ['architecture', 'Architecture', info.architecture
-        ? `${info.architecture.channels} channels, ${info.architecture.blocks_per_branch}+${info.architecture.blocks_per_branch} blocks`
-        : null],
-      ['parameters', 'Parameters', typeof info.parameters === 'number' ? info.parameters.toLocaleString('en-US') : null],
-      ['psnr', 'Val PSNR', db(psnr)],
-      ['bicubic-psnr', 'Bicubic PSNR', db(bPsnr)],
-      ['gain', 'Gain', gain],
-      ['ssim', 'Val SSIM', ssim === null ? null : ssim.toFixed(4)],
-      ['bicubic-ssim', 'Bicubic SSIM', bSsim === null ? null : bSsim.toFixed(4)],
-      ['device', 'Device', info.device],
-      ['checkpoint', 'Checkpoint', info.checkpoint ? `${info.checkpoint} (${info.checkpoint_id})` : null],
-    ]);
-    if (gain) $('model-gain').className = 'gain';
-  }
+    document.dispatchEvent(new Event('vsr-key')); // card.js, jobs.js, experiments.js load again
+  });
 
   // --- upload ---------------------------------------------------------------------------
   const showError = (message) => { $('upload-error').textContent = message; };
@@ -164,8 +106,11 @@
     handleFiles(files);
   });
 
+  const isVideo = (file) => VIDEO_TYPES.includes(file.type) || file.type.startsWith('video/') || VIDEO_NAME.test(file.name);
+
   function handleFiles(files) {
     showError('');
+    if (files.length > 1 && files.every(isVideo)) return window.vsrJobs.queue(files); // jobs.js: one job each
     if (state.busy) return showError('wait for the current upload to finish, or cancel it');
     if (files.length === 5) return runWindow(files.sort((a, b) => a.name.localeCompare(b.name, undefined, { numeric: true })));
     if (files.length !== 1) return showError(`choose one video or exactly 5 frames (got ${files.length} files)`);
@@ -179,15 +124,23 @@
   }
 
   function uploadVideo(file) {
+    return postVideo(file, (xhr) => { state.xhr = xhr; }, (e) => {
+      if (e.lengthComputable) setProgress('Uploading', e.loaded / e.total, `${mb(e.loaded)} of ${mb(e.total)} MB`);
+    }).then((id) => {
+      document.dispatchEvent(new CustomEvent('vsr-job', { detail: id })); // jobs.js lists it
+      return id;
+    });
+  }
+
+  function postVideo(file, started, progress) {
+    // POST /v1/jobs with upload progress (XMLHttpRequest, not fetch: fetch does not report it) -> the job id
     return new Promise((resolve, reject) => {
-      const xhr = new XMLHttpRequest(); // not fetch: it reports upload progress
-      state.xhr = xhr;
+      const xhr = new XMLHttpRequest();
+      started(xhr);
       xhr.open('POST', `/v1/jobs?filename=${encodeURIComponent(file.name)}`);
       xhr.setRequestHeader('Content-Type', VIDEO_TYPES.includes(file.type) ? file.type : 'application/octet-stream');
       if (state.key) xhr.setRequestHeader('Authorization', `Bearer ${state.key}`);
-      xhr.upload.onprogress = (e) => {
-        if (e.lengthComputable) setProgress('Uploading', e.loaded / e.total, `${mb(e.loaded)} of ${mb(e.total)} MB`);
-      };
+      xhr.upload.onprogress = progress;
       xhr.onload = () => {
         let body = null;
         try { body = JSON.parse(xhr.responseText); } catch (_) { /* not JSON */ }
@@ -290,7 +243,7 @@
     state.frameToken += 1;
     for (const url of state.urls) URL.revokeObjectURL(url);
     if (state.pngUrl) URL.revokeObjectURL(state.pngUrl);
-    Object.assign(state, { urls: [], pngUrl: null, job: null, mode: null });
+    Object.assign(state, { urls: [], pngUrl: null, job: null, mode: null, renderFrame: null });
     compare.clear();
     for (const id of ['video-source', 'video-result']) $(id).removeAttribute('src');
     $('result').hidden = true;
@@ -301,8 +254,22 @@
 
   function showResult() {
     $('result').hidden = false;
-    $('frame-pick').hidden = state.mode !== 'video';
+    $('frame-pick').hidden = state.mode !== 'video' && state.mode !== 'frames';
     $('download-video').hidden = state.mode !== 'video';
+    $('compare-picks').hidden = state.mode !== 'frames';
+  }
+
+  function showFrames(count, stem, renderFrame) {
+    // The compare view over ``count`` frames drawn by ``renderFrame(i)`` (models.js: a model compare).
+    resetResult();
+    Object.assign(state, { mode: 'frames', frames: count, stem, renderFrame });
+    showResult();
+    const frame = $('frame');
+    frame.max = String(count - 1);
+    frame.value = '0';
+    $('frame-out').value = `1 / ${count}`;
+    $('result').scrollIntoView({ block: 'nearest' });
+    renderFrame(0);
   }
 
   function loadVideo(video, url) {
@@ -377,7 +344,12 @@
   }
 
   $('frame').addEventListener('input', (event) => {
-    if (state.mode === 'video') showVideoFrame(Number(event.target.value));
+    const i = Number(event.target.value);
+    if (state.mode === 'video') showVideoFrame(i);
+    if (state.mode === 'frames') {
+      $('frame-out').value = `${i + 1} / ${state.frames}`;
+      state.renderFrame(i);
+    }
   });
 
   function setPng(blob, suffix) {
@@ -387,6 +359,8 @@
     $('download-png').download = `${state.stem}_${suffix}.png`;
   }
 
-  window.vsrPage = { key: () => state.key, limits: () => state.limits, askForKey }; // for live.js
-  loadModel();
+  window.vsrPage = { // for card.js, jobs.js, models.js, experiments.js and live.js
+    key: () => state.key, limits: () => state.limits, setLimits: (limits) => { state.limits = limits; },
+    askForKey, api, ApiError, postVideo, isVideo, stemOf, setPng, showFrames,
+  };
 })();

@@ -12,6 +12,13 @@ Frames keep their presentation timestamps (``pts``, in the stream's ``time_base`
 forward), which is how the video engine gives each chunk its own frames, and ``FrameWriter``
 writes frames at the timestamps it is given, so an upscaled video keeps the input's timing,
 with the encoder settings (``video_encoder``) and colour tags it is given.
+
+Every decoded frame must have the size the container declares (``check_frame_size``): a video
+whose frames grow mid-stream fails with a ``VideoReadError`` at that frame, and FFmpeg's own
+decoders are told the size too (``max_pixels``), so they refuse a much larger frame before
+allocating it. ``probe_video(path, max_pixels)`` refuses a declared size above the limit before
+it decodes anything (``VideoTooLargeError``). Opening an untrusted file at all happens in a
+child process with memory and time limits (``vsr_core.data.video_probe``).
 """
 from __future__ import annotations
 
@@ -49,6 +56,15 @@ MAX_REORDER_FRAMES = 64  # more than any encoder's frame reordering (x265 at mos
 
 class VideoReadError(RuntimeError):
     pass
+
+
+class VideoTooLargeError(VideoReadError):
+    """The video's frames have more pixels than allowed."""
+
+
+# FFmpeg checks a frame's allocation against max_pixels with its coded size (padded to the
+# codec's blocks and the stride alignment), so the limit it gets has this much slack per side.
+DECODER_SLACK = 128
 
 
 @dataclass(frozen=True)
@@ -102,7 +118,29 @@ def open_container(path) -> av.container.InputContainer:
     return container
 
 
-def probe_video(path) -> VideoInfo:
+def _declared_size(stream, path, max_pixels: int | None = None) -> tuple[int, int]:
+    """(width, height) the container declares for the stream's frames, checked against
+    ``max_pixels``; the decoder is told to refuse frames much larger than that."""
+    width, height = stream.codec_context.width, stream.codec_context.height
+    if max_pixels is not None and width * height > max_pixels:
+        raise VideoTooLargeError(f"{path}: frames are {width}x{height}; the limit is {max_pixels} pixels per frame")
+    if width > 0 and height > 0:
+        stream.codec_context.options = {**(stream.codec_context.options or {}),
+                                        "max_pixels": str((width + DECODER_SLACK) * (height + DECODER_SLACK))}
+    return width, height
+
+
+def check_frame_size(frame: av.VideoFrame, size: tuple[int, int], path) -> None:
+    """Every frame has the size the container declared (0x0: not declared)."""
+    if size[0] > 0 and (frame.width, frame.height) != size:
+        when = f" at {frame.time:.3f} s" if frame.time is not None else ""
+        raise VideoReadError(f"{path}: the frame{when} is {frame.width}x{frame.height}, the video's frames are "
+                             f"{size[0]}x{size[1]}; a size change within a video is not supported")
+
+
+def probe_video(path, max_pixels: int | None = None) -> VideoInfo:
+    """What the video is (size upright, timing, colour). With ``max_pixels``, a larger declared
+    frame size raises ``VideoTooLargeError`` before any frame is decoded."""
     _check_source(path)
     if _is_folder(path):
         files = _frame_files(Path(path))
@@ -111,11 +149,12 @@ def probe_video(path) -> VideoInfo:
     with open_container(path) as container:
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate or Fraction(DEFAULT_FOLDER_FPS)
-        height, width = stream.codec_context.height, stream.codec_context.width
+        width, height = _declared_size(stream, path, max_pixels)
         color = _color_of(stream, path)
         rotation = 0
         try:  # the display rotation and HDR10 metadata come with decoded frames: decode the first one
             first = next(container.decode(stream))
+            check_frame_size(first, (width, height), path)
             rotation, color = first.rotation, with_hdr10_metadata(color, first)
         except (av.FFmpegError, StopIteration):
             pass  # no frame: iter_timed_frames says so
@@ -140,14 +179,35 @@ def frame_timestamps(path) -> list[int]:
     if _is_folder(path):
         return list(range(len(_frame_files(Path(path)))))
     with open_container(path) as container:
-        stream = container.streams.video[0]
-        try:
-            stamps = [p.pts for p in container.demux(stream) if p.size and p.pts is not None]
-        except av.FFmpegError as exc:
-            raise VideoReadError(f"cannot read video {path}: {exc}") from None
+        stamps = list(_frame_packets(container, path))
     if not stamps:
         raise VideoReadError(f"video {path} contains no frames")
     return sorted(stamps)
+
+
+def count_frames(path, stop_after: int | None = None) -> int:
+    """The frames of a video, counted as ``frame_timestamps`` counts them (its packets, no
+    decoding); with ``stop_after``, counting stops one frame past it (enough to say "too many")."""
+    if _is_folder(path):
+        return len(frame_timestamps(path))
+    count = 0
+    with open_container(path) as container:
+        for _ in _frame_packets(container, path):
+            count += 1
+            if stop_after is not None and count > stop_after:
+                break
+    return count
+
+
+def _frame_packets(container, path) -> Iterator[int]:
+    """The pts of the video stream's packets that hold a frame, in file order."""
+    stream = container.streams.video[0]
+    try:
+        for packet in container.demux(stream):
+            if packet.size and packet.pts is not None:
+                yield packet.pts
+    except av.FFmpegError as exc:
+        raise VideoReadError(f"cannot read video {path}: {exc}") from None
 
 
 def _as_rgb(frame: np.ndarray, source: str) -> np.ndarray:
@@ -181,11 +241,13 @@ def iter_timed_frames(path, start_pts: int | None = None, count: int | None = No
     with open_container(path) as container:
         stream = container.streams.video[0]
         color = _color_of(stream, path)
+        size = _declared_size(stream, path)
         reformatter, orientation = VideoReformatter(), None
         try:
             if start_pts is not None:
                 container.seek(start_pts, stream=stream, backward=True, any_frame=False)
             for frame in container.decode(stream):
+                check_frame_size(frame, size, path)  # before converting it, frame by frame
                 pts = frame.pts if frame.pts is not None else produced
                 if start_pts is not None:
                     if pts < start_pts:

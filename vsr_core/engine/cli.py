@@ -10,9 +10,13 @@ from pathlib import Path
 
 from vsr_core.checkpoint import load_checkpoint
 from vsr_core.config import FINETUNE_DEFAULTS, ConfigError, TrainConfig, parse_value
+from vsr_core.configs import config_path, is_shipped_name, shipped_names
+from vsr_core.engine import report_keys
 from vsr_core.engine.console import LiveConsole, PlainConsole
 from vsr_core.engine.distributed import add_worker_args, effective_batch_text, scaled_lr_exponent
-from vsr_core.engine.trainer import Trainer, TrainingHooks
+from vsr_core.engine.hooks import TrainingHooks
+from vsr_core.engine.run_start import start_run
+from vsr_core.engine.trainer import Trainer
 from vsr_core.metrics import format_gain
 
 
@@ -29,11 +33,11 @@ def parse_overrides(items: list[str]) -> dict:
 
 def load_config(path: str | None, overrides: list[str], resume: str | None = None,
                 finetune_from: str | None = None) -> TrainConfig:
-    """The config file's keys (or, resuming or fine-tuning without one, the checkpoint's own config)
-    plus ``--set``. A fine-tune starts from the seed's LR_EXPONENT and WEIGHT_DECAY for that phase
-    (``FINETUNE_DEFAULTS``) unless ``--set`` gives them."""
+    """The config file's keys (``path``: a file or a shipped config's name; or, resuming or fine-tuning
+    without one, the checkpoint's own config) plus ``--set``. A fine-tune starts from the seed's
+    LR_EXPONENT and WEIGHT_DECAY for that phase (``FINETUNE_DEFAULTS``) unless ``--set`` gives them."""
     if path:
-        base = TrainConfig.from_json(path).to_dict()
+        base = TrainConfig.from_json(config_path(path)).to_dict()
     elif resume or finetune_from:
         # not the defaults: they would be another run (preset, data...)
         base = load_checkpoint(resume or finetune_from)["config"]
@@ -76,18 +80,22 @@ class StopOnInterrupt:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.resume and args.finetune_from:
+        raise ConfigError("give either --resume (continue a run) or --finetune-from (a new run from its weights)")
     config = load_config(args.config, args.set, args.resume, args.finetune_from)
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
     if args.workers > 1:
         return train_on_ray(args, config)
-    trainer = Trainer(config, resume_from=args.resume, finetune_from=args.finetune_from)
+    trainer = start_run(config, resume_from=args.resume, finetune_from=args.finetune_from)
     run_config = trainer.output_dir / "train_config.json"
     config.save(run_config)
     print(f"training {config.preset} on {trainer.device} ({trainer.precision}) -> {trainer.output_dir} "
           f"(lr {config.learning_rate:.1e}, wd {config.weight_decay}, {effective_batch_text(config, 1)}, "
           f"phase {trainer.training_phase}, from step {trainer.step})", flush=True)
-    console = make_console(trainer, Path(args.config) if args.config else run_config, args.plain)
+    # the live console saves changed keys to the user's config file; a shipped one stays as shipped
+    user_file = args.config and not is_shipped_name(args.config)
+    console = make_console(trainer, config_path(args.config) if user_file else run_config, args.plain)
     latest = trainer.output_dir / "latest.pth"
     try:
         with StopOnInterrupt(trainer) as interrupt, console:
@@ -108,13 +116,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def train_on_ray(args: argparse.Namespace, config: TrainConfig) -> int:
-    """``--workers N``: one data-parallel run of N Ray Train workers (see ``engine.on_ray``). Rank 0 prints
+    """``--workers N``: one data-parallel run of N Ray Train workers (see ``engine.ray_train``). Rank 0 prints
     the log lines and writes OUTPUT_DIR (latest.pth, tensorboard/); Ray Train keeps the checkpoint of each
     validation in OUTPUT_DIR/ray_train_<time> and restarts a failed group from the last one."""
     import ray
     import ray.train
 
-    from vsr_core.engine.on_ray import CHECKPOINT_FILE, fit_on_ray_train
+    from vsr_core.engine.ray_train import fit_on_ray_train
+    from vsr_core.engine.run_start import CHECKPOINT_FILE
+    from vsr_core.ray_connect import connect_ray
 
     if not args.resume:  # a resumed run goes on with its checkpoint's LR (already scaled) unless --set changes it
         config = config.replace(lr_exponent=scaled_lr_exponent(config.lr_exponent, args.workers, args.lr_scaling))
@@ -124,9 +134,7 @@ def train_on_ray(args: argparse.Namespace, config: TrainConfig) -> int:
     config.save(output / "train_config.json")
     print(f"training {config.preset} on {args.workers} Ray Train workers -> {output} (lr {config.learning_rate:.1e}, "
           f"wd {config.weight_decay}, {effective_batch_text(config, args.workers)})", flush=True)
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=args.address)
+    started = connect_ray(args.address) is not None
     try:
         result = fit_on_ray_train(
             # a new name per launch: Ray Train would otherwise continue the previous run found under the same one
@@ -142,14 +150,16 @@ def train_on_ray(args: argparse.Namespace, config: TrainConfig) -> int:
         if started:
             ray.shutdown()
     reported = f"; last reported checkpoint {result.checkpoint.path}/{CHECKPOINT_FILE}" if result.checkpoint else ""
-    print(f"done: step {(result.metrics or {}).get('step')}, checkpoint {output / 'latest.pth'}{reported}", flush=True)
+    step = (result.metrics or {}).get(report_keys.STEP)
+    print(f"done: step {step}, checkpoint {output / 'latest.pth'}{reported}", flush=True)
     return 0
 
 
 def add_train_parser(sub) -> None:
     train = sub.add_parser("train", help="train one run (the Option B loop)")
-    train.add_argument("--config", help="train_config.json (the seed's keys plus the rest; see README); "
-                       "with --resume and no --config, the checkpoint's own config")
+    train.add_argument("--config", help="a train_config.json (the seed's keys plus the rest; see README) or a "
+                       f"shipped config's name ({', '.join(shipped_names())}); with --resume and no --config, the "
+                       "checkpoint's own config")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. --set MAX_STEPS=500 (repeatable)")
     train.add_argument("--resume", help="continue a run from its checkpoint (e.g. runs/x/latest.pth); "

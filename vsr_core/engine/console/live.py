@@ -28,7 +28,8 @@ from vsr_core.engine.console.menu import apply_line, edit_line
 from vsr_core.engine.console.render import render, render_text
 from vsr_core.engine.console.state import ConsoleRecorder, MenuState
 from vsr_core.engine.console.terminal import ENTER, KeyReader, exit_on_signal
-from vsr_core.engine.trainer import StepMetrics, Trainer, ValidationMetrics
+from vsr_core.engine.hooks import StepMetrics, ValidationMetrics
+from vsr_core.engine.trainer import Trainer
 
 REFRESH_PER_SECOND = 4.0
 

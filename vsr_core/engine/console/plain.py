@@ -9,7 +9,8 @@ from typing import TextIO
 
 from vsr_core.engine.console.render import format_plain_line
 from vsr_core.engine.console.state import ConsoleRecorder
-from vsr_core.engine.trainer import StepMetrics, Trainer, ValidationMetrics
+from vsr_core.engine.hooks import StepMetrics, ValidationMetrics
+from vsr_core.engine.trainer import Trainer
 
 
 class PlainConsole(ConsoleRecorder):

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from vsr_core.engine.health import LOSS_TREND_WINDOW, ConvergenceStatus, Trend, cold_layers, layer_trends, loss_trends
-from vsr_core.engine.trainer import LIVE_KEYS, StepMetrics, Trainer, TrainingHooks, ValidationMetrics
+from vsr_core.engine.hooks import StepMetrics, TrainingHooks, ValidationMetrics
+from vsr_core.engine.trainer import LIVE_KEYS, Trainer
 
 LOSS_NAMES = ("L1", "Perceptual", "Total")
 RATE_WINDOW_S = 60.0  # ETA from the step rate over this many seconds
