@@ -5,7 +5,7 @@ and 640x360 LR its frames/s through the forward pass (``upscale_windows``, batch
 windows in memory), through ``Upscaler.stream`` (uint8 frames in memory) and end to end
 (``vsr upscale`` of a clip to mp4, defaults), measured round-robin per size. Given trained
 checkpoints (paths; each one's preset is read from it), also its gain over bicubic (Y-PSNR) on
-the validation set of ``configs/cpu_small.json`` and on ``carphone_pristine.mp4`` (whole frames
+the validation set of the ``cpu_small`` config and on ``carphone_pristine.mp4`` (whole frames
 spread over the clip, which no config trains or validates on): the same sets as
 ``validation_rank.py``. A preset without a checkpoint runs with random weights: speed only.
 
@@ -29,6 +29,7 @@ import torch
 
 from bench_pipeline import BATCH, run_cli, save_model_checkpoint, write_clip
 from common import RESULTS_DIR, ROOT, Report, header, measure
+from vsr_core.configs import config_path
 from vsr_core.archs import PRESETS, count_parameters
 from vsr_core.frames import to_tensor, window_indices
 from vsr_core.inference import Upscaler
@@ -37,7 +38,7 @@ ALL_PRESETS = ("tiny", "realtime", "small", "full")
 SIZES = ((180, 320), (360, 640))
 # frames per measured run, by preset and LR height (~2-10 s each on 2 idle cores)
 FRAMES = {"tiny": (96, 48), "realtime": (48, 16), "small": (16, 8), "full": (4, 4)}
-CONFIG = ROOT / "configs" / "cpu_small.json"
+CONFIG = config_path("cpu_small")
 
 
 def speed_case(preset: str, checkpoint: Path, height: int, width: int, num_frames: int, repeats: int,
