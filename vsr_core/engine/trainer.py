@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 from vsr_core.archs import VSRPPPv2
-from vsr_core.checkpoint import (LATEST_NAME, load_checkpoint, remove_stale_temp_files, save_checkpoint,
-                                 split_training_state, with_raw_weights)
+from vsr_core.checkpoint import LATEST_NAME, load_checkpoint, remove_stale_temp_files, save_checkpoint
 from vsr_core.config import TrainConfig
 from vsr_core.data.datasets import training_loader
+from vsr_core.engine import training_state
 from vsr_core.engine.distributed import DataParallel, effective_batch_text
 from vsr_core.engine.ema import WeightAverage
 from vsr_core.frames import autocast, pick_device, resolve_precision
@@ -98,9 +98,9 @@ class Trainer:
         self.training_phase = "pretrain"
         averaged = None
         if resume_from:
-            averaged = self._restore(load_checkpoint(resume_from, self.device))
+            averaged = training_state.restore(self, load_checkpoint(resume_from, self.device))
         elif finetune_from:
-            self._load_weights(load_checkpoint(finetune_from, self.device))
+            training_state.load_weights(self, load_checkpoint(finetune_from, self.device))
             self.training_phase = "finetune"
         # Made before the DDP wrap, from weights every worker has (same seed, same checkpoint).
         self.ema = WeightAverage(self.model, config.ema_decay) if config.ema_decay else None
@@ -146,43 +146,7 @@ class Trainer:
         return self.ema.model if self.ema else self.model
 
     def checkpoint_dict(self) -> dict:  # the 8 keys (vsr_core.checkpoint: where raw and averaged weights go)
-        weights, optimizer_state = self.model.state_dict(), self.optimizer.state_dict()
-        if self.ema:
-            weights, optimizer_state = self.ema.state_dict(), with_raw_weights(optimizer_state, weights)
-        return {"step": self.step, "epoch": self.epoch, "model_state_dict": weights,
-                "optimizer_state_dict": optimizer_state, "scaler_state_dict": self.scaler.state_dict(),
-                "scheduler_state_dict": self.scheduler.state_dict(), "config": self.config.to_dict(),
-                "training_phase": self.training_phase}
-
-    def _check_preset(self, checkpoint: dict, action: str) -> None:
-        saved_preset = checkpoint["config"].get("PRESET")
-        if saved_preset != self.config.preset:
-            raise ValueError(f"cannot {action}: checkpoint has PRESET {saved_preset!r}, config has "
-                             f"{self.config.preset!r}")
-
-    def _load_weights(self, checkpoint: dict) -> None:
-        """Only the model's weights (a fine-tune), the averaged ones if the run averaged: the
-        optimizer, schedule, step and any average start afresh."""
-        self._check_preset(checkpoint, "fine-tune")
-        self.model.load_state_dict(checkpoint["model_state_dict"])
-
-    def _restore(self, checkpoint: dict) -> dict | None:
-        """Continue exactly where the checkpoint left off; returns its averaged weights (None if none)."""
-        self._check_preset(checkpoint, "resume")
-        optimizer_state, raw_weights, averaged = split_training_state(checkpoint)
-        self.model.load_state_dict(raw_weights)
-        self.optimizer.load_state_dict(optimizer_state)
-        self.scheduler.load_state_dict(checkpoint["scheduler_state_dict"])
-        if self.use_amp and checkpoint["scaler_state_dict"]:
-            self.scaler.load_state_dict(checkpoint["scaler_state_dict"])
-        self.step = int(checkpoint["step"])
-        self.training_phase = checkpoint["training_phase"]
-        if self.step > self.config.max_steps:
-            raise ValueError(f"cannot resume: the checkpoint is at step {self.step}, beyond MAX_STEPS "
-                             f"{self.config.max_steps}")
-        # The loaded states carry the checkpoint's LR, weight decay and T_max: follow this config instead.
-        retarget(self.optimizer, self.scheduler, self.config, self.step)
-        return averaged
+        return training_state.checkpoint_of(self)
 
     # --- changing a run -------------------------------------------------------------------
     def check_config(self, **changes) -> TrainConfig:
