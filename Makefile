@@ -42,7 +42,7 @@ SAMPLE = $$($(PY) -c 'from vsr_core.data.samples import sample_clip; print(sampl
 DEMO_SWEEP ?= --num-samples 6 --grace-steps 400 --time-budget-min 7
 demo: $(STAMP)
 	$(VENV)/bin/vsr sweep --storage-path $(CURDIR)/$(OUT)/tune --name demo $(DEMO_SWEEP)
-	$(VENV)/bin/vsr evaluate --checkpoint $(OUT)/tune/demo/best --max-frames 16 --json $(OUT)/evaluate.json \
+	$(VENV)/bin/vsr evaluate --checkpoint $(OUT)/tune/demo/best --max-frames 30 --json $(OUT)/evaluate.json \
 		"$(call SAMPLE,bikes.mp4)" "$(call SAMPLE,carphone_pristine.mp4)"
 	$(VENV)/bin/vsr upscale "$(call SAMPLE,bikes.mp4)" $(OUT)/bikes_x3.mp4 --checkpoint $(OUT)/tune/demo/best --max-frames 50
 	$(PY) serve/demo.py --checkpoint $(OUT)/tune/demo/best --out $(OUT)/serve --evaluation $(OUT)/evaluate.json \
