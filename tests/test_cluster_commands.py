@@ -1,4 +1,4 @@
-"""The README's cluster commands, as a new user runs them: a head started with `make cluster-up`
+"""The cluster commands of docs/cluster.md, as a new user runs them: a head started with `make cluster-up`
 (`ray start`, token authentication on, the token made in a fresh home folder), a short sweep
 submitted as a Ray job with `make cluster-sweep`, serve/config.yaml deployed to that head with
 `make cluster-serve`, and `make cluster-status`.

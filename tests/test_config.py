@@ -40,7 +40,7 @@ def test_roundtrip_through_json(tmp_path):
         ({"MAX_STEPS": "many"}, "MAX_STEPS must be an integer"),
         ({"MAX_STEPS": 0}, "MAX_STEPS must be >= 1"),
         ({"SORT_BY_ACTIVITY": "yes"}, "SORT_BY_ACTIVITY must be true or false"),
-        ({"PRESET": "huge"}, r"PRESET must be one of \['full', 'small', 'tiny'\]"),
+        ({"PRESET": "huge"}, r"PRESET must be one of \['full', 'realtime', 'small', 'tiny'\]"),
         ({"VGG_WEIGHTS": "x"}, r"VGG_WEIGHTS must be one of \['imagenet', 'random'\]"),
         ({"LR_EXPONENT": 2}, r"LR_EXPONENT must be in \[-12, 0\]"),
         ({"WEIGHT_DECAY": -1}, "WEIGHT_DECAY must be >= 0"),

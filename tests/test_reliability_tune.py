@@ -50,7 +50,7 @@ def test_killed_driver_resumes_running_trial_from_its_checkpoint(ray_session, da
     re-run, trial 2 continues from the checkpoint the experiment state recorded, best/ is exported.
 
     --keep-checkpoints 0 (keep all): with the default 3, Tune may delete the very checkpoint the
-    last experiment-state save recorded (see README, known limitation), which this test hit."""
+    last experiment-state save recorded (see docs/sweeps.md, known limitation), which this test hit."""
     gcs = ray_session.get_runtime_context().gcs_address
     storage = tmp_path / "storage"
     sweep = ["--num-samples", "2", "--max-concurrent", "1", "--max-steps", "120", "--grace-steps", "120",

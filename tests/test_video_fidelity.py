@@ -1,4 +1,4 @@
-"""What a video keeps through the engine (README, "What is kept"): timing, colour, bit depth,
+"""What a video keeps through the engine (docs/videos.md, "What is kept"): timing, colour, bit depth,
 HDR tags, orientation, extra streams; and what happens when a run is killed or a frame fails.
 
 Inputs are generated with PyAV directly (tests/video_clips.py). Every test checks frame count,

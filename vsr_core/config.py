@@ -31,45 +31,58 @@ class ConfigError(ValueError):
     pass
 
 
+def _key(default: Any, help: str) -> Any:
+    """A config key: its default and the help text docs/config.md shows (docs/generate.py writes that table)."""
+    if isinstance(default, list):
+        return field(default_factory=list, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
     # --- the seed's train_config.json keys ---
-    lr_exponent: float = -4.0  # learning rate = 10 ** LR_EXPONENT
-    weight_decay: float = 0.01
-    max_steps: int = 100_000  # optimizer steps; also the cosine schedule's T_max
-    val_step_every: int = 250
-    save_step_every: int = 5_000
-    log_tboard_every: int = 10
-    accumulation_steps: int = 3  # micro-batches per optimizer step
-    sort_by_activity: bool = True  # console: order the layer table by activity
+    lr_exponent: float = _key(-4.0, "learning rate = 10^x (the seed recommends -5 for fine-tuning)")
+    weight_decay: float = _key(0.01, "AdamW weight decay (0.001 for fine-tuning)")
+    max_steps: int = _key(100_000, "optimizer steps; the cosine schedule's T_max")
+    val_step_every: int = _key(250, "validate every N steps")
+    save_step_every: int = _key(5_000, "write `latest.pth` every N steps")
+    log_tboard_every: int = _key(10, "TensorBoard scalars and layer activity every N steps")
+    accumulation_steps: int = _key(3, "micro-batches per optimizer step")
+    sort_by_activity: bool = _key(True, "console: layer table by activity (else by position)")
     # --- model and data ---
-    preset: str = "full"
-    batch_size: int = 4  # micro-batch size; effective batch = BATCH_SIZE * ACCUMULATION_STEPS
-    patch_size: int = 64  # LR patch side; the HR crop is 3x this
-    num_patches: int = 29_000  # distinct training patches (one epoch)
-    train_data: list[str] = field(default_factory=list)  # videos, frame folders, folders of videos; [] = sample clip
-    val_data: list[str] = field(default_factory=list)  # [] = sample validation clip
-    max_frames_per_clip: int = 0  # 0 = all frames
-    val_max_frames: int = 8  # validation frames per clip, spread over the clip (see data/validation_set.py)
-    val_crop: int = 0  # HR side of the validation crops (0 = whole frames)
-    val_crops_per_frame: int = 1  # with VAL_CROP: the most detailed crops taken per validation frame
-    holdout_frames: int = 0  # the last N frames of each trained clip: not trained on, validated on
-    holdout_fraction: float = 0.0  # or that fraction of each trained clip (rounded up); exclusive with HOLDOUT_FRAMES
-    train_on_val_data: bool = False  # also train on the VAL_DATA clips, all but their held-out end
+    preset: str = _key("full", "model size: `full` (96 channels, 15+15 blocks), `small` (32, 4+4), `realtime` "
+                       "(16, 1+1), `tiny` (tests); see docs/model.md")
+    batch_size: int = _key(4, "windows per micro-batch; effective batch = BATCH_SIZE x ACCUMULATION_STEPS")
+    patch_size: int = _key(64, "LR patch side (the HR crop is 3x)")
+    num_patches: int = _key(29_000, "distinct training patches (one epoch)")
+    train_data: list[str] = _key([], "videos, frame folders or folders of videos; [] = the sample clip")
+    val_data: list[str] = _key([], "validation videos, frame folders or folders of videos; [] = the sample "
+                               "validation clip")
+    max_frames_per_clip: int = _key(0, "use only the first N frames of each training clip (0 = all)")
+    val_max_frames: int = _key(8, "validation frames per clip, spread evenly over the clip")
+    val_crop: int = _key(0, "HR side of the validation crops (0 = whole frames)")
+    val_crops_per_frame: int = _key(1, "with VAL_CROP: the most detailed crops taken per validation frame")
+    holdout_frames: int = _key(0, "the last N frames of every trained clip are not trained on and join validation")
+    holdout_fraction: float = _key(0.0, "or that fraction of every trained clip, rounded up (0.25: the last "
+                                   "quarter); not with HOLDOUT_FRAMES")
+    train_on_val_data: bool = _key(False, "also train on the VAL_DATA clips, all but their held-out end, which is "
+                                   "then all that is validated of them (needs a hold-out)")
     # --- loss ---
-    perceptual_weight: float = 0.1
-    vgg_weights: str = "imagenet"  # or "random" (offline smoke tests only)
-    vgg_weights_path: str | None = None
+    perceptual_weight: float = _key(0.1, "weight of the VGG19 perceptual term (0 = L1 only, skips VGG)")
+    vgg_weights: str = _key("imagenet", "`imagenet` (from torchvision's cache or VGG_WEIGHTS_PATH; never "
+                            "downloaded) or `random` (offline smoke tests only)")
+    vgg_weights_path: str | None = _key(None, "a VGG19 weights file, used when torchvision's cache has none")
     # --- run ---
-    output_dir: str = "runs/default"
-    milestone_every: int = 25_000  # keep a step_XXXXXXX.pth every this many steps (0 = never)
-    max_bad_steps: int = 20  # stop after this many consecutive NaN/Inf-loss steps
-    ema_decay: float = 0.0  # weight averaging: validate and export an EMA of the weights (0 = off; e.g. 0.999)
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (fp16 + GradScaler on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
-    num_workers: int = 2  # DataLoader worker processes
-    num_threads: int = 0  # torch CPU threads (0 = torch's default)
+    output_dir: str = _key("runs/default", "where checkpoints and TensorBoard logs go")
+    milestone_every: int = _key(25_000, "keep `step_XXXXXXX.pth` every N steps (0 = never)")
+    max_bad_steps: int = _key(20, "consecutive NaN/Inf-loss steps before the run stops")
+    ema_decay: float = _key(0.0, "validate and export an average of the weights, e.g. 0.999 (0 = off)")
+    seed: int = _key(0, "model init and the whole data stream")
+    device: str = _key("auto", "`auto` (CUDA if available), `cpu`, `cuda`, `cuda:N`")
+    precision: str = _key("auto", "`auto` (fp16 autocast + GradScaler on CUDA, fp32 on CPU), `fp32`, `bf16` "
+                          "(autocast, no scaler), `fp16`")
+    num_workers: int = _key(2, "DataLoader worker processes")
+    num_threads: int = _key(0, "torch CPU threads (0 = torch's default)")
 
     # ------------------------------------------------------------------------------------
     @property
