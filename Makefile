@@ -26,7 +26,7 @@ browser:
 		"(or VSR_SKIP_BROWSER=1 to skip tests/test_page.py)"; fi
 
 test: $(STAMP) browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not ray"
