@@ -9,8 +9,9 @@
   const page = window.vsrPage; // page.js: the API key and the server's limits
   const FRAMES_BEHIND = 2;
   const MAX_IN_FLIGHT = FRAMES_BEHIND + 4; // enough to fill a batch, few enough to stay live
+  const RATE_WINDOW_MS = 5000; // the rate shown is of the frames back in the last 5 s
   const live = {
-    ws: null, source: null, stream: null, url: null, size: null, maxFrames: 0,
+    ws: null, source: null, stream: null, url: null, size: null, maxFrames: 0, backAt: [],
     sent: [], received: 0, started: 0, latencies: [], ending: false, // sent: frames not yet answered
   };
 
@@ -45,10 +46,20 @@
     return rgb;
   }
 
+  function backRate(backAt, now, started) {
+    // Frames back per second over the last RATE_WINDOW_MS (since the start while it is younger):
+    // what the stream delivers now, not an average since the start, which hides a slowdown.
+    const span = Math.min(RATE_WINDOW_MS, now - started);
+    if (span <= 0) return 0;
+    return backAt.filter((at) => at > now - span && at <= now).length / (span / 1000);
+  }
+
   function showStats(final) {
-    const seconds = (performance.now() - live.started) / 1000;
-    const fps = seconds > 0 ? live.received / seconds : 0;
-    const parts = [`${live.sent.length + live.received} sent`, `${live.received} back`, `${fps.toFixed(1)} fps`];
+    const now = performance.now();
+    while (live.backAt.length && live.backAt[0] <= now - RATE_WINDOW_MS) live.backAt.shift();
+    const rate = backRate(live.backAt, now, live.started);
+    const parts = [`${live.sent.length + live.received} sent`, `${live.received} back`,
+      `${rate.toFixed(1)} frames back/s (last ${RATE_WINDOW_MS / 1000} s)`];
     if (live.latencies.length) parts.push(`latency ${Math.round(median(live.latencies))} ms`);
     $('live-stats').textContent = (final ? 'Done: ' : '') + parts.join(' · ');
   }
@@ -93,6 +104,7 @@
   async function onOutput(data) {
     const input = live.sent.shift();
     live.received += 1;
+    live.backAt.push(performance.now());
     if (input) live.latencies.push(performance.now() - input.at);
     const type = $('live-output').value === 'png' ? 'image/png' : 'image/jpeg';
     const bitmap = await createImageBitmap(new Blob([data], { type }));
@@ -153,7 +165,8 @@
     $('live-note').textContent = '';
     live.size = streamSize(video);
     Object.assign(live, {
-      source: video, sent: [], received: 0, latencies: [], ending: false, maxFrames: 0, started: performance.now(),
+      source: video, sent: [], received: 0, backAt: [], latencies: [], ending: false, maxFrames: 0,
+      started: performance.now(),
     });
     $('live-view').hidden = true;
     $('live-view').dataset.state = 'running';
@@ -232,4 +245,5 @@
   });
 
   $('live-stop').addEventListener('click', end);
+  window.vsrLive = { backRate, RATE_WINDOW_MS }; // for the page's tests
 })();
