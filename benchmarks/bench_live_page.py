@@ -249,6 +249,8 @@ def add_rows(report: Report, args, page: dict, direct: float, direct_cpu_ms: flo
     report.add(f"{label}: CPU per frame back", sum(page["cpu_ms_per_frame"].values()), "ms",
                note=f"{cpu} ms; server per frame: decode {server['decode_ms']:.0f}, batch {server['batch_ms']:.0f}, "
                     f"model {server['model_ms']:.0f}, encode {server['encode_ms']:.0f} ms")
+    report.add(f"{label}: model busy with the stream", server["model_busy"], "fraction",
+               note=f"{server['windows_per_pass']:.1f} windows per forward pass (whole stream, warm-up included)")
 
 
 if __name__ == "__main__":
