@@ -8,7 +8,10 @@
   const $ = (id) => document.getElementById(id);
   const page = window.vsrPage; // page.js: the API key and the server's limits
   const FRAMES_BEHIND = 2;
-  const MAX_IN_FLIGHT = FRAMES_BEHIND + 4; // enough to fill a batch, few enough to stay live
+  // In flight: the 2 frames behind, a forward pass of 4 windows running and the next 4 waiting. With
+  // +4 the server ran passes of 2 windows, which cost a small model ~1.4x more per window
+  // (benchmarks/README.md, bench_live_page.py); each frame more in flight adds a frame of latency.
+  const MAX_IN_FLIGHT = FRAMES_BEHIND + 8;
   const RATE_WINDOW_MS = 5000; // the rate shown is of the frames back in the last 5 s
   const live = {
     ws: null, source: null, stream: null, url: null, size: null, maxFrames: 0, backAt: [],
