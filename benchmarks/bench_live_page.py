@@ -20,7 +20,6 @@ before and once after the page (the ratio is against their mean). Needs /usr/bin
 from __future__ import annotations
 
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -180,7 +179,8 @@ def direct_stream(upscaler: Upscaler, clip: list[np.ndarray]) -> tuple[float, fl
 def main(argv=None) -> None:
     def extra(parser):
         parser.add_argument("--preset", default="realtime", help="model preset served (default realtime)")
-        parser.add_argument("--width", type=int, default=320, help="the page's 'Width sent' (16:9 camera: 320 -> 320x180)")
+        parser.add_argument("--width", type=int, default=320,
+                            help="the page's 'Width sent' (the camera is 16:9: 320 -> 320x180)")
         parser.add_argument("--output", choices=("jpeg", "png"), default="jpeg", help="the page's 'Back as'")
         parser.add_argument("--seconds", type=float, default=20.0, help="measured time after the warm-up")
         parser.add_argument("--num-cpus", type=float, default=float(os.cpu_count() or 1),
