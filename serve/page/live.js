@@ -14,8 +14,9 @@
   const MAX_IN_FLIGHT = FRAMES_BEHIND + 8;
   const RATE_WINDOW_MS = 5000; // the rate shown is of the frames back in the last 5 s
   const live = {
-    ws: null, source: null, stream: null, url: null, size: null, maxFrames: 0, backAt: [],
-    sent: [], received: 0, started: 0, latencies: [], ending: false, // sent: frames not yet answered
+    ws: null, source: null, stream: null, url: null, size: null, maxFrames: 0,
+    sent: [], received: 0, started: 0, ending: false, // sent: frames not yet answered
+    recent: [], // {at, latency} of the frames back in the last RATE_WINDOW_MS (ms)
   };
 
   const showError = (message) => { $('live-error').textContent = message; };
@@ -59,11 +60,12 @@
 
   function showStats(final) {
     const now = performance.now();
-    while (live.backAt.length && live.backAt[0] <= now - RATE_WINDOW_MS) live.backAt.shift();
-    const rate = backRate(live.backAt, now, live.started);
+    while (live.recent.length && live.recent[0].at <= now - RATE_WINDOW_MS) live.recent.shift();
+    const rate = backRate(live.recent.map((frame) => frame.at), now, live.started);
     const parts = [`${live.sent.length + live.received} sent`, `${live.received} back`,
       `${rate.toFixed(1)} frames back/s (last ${RATE_WINDOW_MS / 1000} s)`];
-    if (live.latencies.length) parts.push(`latency ${Math.round(median(live.latencies))} ms`);
+    const latencies = live.recent.filter((frame) => frame.latency !== null).map((frame) => frame.latency);
+    if (latencies.length) parts.push(`latency ${Math.round(median(latencies))} ms (median)`);
     $('live-stats').textContent = (final ? 'Done: ' : '') + parts.join(' · ');
   }
 
@@ -107,8 +109,8 @@
   async function onOutput(data) {
     const input = live.sent.shift();
     live.received += 1;
-    live.backAt.push(performance.now());
-    if (input) live.latencies.push(performance.now() - input.at);
+    const now = performance.now();
+    live.recent.push({ at: now, latency: input ? now - input.at : null });
     const type = $('live-output').value === 'png' ? 'image/png' : 'image/jpeg';
     const bitmap = await createImageBitmap(new Blob([data], { type }));
     const out = $('live-out');
@@ -168,7 +170,7 @@
     $('live-note').textContent = '';
     live.size = streamSize(video);
     Object.assign(live, {
-      source: video, sent: [], received: 0, backAt: [], latencies: [], ending: false, maxFrames: 0,
+      source: video, sent: [], received: 0, recent: [], ending: false, maxFrames: 0,
       started: performance.now(),
     });
     $('live-view').hidden = true;
