@@ -7,7 +7,7 @@ stream alone; interleaved rounds in one run, the same work in both (a fixed coun
 interpreter steps, calibrated once).
 
     python benchmarks/bench_stream_gil.py            # 180x320 and 360x640, 3 rounds
-    python benchmarks/bench_stream_gil.py --work-ms 60
+    python benchmarks/bench_stream_gil.py --size 180x320 --frames 8 --rounds 12   # on a busy machine
 
 The GIL's cost is (process apart) / (thread beside) in frames/s: the CPU work is the same, only
 the sharing of the interpreter differs. If it is near 1, moving the model into its own process
@@ -112,12 +112,13 @@ def main(argv=None) -> None:
         parser.add_argument("--work-ms", type=float, default=30.0, help="Python work per frame beside the model")
         parser.add_argument("--rounds", type=int, default=3)
         parser.add_argument("--size", help="only this LR size, e.g. 180x320")
+        parser.add_argument("--frames", type=int, help="frames per stream (default 24 at 180x320, 12 at 360x640)")
 
     args = common.parse_args(__doc__, argv, extra)
-    report = Report("stream_gil", "full" if args.full else "quick")
+    report = Report("stream_gil", ("full" if args.full else "quick") + (f"-{args.size}" if args.size else ""))
     header("stream_gil", args.full)
     steps = calibrate(args.work_ms)
-    cases = [((180, 320), 24), ((360, 640), 12 if not args.full else 36)]
+    cases = [((180, 320), args.frames or 24), ((360, 640), args.frames or (36 if args.full else 12))]
     if args.size:
         cases = [case for case in cases if f"{case[0][0]}x{case[0][1]}" == args.size]
     report.details = {"work_ms": args.work_ms, "python_steps_per_frame": steps, "cases": {},
