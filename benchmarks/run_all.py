@@ -21,8 +21,8 @@ HERE = Path(__file__).resolve().parent
 
 from common import ROOT, machine_info, print_table, result_path  # noqa: E402 (this folder is on sys.path)
 
-BENCHMARKS = ("peak", "inference", "backends", "pipeline", "profile", "presets", "training", "ddp", "serve", "video",
-              "encoders", "memory", "tune")
+BENCHMARKS = ("peak", "inference", "backends", "pipeline", "profile", "presets", "training", "ddp", "serve",
+              "live_page", "stream_gil", "video", "encoders", "memory", "tune")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -154,13 +154,24 @@ class _Timing:
     decode_s: float = 0.0
     wait_s: float = 0.0  # in serve.batching: queued, batched and run
     model_s: float = 0.0  # of that: the forward passes (shared with their batch)
+    model_share_s: float = 0.0  # each window's share of its pass: the model's time for this stream
+    passes: float = 0.0  # each window counts 1/its pass's windows (a live pass is one stream's windows)
     encode_s: float = 0.0
     started: float = field(default_factory=time.perf_counter)
 
+    def add_pass(self, result: PassResult) -> None:
+        self.model_s += result.seconds
+        self.model_share_s += result.seconds / result.batch_size
+        self.passes += 1 / result.batch_size
+
     def as_dict(self, frames: int) -> dict[str, float]:
-        per = 1e3 / max(1, frames)
+        """Per frame (ms), and what says whether the model was kept busy: the windows per forward
+        pass and the share of the stream's time the model spent on its passes."""
+        per, wall = 1e3 / max(1, frames), time.perf_counter() - self.started
         return {"decode_ms": self.decode_s * per, "batch_ms": self.wait_s * per, "model_ms": self.model_s * per,
-                "encode_ms": self.encode_s * per, "wall_s": time.perf_counter() - self.started}
+                "encode_ms": self.encode_s * per, "wall_s": wall,
+                "windows_per_pass": frames / self.passes if self.passes else 0.0,
+                "model_busy": self.model_share_s / wall if wall > 0 else 0.0}
 
 
 _END = object()
@@ -253,7 +264,7 @@ class _Session:
         started = time.perf_counter()
         result = await self.upscale(window)
         self.timing.wait_s += time.perf_counter() - started
-        self.timing.model_s += result.seconds
+        self.timing.add_pass(result)
         started = time.perf_counter()
         data = await asyncio.to_thread(encode_frame, result.frame, self.media_type)
         self.timing.encode_s += time.perf_counter() - started

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 
 import numpy as np
 import pytest
@@ -27,18 +28,27 @@ const b64 = (buffer) => {
   for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
   return btoa(s);
 };
-window.recorded = { header: null, sent: [], got: [], text: [] };
+window.recorded = { header: null, sent: [], got: [], text: [], opened: null, sentAt: [], gotAt: [], textAt: [] };
 window.WebSocket = class extends Native {
   constructor(...args) {
     super(...args);
+    window.recorded.opened = performance.now();
     this.addEventListener('message', (e) => {
-      if (typeof e.data === 'string') window.recorded.text.push(JSON.parse(e.data));
-      else window.recorded.got.push(b64(e.data));
+      if (typeof e.data === 'string') {
+        window.recorded.text.push(JSON.parse(e.data));
+        window.recorded.textAt.push(performance.now());
+      } else {
+        window.recorded.got.push(b64(e.data));
+        window.recorded.gotAt.push(performance.now());
+      }
     });
   }
   send(data) {
     if (typeof data === 'string') window.recorded.header = window.recorded.header || JSON.parse(data);
-    else window.recorded.sent.push(b64(data.buffer || data));
+    else {
+      window.recorded.sent.push(b64(data.buffer || data));
+      window.recorded.sentAt.push(performance.now());
+    }
     super.send(data);
   }
 };
@@ -96,8 +106,40 @@ def test_the_camera_streams_live_and_every_frame_sent_comes_back_3x(server, brow
     shown = browser.execute_script("const c = document.getElementById('live-out'); return [c.width, c.height]")
     assert shown == [3 * 72, 3 * 54]
     assert text(browser, "live-stats").startswith(f"Done: {len(sent)} sent · {len(sent)} back")
+    assert_rate_shown_is_of_the_last_frames_back(browser)
     assert not browser.find_element("id", "live-stop").is_displayed()
     assert text(browser, "live-error") == ""
+
+
+def assert_rate_shown_is_of_the_last_frames_back(browser) -> None:
+    """The stats' rate and median latency, shown when the end arrived, against the frames the
+    WebSocket sent and received in the 5 s before (since the socket opened if sooner): within
+    one frame and a few ms, for the page's moments differ a little from the recorder's."""
+    shown = re.search(r"· ([0-9.]+) frames back/s \(last 5 s\) · latency ([0-9]+) ms \(median\)$",
+                      text(browser, "live-stats"))
+    assert shown, text(browser, "live-stats")
+    times = browser.execute_script("return window.recorded")
+    now = times["textAt"][-1]
+    span = min(5000.0, now - times["opened"])
+    recent = [(sent, got) for sent, got in zip(times["sentAt"], times["gotAt"]) if now - span < got <= now]
+    expected = len(recent) / (span / 1e3)
+    assert float(shown.group(1)) > 0
+    assert abs(float(shown.group(1)) - expected) <= 1 / (span / 1e3) + 0.05 * expected + 0.05
+    latency = float(np.median([got - sent for sent, got in recent]))
+    assert abs(int(shown.group(2)) - latency) <= 0.1 * latency + 30
+
+
+def test_the_rate_shown_is_frames_back_over_the_last_5_seconds_not_since_the_start(server, browser):
+    """live.js's backRate on made-up arrival times (ms), against counts done by hand."""
+    open_page(browser, server)
+    rate = lambda times, now, started: browser.execute_script(  # noqa: E731
+        "return window.vsrLive.backRate(arguments[0], arguments[1], arguments[2])", times, now, started)
+    assert browser.execute_script("return window.vsrLive.RATE_WINDOW_MS") == 5000
+    slow_then_fast = list(range(0, 55000, 500)) + list(range(55000, 60001, 100))  # 2/s for 55 s, then 10/s
+    assert rate(slow_then_fast, 60000, 0) == pytest.approx(10.0)  # 50 in (55 s, 60 s]; since the start: 2.7/s
+    assert rate(slow_then_fast, 70000, 0) == 0  # stalled for 10 s: nothing back lately
+    assert rate([500, 1000, 1500, 2000], 2000, 0) == pytest.approx(2.0)  # 2 s old: 4 frames over 2 s, not 5
+    assert rate([], 1000, 1000) == 0
 
 
 def test_a_video_file_streams_until_it_ends(server, browser, files):

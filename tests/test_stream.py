@@ -82,6 +82,9 @@ def test_frames_come_back_two_behind(server, upscalers):
         end = json.loads(ws.recv(30))
     assert end["type"] == "end" and end["frames"] == 5
     assert {"decode_ms", "batch_ms", "model_ms", "encode_ms"} <= set(end["timing"])
+    # frame 0's window ran alone (its answer came before frame 3 was sent): 2 to 5 passes for 5 windows
+    assert 1.0 <= end["timing"]["windows_per_pass"] <= 2.5
+    assert 0 < end["timing"]["model_busy"] <= 1
     assert all(isinstance(r, bytes) for r in rest)
     assert max_diff(first, upscalers["a"].upscale_window_uint8(clip[[2, 1, 0, 1, 2]])) <= 1
 

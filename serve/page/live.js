@@ -8,10 +8,15 @@
   const $ = (id) => document.getElementById(id);
   const page = window.vsrPage; // page.js: the API key and the server's limits
   const FRAMES_BEHIND = 2;
-  const MAX_IN_FLIGHT = FRAMES_BEHIND + 4; // enough to fill a batch, few enough to stay live
+  // In flight: the 2 frames behind, a forward pass of 4 windows running and the next 4 waiting. With
+  // +4 the server ran passes of 2 windows, which cost a small model ~1.4x more per window
+  // (benchmarks/README.md, bench_live_page.py); each frame more in flight adds a frame of latency.
+  const MAX_IN_FLIGHT = FRAMES_BEHIND + 8;
+  const RATE_WINDOW_MS = 5000; // the rate shown is of the frames back in the last 5 s
   const live = {
     ws: null, source: null, stream: null, url: null, size: null, maxFrames: 0,
-    sent: [], received: 0, started: 0, latencies: [], ending: false, // sent: frames not yet answered
+    sent: [], received: 0, started: 0, ending: false, // sent: frames not yet answered
+    recent: [], // {at, latency} of the frames back in the last RATE_WINDOW_MS (ms)
   };
 
   const showError = (message) => { $('live-error').textContent = message; };
@@ -45,11 +50,22 @@
     return rgb;
   }
 
+  function backRate(backAt, now, started) {
+    // Frames back per second over the last RATE_WINDOW_MS (since the start while it is younger):
+    // what the stream delivers now, not an average since the start, which hides a slowdown.
+    const span = Math.min(RATE_WINDOW_MS, now - started);
+    if (span <= 0) return 0;
+    return backAt.filter((at) => at > now - span && at <= now).length / (span / 1000);
+  }
+
   function showStats(final) {
-    const seconds = (performance.now() - live.started) / 1000;
-    const fps = seconds > 0 ? live.received / seconds : 0;
-    const parts = [`${live.sent.length + live.received} sent`, `${live.received} back`, `${fps.toFixed(1)} fps`];
-    if (live.latencies.length) parts.push(`latency ${Math.round(median(live.latencies))} ms`);
+    const now = performance.now();
+    while (live.recent.length && live.recent[0].at <= now - RATE_WINDOW_MS) live.recent.shift();
+    const rate = backRate(live.recent.map((frame) => frame.at), now, live.started);
+    const parts = [`${live.sent.length + live.received} sent`, `${live.received} back`,
+      `${rate.toFixed(1)} frames back/s (last ${RATE_WINDOW_MS / 1000} s)`];
+    const latencies = live.recent.filter((frame) => frame.latency !== null).map((frame) => frame.latency);
+    if (latencies.length) parts.push(`latency ${Math.round(median(latencies))} ms (median)`);
     $('live-stats').textContent = (final ? 'Done: ' : '') + parts.join(' · ');
   }
 
@@ -93,7 +109,8 @@
   async function onOutput(data) {
     const input = live.sent.shift();
     live.received += 1;
-    if (input) live.latencies.push(performance.now() - input.at);
+    const now = performance.now();
+    live.recent.push({ at: now, latency: input ? now - input.at : null });
     const type = $('live-output').value === 'png' ? 'image/png' : 'image/jpeg';
     const bitmap = await createImageBitmap(new Blob([data], { type }));
     const out = $('live-out');
@@ -153,7 +170,8 @@
     $('live-note').textContent = '';
     live.size = streamSize(video);
     Object.assign(live, {
-      source: video, sent: [], received: 0, latencies: [], ending: false, maxFrames: 0, started: performance.now(),
+      source: video, sent: [], received: 0, recent: [], ending: false, maxFrames: 0,
+      started: performance.now(),
     });
     $('live-view').hidden = true;
     $('live-view').dataset.state = 'running';
@@ -232,4 +250,5 @@
   });
 
   $('live-stop').addEventListener('click', end);
+  window.vsrLive = { backRate, RATE_WINDOW_MS }; // for the page's tests
 })();
