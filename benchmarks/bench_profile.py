@@ -117,8 +117,8 @@ def install(clock: StageClock) -> None:
             owner = importlib.import_module(module_name)
         except ImportError:  # e.g. vsr_core.overlap in an older tree
             continue
-        owner = getattr(owner, class_name) if class_name else owner
-        if hasattr(owner, attribute):
+        owner = getattr(owner, class_name, None) if class_name else owner  # None: not in an older tree
+        if owner is not None and hasattr(owner, attribute):
             setattr(owner, attribute, clock.timed(stage, getattr(owner, attribute)))
     import vsr_core.video.chunk as chunk
 
