@@ -186,7 +186,9 @@ def test_makefile_targets_are_found(target):
 
 # Scripts shown in the docs whose arguments cannot be parsed without running them (their parser is built
 # inside main): only their existence is checked. Listed so that it is a decision, not an accident.
-EXISTS_ONLY = {"benchmarks/bench_backends.py", "benchmarks/bench_inference.py", "benchmarks/run_all.py"}
+EXISTS_ONLY = {"benchmarks/bench_backends.py", "benchmarks/bench_encoders.py", "benchmarks/bench_inference.py",
+               "benchmarks/bench_live_page.py", "benchmarks/bench_pipeline.py", "benchmarks/bench_profile.py",
+               "benchmarks/run_all.py"}
 
 
 def test_scripts_checked_for_existence_only_are_the_listed_ones():
