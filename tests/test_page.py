@@ -289,15 +289,20 @@ def test_cancel_stops_a_running_job(server, browser, files):
         time.sleep(0.2)
 
 
-def test_with_an_api_key_the_page_asks_for_it(server, browser, files):
-    key_file = Path(server.root) / "keys"
-    key_file.write_text(KEY + "\n")
+def serve_with_key(server, key: str, file_name: str) -> None:
+    """Redeploy ``server`` with ``key`` as its one API key and wait until the key is required."""
+    key_file = Path(server.root) / file_name
+    key_file.write_text(key + "\n")
     server.extra = {"api_key_file": str(key_file)}
     server.deploy(server.checkpoints["best"])  # user_config only: an in-place reconfigure
     deadline = time.time() + 60
     while requests.get(server.url + "/v1/model", timeout=10).status_code != 401:
         assert time.time() < deadline, "the API key was not applied"
         time.sleep(0.2)
+
+
+def test_with_an_api_key_the_page_asks_for_it(server, browser, files):
+    serve_with_key(server, KEY, "keys")
 
     response = requests.post(server.url + "/v1/bicubic", data=files["frame2"].read_bytes(),
                              headers={"Content-Type": "image/png"}, timeout=10)

@@ -158,20 +158,10 @@ def test_with_an_api_key_the_stream_sends_it_as_a_subprotocol(server, browser, f
     """Browsers cannot set headers on a WebSocket: the page offers the key as a subprotocol, which
     the server checks before accepting the socket; a wrong key never gets a socket. Last in this
     module: it gives the server a key."""
-    import time
-    from pathlib import Path
-
-    import requests
+    from test_page import serve_with_key
 
     key = "live-key-" + os.urandom(6).hex()
-    key_file = Path(server.root) / "live_keys"
-    key_file.write_text(key + "\n")
-    server.extra = {"api_key_file": str(key_file)}
-    server.deploy(server.checkpoints["best"])  # user_config only: an in-place reconfigure
-    deadline = time.time() + 60
-    while requests.get(server.url + "/v1/model", timeout=10).status_code != 401:
-        assert time.time() < deadline, "the API key was not applied"
-        time.sleep(0.2)
+    serve_with_key(server, key, "live_keys")
     for given, works in (("wrong-" + key, False), (key, True)):
         open_page(browser, server)
         browser.execute_script(f"sessionStorage.setItem('vsr-api-key', '{given}')")
