@@ -121,7 +121,14 @@ def validation_curve(run_dir: Path) -> list[tuple[int, float, float]]:
     return [(e.step, e.wall_time - first, e.value) for e in events.Scalars("Validation/Gain_over_bicubic_dB")]
 
 
-def plot(rows: list[dict], curve: list[tuple[int, float, float]], path: Path) -> Path:
+SERIES = (("gain_validation_db", "validation set", "#2f6db3", "o"),
+          ("gain_carphone_db", "carphone, 30 frames spread (unseen)", "#c0392b", "s"),
+          ("gain_carphone_first30_db", "carphone, first 30 frames (unseen)", "#e67e22", "^"))
+
+
+def plot(rows: list[dict], curve: list[tuple[int, float, float]], path: Path, preset: str,
+         others: list[dict] = ()) -> Path:
+    """``others``: earlier results of this benchmark (another preset, say), drawn dashed beside this run."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -130,19 +137,24 @@ def plot(rows: list[dict], curve: list[tuple[int, float, float]], path: Path) ->
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     if curve:
         ax.plot([c[1] / 60 for c in curve], [c[2] for c in curve], color="#9bb8dd", lw=1.2,
-                label="the run's own validations (validation set)")
+                label=f"{preset + ' preset: ' if others else ''}the run's own validations (validation set)")
     minutes = [r["seconds"] / 60 for r in rows]
-    for key, label, colour, marker in (("gain_validation_db", "validation set", "#2f6db3", "o"),
-                                       ("gain_carphone_db", "carphone, 30 frames spread (unseen)", "#c0392b", "s"),
-                                       ("gain_carphone_first30_db", "carphone, first 30 frames (unseen)", "#e67e22", "^")):
-        ax.plot(minutes, [r[key] for r in rows], marker=marker, color=colour, label=label)
+    for key, label, colour, marker in SERIES:
+        ax.plot(minutes, [r[key] for r in rows], marker=marker, color=colour,
+                label=f"{preset} preset: {label}" if others else label)
+    for other in others:
+        for key, label, colour, marker in SERIES:
+            ax.plot([r["seconds"] / 60 for r in other["rows"]], [r[key] for r in other["rows"]], marker=marker,
+                    color=colour, ls="--", mfc="white", alpha=0.8, label=f"{other['preset']} preset: {label}")
     for r in rows:
         ax.annotate(f"step {r['step']}", (r["seconds"] / 60, r["gain_carphone_db"]), textcoords="offset points",
                     xytext=(4, 6), fontsize=8)
-    ax.set_xlim(0, max(minutes, default=1) * 1.12)  # room for the last label
+    every_mark = minutes + [r["seconds"] / 60 for other in others for r in other["rows"]]
+    ax.set_xlim(0, max(every_mark, default=1) * 1.12)  # room for the last label
     ax.set_xlabel("training minutes (one run, 2 CPU cores)")
     ax.set_ylabel("gain over bicubic (dB, Y-PSNR)")
-    ax.set_title("The CPU recipe (cpu_small): gain against training time")
+    ax.set_title(f"The CPU recipe ({' and '.join([preset, *(o['preset'] for o in others)])} preset"
+                 f"{'s' if others else ''}): gain against training time")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
@@ -161,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the run's SAVE_STEP_EVERY: a snapshot is at most this many steps old")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="another config override")
     p.add_argument("--out", default="runs/recipe", help="the run and its snapshots")
+    p.add_argument("--name", default="recipe", help="the results file: results/NAME.json")
+    p.add_argument("--compare", nargs="+", default=[], metavar="RESULT.json",
+                   help="earlier results of this benchmark (e.g. another preset's) drawn dashed on the same plot")
     p.add_argument("--score-only", action="store_true", help="score the snapshots of an earlier run in --out")
     p.add_argument("--plot", help="where the plot goes (default results/recipe.png)")
     return p
@@ -174,15 +189,18 @@ def main(argv: list[str] | None = None) -> int:
                  else train_with_snapshots(args))
     rows = score_snapshots(out, snapshots, args.config)
     curve = validation_curve(out / "run")
-    plot_path = plot(rows, curve, Path(args.plot) if args.plot else RESULTS_DIR / "recipe.png")
-    max_steps = json.loads((out / "run" / "train_config.json").read_text())["MAX_STEPS"]
-    result = {"benchmark": "recipe", "machine": machine, "config": args.config, "max_steps": max_steps,
+    run_config = json.loads((out / "run" / "train_config.json").read_text())
+    plot_path = plot(rows, curve, Path(args.plot) if args.plot else RESULTS_DIR / f"{args.name}.png",
+                     run_config["PRESET"],
+                     [json.loads(Path(other).read_text()) for other in args.compare])
+    result = {"benchmark": args.name, "machine": machine, "config": args.config, "preset": run_config["PRESET"],
+              "max_steps": run_config["MAX_STEPS"],
               "sets": {"carphone": f"{INDEPENDENT_CLIP}, {INDEPENDENT_FRAMES} whole frames spread over the clip",
                        "carphone_first30": f"{INDEPENDENT_CLIP}, its first {INDEPENDENT_FRAMES} frames"},
               "rows": rows, "validation_curve": [{"step": s, "seconds": round(t, 1), "gain_db": g} for s, t, g in curve],
               "plot": str(plot_path)}
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / "recipe.json"
+    path = RESULTS_DIR / f"{args.name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path} and {plot_path}")
     return 0

@@ -59,8 +59,10 @@ def test_snapshots_at_each_mark_are_scored_and_plotted(tmp_path, monkeypatch):
     assert [p["seconds"] for p in curve] == sorted(p["seconds"] for p in curve)
     assert TrainConfig.from_json(out / "run" / "train_config.json").max_steps == 1_000_000
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # --score-only scores the same snapshots again
-    assert bench_recipe.main(["--out", str(out), "--score-only", "--plot", str(tmp_path / "again.png")]) == 0
-    again = json.loads((tmp_path / "results" / "recipe.json").read_text())["rows"]
+    # --score-only scores the same snapshots again, here drawn beside the first result
+    assert bench_recipe.main(["--out", str(out), "--score-only", "--name", "again", "--plot", str(tmp_path / "again.png"),
+                              "--compare", str(tmp_path / "results" / "recipe.json")]) == 0
+    again = json.loads((tmp_path / "results" / "again.json").read_text())["rows"]
+    assert result["preset"] == "tiny" and (tmp_path / "again.png").stat().st_size > 0
     assert [r["step"] for r in again] == [r["step"] for r in rows]
     assert abs(again[1]["gain_carphone_first30_db"] - rows[1]["gain_carphone_first30_db"]) < 1e-9
