@@ -76,11 +76,12 @@ def carphone_items() -> list:
                                 INDEPENDENT_FRAMES)
 
 
-def quality_sets() -> dict[str, list]:
+def quality_sets(config: Path = CONFIG) -> dict[str, list]:
+    """The validation set of ``config`` (a config file) and carphone's spread frames."""
     from vsr_core.config import TrainConfig
     from vsr_core.engine.validation import validation_items
 
-    return {"validation": validation_items(TrainConfig.from_json(CONFIG)), "carphone": carphone_items()}
+    return {"validation": validation_items(TrainConfig.from_json(config)), "carphone": carphone_items()}
 
 
 def gains(checkpoint: Path, sets: dict[str, list], bicubic: dict[str, list[float]]) -> dict[str, float]:

@@ -1,7 +1,7 @@
 """The CPU recipe's gain against training minutes: one run, snapshots at given minutes, each scored.
 
 Runs ``vsr train --config cpu_small`` (plain log lines) with its cosine over ``--max-steps`` (choose
-it so that the run ends near the last minute mark on the machine: about 370 steps a minute on 2
+it so that the run ends near the last minute mark on the machine: about 360 steps a minute on 2
 idle AVX2 cores), copies ``latest.pth`` at every minute mark (the run saves it every 100 steps, so a
 snapshot is at most ~15 s old), and records the step and the load average there. Then scores
 every snapshot against bicubic (Y-PSNR, whole frames or the config's crops):
@@ -69,17 +69,13 @@ def train_with_snapshots(args: argparse.Namespace) -> list[dict]:
 
 
 def scoring_sets(config_name: str) -> tuple[dict[str, list], Path]:
-    """The scored item sets ({name: items}) and the clip whose first frames are scored whole."""
-    from bench_presets import carphone_items
+    """The scored item sets ({name: items}, as bench_presets scores) and the clip whose first frames are scored whole."""
+    from bench_presets import quality_sets
 
-    from vsr_core.config import TrainConfig
     from vsr_core.configs import config_path
     from vsr_core.data.samples import sample_clip
-    from vsr_core.engine.validation import validation_items
 
-    sets = {"validation": validation_items(TrainConfig.from_json(config_path(config_name))),
-            "carphone": carphone_items()}
-    return sets, Path(sample_clip(INDEPENDENT_CLIP))
+    return quality_sets(config_path(config_name)), Path(sample_clip(INDEPENDENT_CLIP))
 
 
 def score_snapshots(out: Path, snapshots: list[dict], config_name: str) -> list[dict]:

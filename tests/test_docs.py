@@ -18,9 +18,6 @@ from vsr_core.config import TrainConfig
 ROOT = Path(__file__).resolve().parent.parent
 DOC_FILES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md"), ROOT / "serve" / "README.md",
                     ROOT / "benchmarks" / "README.md"])
-# Linked before they exist: made by docs/make_screenshots.py from a finished `make demo` (see its docstring).
-# When one appears, the test below says to drop it from here, so that its link is checked again.
-PENDING: set[str] = set()  # link targets that a later measurement makes (none now)
 
 
 def load_generator():
@@ -117,8 +114,6 @@ def broken_links(path: Path, root: Path = ROOT) -> list[str]:
             continue
         file_part, _, fragment = target.partition("#")
         linked = (path.parent / file_part).resolve() if file_part else path
-        if linked.is_relative_to(root) and linked.relative_to(root).as_posix() in PENDING:
-            continue
         if not linked.exists():
             broken.append(f"{path.relative_to(root)}: {target} (no such file)")
         elif fragment and linked.suffix == ".md" and fragment not in heading_anchors(linked):
